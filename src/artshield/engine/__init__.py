@@ -1,0 +1,34 @@
+"""The two engines every method stands on: :mod:`.perturb` (projected gradient steps on an input under a
+budget) and, later, :mod:`.invert` (optimise an input to match a signal). Both share budgets, step rules and
+transforms. Nothing here knows about diffusion models: objectives are plain callables."""
+
+from .budget import Budget, clip_to_bounds, norm_of, project, random_start
+from .perturb import (
+    Objective,
+    PerturbConfig,
+    Perturber,
+    PerturbResult,
+    StepInfo,
+    Transform,
+    check_objective_output,
+    evaluate_objective,
+)
+from .steps import StepRule, step_size_at
+
+__all__ = [
+    "Budget",
+    "Objective",
+    "PerturbConfig",
+    "PerturbResult",
+    "Perturber",
+    "StepInfo",
+    "StepRule",
+    "Transform",
+    "check_objective_output",
+    "clip_to_bounds",
+    "evaluate_objective",
+    "norm_of",
+    "project",
+    "random_start",
+    "step_size_at",
+]

@@ -1,0 +1,435 @@
+"""The perturbation engine: projected gradient steps on an input under a budget.
+
+Every protection method and every input-space federated attack is an *objective* run by this engine:
+
+    objective(images, generator) -> Tensor of shape (B,)
+
+a per-sample loss, attached to the autograd graph of `images`, that the engine maximises (or minimises
+with ``minimize=True``). The engine owns everything else: the budget (L-inf or L2, in pixel units of a
+[0, 1] image), the step rule (sign / normalised / Adam), the step-size schedule, random start, projection,
+an optional mask, expectation over transforms (EOT), several Monte-Carlo samples per step, early
+stopping, keeping the best iterate, seeding, progress reporting and batching. The engine knows nothing
+of diffusion models.
+
+    >>> engine = Perturber(eps=8 / 255, steps=100, step_size=1 / 255, seed=0)
+    >>> result = engine.run(objective, images)          # images: float (B, C, H, W) in [0, 1]
+    >>> result.images, result.losses[-1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from .. import __version__
+from ..errors import InvalidArgumentError, MaskError, ObjectiveError
+from .budget import NORMS, Budget
+from .steps import SCHEDULES, STEP_RULES, StepRule, step_size_at
+
+logger = logging.getLogger(__name__)
+
+
+class Objective(Protocol):
+    """A per-sample loss on a batch: ``(B, ...) -> (B,)``, differentiable with respect to the batch."""
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+
+class Transform(Protocol):
+    """A random, differentiable transform for EOT: same shape in, same shape out, randomness from `generator`."""
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a progress callback receives after every step."""
+
+    step: int  # 1-based
+    steps: int
+    loss: float  # mean objective over the batch at the iterate the step started from
+    step_size: float
+    chunk: int  # which batch chunk (0-based) when the input is split by `batch_size`
+    chunks: int
+
+
+@dataclass(frozen=True)
+class PerturbConfig:
+    """Engine settings, JSON-serialisable (``dataclasses.asdict``) and saved beside every result.
+
+    Args:
+        eps (`float`, defaults to 8/255): budget radius, in pixel units of a [0, 1] image for images.
+        norm (`str`, defaults to `"linf"`): ``"linf"`` or ``"l2"``.
+        steps (`int`, defaults to 100): number of gradient steps.
+        step_size (`float`, *optional*): defaults to ``2.5 * eps / steps`` (Madry et al., 2018).
+        step_rule (`str`, *optional*): ``"sign"``, ``"normalized"`` or ``"adam"``; defaults to sign for L-inf
+            and normalized for L2.
+        schedule (`str`, defaults to `"constant"`): ``"constant"``, ``"linear"`` or ``"cosine"`` decay to
+            ``step_size * final_step_ratio``.
+        random_start (`bool`, defaults to `False`): start from a uniform draw in the ball.
+        samples_per_step (`int`, defaults to 1): Monte-Carlo samples (objective randomness and EOT draws)
+            averaged per step; gradients are accumulated one sample at a time to bound memory.
+        minimize (`bool`, defaults to `False`): minimise the objective instead of maximising it.
+        early_stop_patience (`int`, *optional*): stop when the mean loss has not improved for this many steps.
+        early_stop_target (`float`, *optional*): freeze a sample once its loss reaches this value (≥ when
+            maximising, ≤ when minimising); stop when all have.
+        keep_best (`bool`, defaults to `False`): return each sample's best iterate seen instead of the last.
+            With stochastic objectives the "best" is judged on single noisy draws; leave it off there.
+        seed (`int`, *optional*): seeds the generator handed to the objective and transforms.
+        batch_size (`int`, *optional*): split larger inputs into chunks of this size, run one after another.
+        bounds (`tuple`, defaults to `(0.0, 1.0)`): the valid value range; None for unbounded tensors.
+    """
+
+    eps: float = 8 / 255
+    norm: str = "linf"
+    steps: int = 100
+    step_size: float | None = None
+    step_rule: str | None = None
+    schedule: str = "constant"
+    final_step_ratio: float = 0.01
+    random_start: bool = False
+    samples_per_step: int = 1
+    minimize: bool = False
+    early_stop_patience: int | None = None
+    early_stop_target: float | None = None
+    keep_best: bool = False
+    seed: int | None = None
+    batch_size: int | None = None
+    bounds: tuple[float, float] | None = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        def fail(name: str, expected: str) -> None:
+            raise InvalidArgumentError(f"`{name}` must be {expected}, but is {getattr(self, name)!r}.")
+
+        if self.norm not in NORMS:
+            fail("norm", f"one of {', '.join(NORMS)}")
+        if not (isinstance(self.eps, int | float) and math.isfinite(self.eps) and self.eps >= 0):
+            fail("eps", "a finite number >= 0")
+        if not (isinstance(self.steps, int) and self.steps >= 0):
+            fail("steps", "an integer >= 0")
+        if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
+            fail("step_size", "a finite number > 0")
+        if self.step_rule is not None and self.step_rule not in STEP_RULES:
+            fail("step_rule", f"one of {', '.join(STEP_RULES)}")
+        if self.schedule not in SCHEDULES:
+            fail("schedule", f"one of {', '.join(SCHEDULES)}")
+        if not 0 < self.final_step_ratio <= 1:
+            fail("final_step_ratio", "in (0, 1]")
+        if not (isinstance(self.samples_per_step, int) and self.samples_per_step >= 1):
+            fail("samples_per_step", "an integer >= 1")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            fail("early_stop_patience", "an integer >= 1 or None")
+        if self.batch_size is not None and self.batch_size < 1:
+            fail("batch_size", "an integer >= 1 or None")
+        if self.bounds is not None:
+            object.__setattr__(self, "bounds", tuple(float(b) for b in self.bounds))
+        Budget(self.eps, self.norm, self.bounds)  # validates bounds
+
+    @property
+    def resolved_step_size(self) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / max(self.steps, 1)
+
+    @property
+    def resolved_step_rule(self) -> str:
+        return self.step_rule or ("sign" if self.norm == "linf" else "normalized")
+
+
+@dataclass
+class PerturbResult:
+    """What :meth:`Perturber.run` returns.
+
+    Attributes:
+        images: the perturbed batch, ``origin + delta``, detached, same shape/dtype/device as the input.
+        delta: the perturbation (inside the budget, the mask and the valid range).
+        losses: mean objective per step, at the iterate each step started from.
+        final_losses: (B,) objective at the returned iterate's last evaluation (one noisy draw for
+            stochastic objectives; use :func:`evaluate_objective` for a careful estimate).
+        steps_run: steps actually taken (fewer than configured after an early stop).
+        stopped_early: whether an early-stop rule ended the run.
+        seconds: wall time.
+    """
+
+    images: torch.Tensor
+    delta: torch.Tensor
+    losses: list[float] = field(default_factory=list)
+    final_losses: torch.Tensor | None = None
+    steps_run: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+
+class Perturber:
+    """Projected gradient steps on an input under a budget (see :class:`PerturbConfig` for every setting).
+
+    Args:
+        config (`PerturbConfig`, *optional*): the settings; keyword arguments build one when omitted.
+        transform (`Transform`, *optional*): a random differentiable transform applied to the perturbed batch
+            before every objective call (expectation over transforms, Athalye et al., 2018).
+        progress (`bool` or callable, defaults to `False`): True shows a tqdm bar; a callable receives a
+            :class:`StepInfo` after every step.
+    """
+
+    def __init__(
+        self,
+        config: PerturbConfig | None = None,
+        *,
+        transform: Transform | None = None,
+        progress: bool | Callable[[StepInfo], None] = False,
+        **settings,
+    ):
+        if config is not None and settings:
+            raise InvalidArgumentError("give either `config` or keyword settings, not both.")
+        self.config = config if config is not None else PerturbConfig(**settings)
+        self.transform = transform
+        self.progress = progress
+
+    # ------------------------------------------------------------------ public
+    def run(
+        self,
+        objective: Objective,
+        images: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PerturbResult:
+        """Optimise a perturbation of `images` for `objective`; `mask` (broadcastable to `images`, values in
+        [0, 1]) confines it. Randomness comes from `generator`, else from a CPU generator seeded with
+        ``config.seed`` (CPU, so a seed gives the same draws on every device)."""
+        images = self._check_images(images)
+        mask = self._check_mask(mask, images)
+        if generator is None:
+            generator = torch.Generator(device="cpu")
+            if self.config.seed is not None:
+                generator.manual_seed(self.config.seed)
+            else:
+                generator.seed()
+        started = time.perf_counter()
+        size = self.config.batch_size or images.shape[0]
+        chunks = list(range(0, images.shape[0], size))
+        results = []
+        for index, start in enumerate(chunks):
+            chunk_mask = None
+            if mask is not None:
+                chunk_mask = mask if mask.shape[0] == 1 else mask[start : start + size]
+            results.append(
+                self._run_chunk(objective, images[start : start + size], chunk_mask, generator, index, len(chunks))
+            )
+        return _merge(results, time.perf_counter() - started)
+
+    # ------------------------------------------------------------------ internals
+    def _run_chunk(self, objective, origin, mask, generator, chunk, chunks) -> PerturbResult:
+        cfg = self.config
+        origin = origin.detach().clone()
+        budget = Budget(cfg.eps, cfg.norm, cfg.bounds)
+        rule = StepRule(cfg.resolved_step_rule, cfg.norm)
+        direction_sign = -1.0 if cfg.minimize else 1.0
+        if cfg.random_start:
+            delta = budget.random_start(origin, generator, mask)
+        else:
+            delta = torch.zeros_like(origin)
+        batch = origin.shape[0]
+        active = torch.ones(batch, dtype=torch.bool, device=origin.device)
+        best_delta = delta.clone()
+        best_loss = torch.full((batch,), -math.inf, device=origin.device)  # in "ascent" units
+        losses: list[float] = []
+        stale, best_mean = 0, -math.inf
+        stopped_early = False
+        last_loss = None
+        bar = self._progress_bar(cfg.steps, chunk, chunks)
+        steps_run = 0
+        for step in range(cfg.steps):
+            grad, loss = self._gradient(objective, origin, delta, generator, check=step == 0)
+            ascent_loss = direction_sign * loss
+            last_loss = loss
+            losses.append(float(loss.mean()))
+            if cfg.keep_best:
+                improved = ascent_loss > best_loss
+                best_loss = torch.where(improved, ascent_loss, best_loss)
+                best_delta[improved] = delta[improved]
+            if cfg.early_stop_target is not None:
+                active &= ascent_loss < direction_sign * cfg.early_stop_target
+            alpha = step_size_at(step, cfg.steps, cfg.resolved_step_size, cfg.schedule, cfg.final_step_ratio)
+            update = rule(direction_sign * grad)
+            update = update * active.view(-1, *([1] * (update.dim() - 1))).to(update.dtype)
+            if mask is not None:
+                update = update * mask
+            delta = budget.project(origin, delta + alpha * update, mask)
+            steps_run = step + 1
+            self._report(bar, StepInfo(step + 1, cfg.steps, losses[-1], alpha, chunk, chunks))
+            if not bool(active.any()):
+                stopped_early = True
+                break
+            if cfg.early_stop_patience is not None:
+                mean_ascent = float(ascent_loss.mean())
+                if mean_ascent > best_mean + 1e-12:
+                    best_mean, stale = mean_ascent, 0
+                else:
+                    stale += 1
+                    if stale >= cfg.early_stop_patience:
+                        stopped_early = True
+                        break
+        if bar is not None:
+            bar.close()
+        if cfg.keep_best and steps_run:
+            delta = best_delta
+            last_loss = direction_sign * best_loss
+        return PerturbResult(
+            images=(origin + delta).detach(),
+            delta=delta.detach(),
+            losses=losses,
+            final_losses=None if last_loss is None else last_loss.detach(),
+            steps_run=steps_run,
+            stopped_early=stopped_early,
+        )
+
+    def _gradient(self, objective, origin, delta, generator, check: bool):
+        """Average gradient and loss over `samples_per_step` draws, one backward pass per draw."""
+        total_grad = torch.zeros_like(delta)
+        total_loss = torch.zeros(origin.shape[0], device=origin.device, dtype=torch.float32)
+        samples = self.config.samples_per_step
+        for _ in range(samples):
+            leaf = delta.detach().requires_grad_(True)
+            with torch.enable_grad():
+                inputs = origin + leaf
+                if self.transform is not None:
+                    inputs = self.transform(inputs, generator)
+                loss = objective(inputs, generator)
+                if check:
+                    check_objective_output(loss, origin.shape[0], objective)
+                elif not bool(torch.isfinite(loss).all()):
+                    raise ObjectiveError(
+                        f"objective {_name(objective)} returned non-finite values mid-run ({loss.detach().tolist()}); "
+                        "with half-precision weights try dtype fp32."
+                    )
+                (grad,) = torch.autograd.grad(loss.sum(), leaf)
+            # A rare non-finite gradient (e.g. fp16 overflow in one draw) must not poison the iterate.
+            total_grad += torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
+            total_loss += loss.detach().float()
+        return total_grad / samples, total_loss / samples
+
+    def _check_images(self, images) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            raise InvalidArgumentError(f"`images` must be a torch.Tensor, but is {type(images).__name__}.")
+        if images.dim() < 2:
+            raise InvalidArgumentError(f"`images` must have a batch dimension, but has shape {tuple(images.shape)}.")
+        if not images.is_floating_point():
+            raise InvalidArgumentError(f"`images` must be a floating-point tensor, but has dtype {images.dtype}.")
+        if not bool(torch.isfinite(images).all()):
+            raise InvalidArgumentError("`images` contains NaN or infinite values.")
+        bounds = self.config.bounds
+        if bounds is not None and (images.min() < bounds[0] - 1e-6 or images.max() > bounds[1] + 1e-6):
+            raise InvalidArgumentError(
+                f"`images` must lie in [{bounds[0]}, {bounds[1]}], but spans "
+                f"[{float(images.min()):.4g}, {float(images.max()):.4g}]."
+            )
+        return images.detach().float() if images.dtype != torch.float32 else images.detach()
+
+    @staticmethod
+    def _check_mask(mask, images) -> torch.Tensor | None:
+        if mask is None:
+            return None
+        if not isinstance(mask, torch.Tensor):
+            raise MaskError(f"`mask` must be a torch.Tensor, but is {type(mask).__name__}.")
+        if mask.dim() != images.dim():
+            raise MaskError(f"`mask` must have {images.dim()} dimensions like the images, but has shape {tuple(mask.shape)}.")
+        for axis, (m, i) in enumerate(zip(mask.shape, images.shape, strict=True)):
+            if m not in (1, i):
+                raise MaskError(
+                    f"`mask` of shape {tuple(mask.shape)} does not fit images of shape {tuple(images.shape)} (axis {axis})."
+                )
+        if mask.min() < 0 or mask.max() > 1:
+            raise MaskError("`mask` values must lie in [0, 1].")
+        if not bool((mask > 0).any()):
+            raise MaskError("`mask` is empty: it leaves no pixel to perturb.")
+        return mask.to(device=images.device, dtype=torch.float32)
+
+    def _progress_bar(self, steps: int, chunk: int, chunks: int):
+        if self.progress is not True:
+            return None
+        from tqdm.auto import tqdm
+
+        label = "perturb" if chunks == 1 else f"perturb {chunk + 1}/{chunks}"
+        return tqdm(total=steps, desc=label, leave=False, dynamic_ncols=True)
+
+    def _report(self, bar, info: StepInfo) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{info.loss:.4g}", refresh=False)
+        elif callable(self.progress):
+            self.progress(info)
+
+    @property
+    def config_dict(self) -> dict:
+        """The engine's settings as JSON, stamped with the class and toolkit version."""
+        return {"_class_name": type(self).__name__, "_artshield_version": __version__, **dataclasses.asdict(self.config)}
+
+
+def check_objective_output(loss, batch: int, objective) -> None:
+    """Raise :class:`ObjectiveError` unless `loss` is a finite (B,) tensor attached to the autograd graph."""
+    name = _name(objective)
+    if not isinstance(loss, torch.Tensor):
+        raise ObjectiveError(f"objective {name} must return a torch.Tensor of shape ({batch},), but returned {type(loss).__name__}.")
+    if tuple(loss.shape) != (batch,):
+        raise ObjectiveError(f"objective {name} must return shape ({batch},) (one loss per sample), but returned {tuple(loss.shape)}.")
+    if not loss.requires_grad:
+        raise ObjectiveError(
+            f"objective {name} returned a loss that is not attached to the autograd graph of its input "
+            "(was it computed under torch.no_grad(), or from a detached copy?)."
+        )
+    if not bool(torch.isfinite(loss).all()):
+        raise ObjectiveError(f"objective {name} returned non-finite values {loss.detach().tolist()}.")
+
+
+@torch.no_grad()
+def evaluate_objective(
+    objective: Objective,
+    images: torch.Tensor,
+    samples: int = 8,
+    seed: int = 0,
+    transform: Transform | None = None,
+) -> torch.Tensor:
+    """Mean objective over `samples` draws, shape (B,), without gradients.
+
+    With the same `seed`, two calls use the same random draws (common random numbers), so comparing an
+    image before and after protection measures the perturbation, not sampling noise.
+    """
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    total = torch.zeros(images.shape[0], device=images.device, dtype=torch.float32)
+    for _ in range(samples):
+        inputs = images if transform is None else transform(images, generator)
+        total += objective(inputs, generator).float()
+    return total / samples
+
+
+def _merge(results: list[PerturbResult], seconds: float) -> PerturbResult:
+    if len(results) == 1:
+        results[0].seconds = seconds
+        return results[0]
+    steps = max(len(r.losses) for r in results)
+    losses = []
+    for i in range(steps):
+        values = [r.losses[i] for r in results if i < len(r.losses)]
+        losses.append(sum(values) / len(values))
+    finals = [r.final_losses for r in results]
+    return PerturbResult(
+        images=torch.cat([r.images for r in results]),
+        delta=torch.cat([r.delta for r in results]),
+        losses=losses,
+        final_losses=None if any(f is None for f in finals) else torch.cat(finals),
+        steps_run=max(r.steps_run for r in results),
+        stopped_early=all(r.stopped_early for r in results),
+        seconds=seconds,
+    )
+
+
+def _name(objective) -> str:
+    owner = getattr(objective, "__self__", None)
+    if owner is not None:
+        return f"{type(owner).__name__}.{getattr(objective, '__name__', 'objective')}"
+    return getattr(objective, "__qualname__", None) or type(objective).__name__

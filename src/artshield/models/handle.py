@@ -1,0 +1,289 @@
+"""One handle over a Stable Diffusion checkpoint: its components and the few operations every method needs.
+
+Images cross this boundary as float tensors in [0, 1] of shape (B, 3, H, W) — the convention of the whole
+toolkit — and latents as the *scaled* latents the UNet sees (``(z - shift) * scaling_factor``). The handle
+casts inputs to the weights' dtype and returns float32, so gradients with respect to images stay in fp32
+even when the frozen weights are fp16/bf16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import InvalidArgumentError
+
+LatentMode = str  # "sample" (draw from the VAE posterior) or "mean" (its mean)
+
+
+@dataclass
+class DiffusionModel:
+    """A loaded Stable Diffusion 1.x/2.x model (text-to-image or inpainting), or the demo model.
+
+    Attributes:
+        vae (`AutoencoderKL`), unet (`UNet2DConditionModel`), text_encoder (`CLIPTextModel`),
+        tokenizer (`CLIPTokenizer`): the diffusers/transformers components, frozen and in eval mode.
+        scheduler (`DDPMScheduler`): the training noise schedule (betas, prediction type).
+        source (`str`): what was loaded (``"demo"``, a hub id, a folder or a file), for reports.
+        device, dtype: where the weights live and in which precision.
+    """
+
+    vae: torch.nn.Module
+    unet: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+    source: str = "unknown"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    _prompt_cache: dict = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def is_inpainting(self) -> bool:
+        """True for 9-channel inpainting UNets (noisy latent + mask + masked-image latent)."""
+        return self.unet.config.in_channels == 9
+
+    @property
+    def prediction_type(self) -> str:
+        return self.scheduler.config.prediction_type
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def pixel_multiple(self) -> int:
+        """Image sides must be a multiple of this for the VAE and every UNet down-sampling to divide evenly."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
+    def native_resolution(self) -> int:
+        """The square resolution the model was trained at (512 for SD 1.x, 768 for SD 2.x, 128 for the demo)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    # ------------------------------------------------------------------ housekeeping
+    def freeze(self) -> DiffusionModel:
+        """Put every component in eval mode without gradients (methods differentiate inputs, not weights)."""
+        for module in (self.vae, self.unet, self.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        return self
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DiffusionModel:
+        device = torch.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        for module in (self.vae, self.unet, self.text_encoder):
+            module.to(device=device, dtype=dtype)
+        self.device, self.dtype = device, dtype
+        self._prompt_cache.clear()
+        return self
+
+    def clear_prompt_cache(self) -> None:
+        """Forget cached prompt embeddings (call after changing the text encoder's weights)."""
+        self._prompt_cache.clear()
+
+    # ------------------------------------------------------------------ VAE
+    def encode(
+        self, images: torch.Tensor, mode: LatentMode = "sample", generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Encode images in [0, 1] to scaled latents; differentiable with respect to `images`.
+
+        `mode="sample"` draws from the VAE posterior (as LDM training and AdvDM do), `"mean"` takes its mean
+        (as PhotoGuard and Mist-v2 do).
+        """
+        if mode not in ("sample", "mean"):
+            raise InvalidArgumentError(f"`mode` must be 'sample' or 'mean', but is {mode!r}.")
+        x = images.to(device=self.device, dtype=self.dtype) * 2.0 - 1.0
+        posterior = self.vae.encode(x).latent_dist
+        if mode == "mean":
+            latents = posterior.mean
+        else:
+            # Draw the noise ourselves so a CPU generator works with weights on any device.
+            noise = randn_like(posterior.mean, generator)
+            latents = posterior.mean + posterior.std * noise
+        return self._scale_latents(latents.float())
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Decode scaled latents to images in [0, 1] (differentiable; clamp is a straight clip)."""
+        z = self._unscale_latents(latents).to(device=self.device, dtype=self.dtype)
+        images = self.vae.decode(z).sample.float()
+        return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
+
+    def _scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return (z - shift) * self.vae.config.scaling_factor
+
+    def _unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return z / self.vae.config.scaling_factor + shift
+
+    # ------------------------------------------------------------------ text
+    @torch.no_grad()
+    def embed_prompt(self, prompt: str | Sequence[str], batch_size: int | None = None) -> torch.Tensor:
+        """Return CLIP hidden states (B, L, D) for one prompt or a list; repeated to `batch_size` if given.
+
+        Embeddings are cached per prompt: frozen-model methods embed the same prompt every step.
+        """
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        rows = []
+        for text in prompts:
+            if text not in self._prompt_cache:
+                self._prompt_cache[text] = self.encode_prompt_uncached([text])
+            rows.append(self._prompt_cache[text])
+        embeds = torch.cat(rows, dim=0)
+        if batch_size is not None and embeds.shape[0] != batch_size:
+            if embeds.shape[0] != 1:
+                raise InvalidArgumentError(
+                    f"`prompt` has {embeds.shape[0]} entries but the batch has {batch_size} images; give one prompt "
+                    "or one per image."
+                )
+            embeds = embeds.expand(batch_size, -1, -1)
+        return embeds
+
+    def encode_prompt_uncached(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Tokenise and encode prompts with gradients enabled where the caller enables them (for training)."""
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(tokens)[0]
+
+    # ------------------------------------------------------------------ diffusion
+    def sample_timesteps(
+        self, batch_size: int, generator: torch.Generator | None = None, t_min: int = 0, t_max: int | None = None
+    ) -> torch.Tensor:
+        """Uniform integer timesteps in [t_min, t_max) on the model's device."""
+        t_max = self.num_train_timesteps if t_max is None else t_max
+        if not 0 <= t_min < t_max <= self.num_train_timesteps:
+            raise InvalidArgumentError(
+                f"timestep range must satisfy 0 <= t_min < t_max <= {self.num_train_timesteps}, but is [{t_min}, {t_max})."
+            )
+        device = generator.device if generator is not None else torch.device("cpu")
+        t = torch.randint(t_min, t_max, (batch_size,), generator=generator, device=device)
+        return t.to(self.device)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Forward diffusion q(z_t | z_0) with the model's own noise schedule."""
+        alphas = self.scheduler.alphas_cumprod.to(device=latents.device, dtype=torch.float32)[timesteps]
+        alphas = alphas.view(-1, *([1] * (latents.dim() - 1)))
+        return alphas.sqrt() * latents + (1.0 - alphas).sqrt() * noise
+
+    def training_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the UNet is trained to predict: the noise (epsilon), the velocity (v) or the sample."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "v_prediction":
+            alphas = self.scheduler.alphas_cumprod.to(device=latents.device, dtype=torch.float32)[timesteps]
+            alphas = alphas.view(-1, *([1] * (latents.dim() - 1)))
+            return alphas.sqrt() * noise - (1.0 - alphas).sqrt() * latents
+        if self.prediction_type == "sample":
+            return latents
+        raise InvalidArgumentError(f"unsupported scheduler prediction_type {self.prediction_type!r} in {self.source}.")
+
+    def predict_noise(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        inpaint_condition: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run the UNet; returns its prediction (noise, v or sample, per `prediction_type`) in float32.
+
+        For inpainting UNets `inpaint_condition` is the (B, 5, h, w) stack of the latent-resolution mask and
+        the masked image's latents, concatenated after the noisy latents as diffusers' inpainting pipeline does.
+        """
+        x = noisy_latents
+        if self.is_inpainting:
+            if inpaint_condition is None:
+                raise InvalidArgumentError(
+                    f"{self.source} is an inpainting model: `inpaint_condition` (mask and masked-image latents) is required."
+                )
+            x = torch.cat([x, inpaint_condition.to(x.dtype)], dim=1)
+        elif inpaint_condition is not None:
+            raise InvalidArgumentError(f"{self.source} is not an inpainting model; `inpaint_condition` must be None.")
+        out = self.unet(
+            x.to(device=self.device, dtype=self.dtype),
+            timesteps.to(self.device),
+            encoder_hidden_states=prompt_embeds.to(device=self.device, dtype=self.dtype),
+        ).sample
+        return out.float()
+
+    def training_loss(
+        self,
+        latents: torch.Tensor,
+        prompt_embeds: torch.Tensor,
+        *,
+        timesteps: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        t_min: int = 0,
+        t_max: int | None = None,
+        inpaint_condition: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The latent-diffusion training loss per sample, shape (B,): mean squared error between the UNet's
+        prediction on z_t and its target, with t ~ U[t_min, t_max) and noise ~ N(0, I) unless given."""
+        batch = latents.shape[0]
+        if timesteps is None:
+            timesteps = self.sample_timesteps(batch, generator, t_min, t_max)
+        if noise is None:
+            noise = randn_like(latents, generator)
+        noisy = self.add_noise(latents, noise, timesteps)
+        prediction = self.predict_noise(noisy, timesteps, prompt_embeds, inpaint_condition)
+        target = self.training_target(latents, noise, timesteps)
+        return F.mse_loss(prediction, target.float(), reduction="none").flatten(1).mean(dim=1)
+
+    # ------------------------------------------------------------------ pipelines
+    def pipeline(self, task: str = "text2img", scheduler=None):
+        """A diffusers pipeline sharing this handle's components (no safety checker: these are test beds)."""
+        from diffusers import (
+            DDIMScheduler,
+            StableDiffusionImg2ImgPipeline,
+            StableDiffusionInpaintPipeline,
+            StableDiffusionPipeline,
+        )
+
+        classes = {
+            "text2img": StableDiffusionPipeline,
+            "img2img": StableDiffusionImg2ImgPipeline,
+            "inpaint": StableDiffusionInpaintPipeline,
+        }
+        if task not in classes:
+            raise InvalidArgumentError(f"`task` must be one of {', '.join(classes)}, but is {task!r}.")
+        if task == "inpaint" and not self.is_inpainting:
+            raise InvalidArgumentError(f"{self.source} is not an inpainting model; load an inpainting checkpoint.")
+        scheduler = scheduler or DDIMScheduler.from_config(self.scheduler.config)
+        pipe = classes[task](
+            vae=self.vae,
+            unet=self.unet,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+
+def randn_like(reference: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Standard normal noise shaped like `reference`, drawn on the generator's device (so a CPU generator
+    gives the same numbers whatever device the model is on) and moved to the reference's device."""
+    device = generator.device if generator is not None else reference.device
+    noise = torch.randn(reference.shape, generator=generator, device=device, dtype=torch.float32)
+    return noise.to(device=reference.device, dtype=reference.dtype)

@@ -1,0 +1,180 @@
+"""Protecting files: plan outputs for an image or a folder, skip what is done, write, measure, report.
+
+Kept apart from the argument parsing in :mod:`.cli` so scripts can drive folders the same way the
+command does. Originals are never overwritten; outputs are lossless PNGs written atomically, carrying the
+settings in a PNG text chunk (``artshield``), which is also how already-protected files are recognised.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import ImageWriteError, InvalidArgumentError
+from ..imageio import iter_images, read_image, write_png
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "artshield"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image to protect: where it comes from and where the protected copy goes."""
+
+    source: Path
+    output: Path
+
+
+def plan_jobs(target: str | os.PathLike, output: str | os.PathLike | None = None) -> tuple[list[Job], list[tuple[Path, str]]]:
+    """Turn a file or folder (and an optional output) into jobs, plus (path, reason) pairs skipped as non-images.
+
+    A file goes to ``<stem>.protected.png`` beside it unless `output` names a ``.png`` file or an existing
+    folder. A folder goes to ``<folder>_protected/<stem>.png`` unless `output` names another folder; when
+    the output folder is the input folder, outputs are named ``<stem>.protected.png``.
+    """
+    target = Path(target).expanduser()
+    if not target.exists():
+        raise InvalidArgumentError(f"input {str(target)!r}: no such file or folder.")
+    if target.is_file():
+        if output is None:
+            destination = target.with_name(f"{target.stem}.protected.png")
+        else:
+            output = Path(output).expanduser()
+            if output.is_dir():
+                destination = output / f"{target.stem}.protected.png"
+            elif output.suffix.lower() == ".png":
+                destination = output
+            else:
+                raise InvalidArgumentError(
+                    f"output {str(output)!r} must end in .png (protected images are saved lossless) or be an existing folder."
+                )
+        return [Job(target, destination)], []
+    out_dir = Path(output).expanduser() if output is not None else target.with_name(f"{target.name}_protected")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InvalidArgumentError(f"output {str(out_dir)!r} must be a folder when the input is a folder.")
+    listing = iter_images(target)
+    images, skipped = listing.images, listing.skipped
+    same_folder = out_dir.resolve() == target.resolve()
+    jobs, used = [], set()
+    for source in images:
+        stem = f"{source.stem}.protected" if same_folder else source.stem
+        name = f"{stem}.png"
+        if name in used:  # painting.jpg and painting.png both present
+            name = f"{stem}_{source.suffix.lstrip('.').lower()}.png"
+        used.add(name)
+        jobs.append(Job(source, out_dir / name))
+    return jobs, [(Path(p), reason) for p, reason in skipped]
+
+
+def fingerprint(path: Path) -> str:
+    """SHA-256 of a file's bytes (identifies the source an output was made from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_metadata(info: dict) -> dict | None:
+    """The artshield metadata stored in a PNG's text chunks, or None."""
+    raw = info.get(METADATA_KEY) if info else None
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+    except (TypeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def skip_reason(job: Job, settings: dict, source_hash: str, overwrite: bool) -> str | None:
+    """Why `job` needs no work (or may not be done), or None to go ahead."""
+    loaded = read_image(job.source)
+    if read_metadata(loaded.info) is not None:
+        return "already protected by artshield (its PNG carries protection metadata)"
+    if job.output.exists():
+        try:
+            existing = read_metadata(read_image(job.output).info)
+        except Exception:  # an unreadable old output is simply replaced when allowed
+            existing = None
+        if existing and existing.get("source_sha256") == source_hash and existing.get("settings") == settings:
+            return f"up to date: {job.output} was made from this image with the same settings"
+        if not overwrite:
+            return f"output {job.output} exists (pass --overwrite to replace it)"
+    return None
+
+
+def protect_file(method, job: Job, *, eval_samples: int = 8, source_hash: str | None = None) -> dict:
+    """Protect one file and return its report entry (sizes, budget, image metrics, objective, time)."""
+    from ..evaluate.metrics import image_report
+
+    started = time.perf_counter()
+    loaded = read_image(job.source)
+    source_hash = source_hash or fingerprint(job.source)
+    original = loaded.rgb
+    result = method.protect(original)
+    settings = method.config
+    metadata = {
+        "tool": "artshield",
+        "source_name": job.source.name,
+        "source_sha256": source_hash,
+        "settings": settings,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    budget = method.eps if method.engine_config.norm == "linf" else None
+    write_png(
+        job.output,
+        result.images,
+        alpha=loaded.alpha,
+        bit_depth=loaded.bit_depth,
+        text={METADATA_KEY: json.dumps(metadata, sort_keys=True)},
+        icc_profile=loaded.icc_profile,
+        reference=loaded,
+        max_abs_change=budget,
+    )
+    # Measure what was actually saved (after quantisation), not the float result.
+    saved = read_image(job.output).rgb
+    with torch.no_grad():
+        before = float(method.evaluate(original, samples=eval_samples).mean()) if eval_samples else None
+        after = float(method.evaluate(saved, samples=eval_samples).mean()) if eval_samples else None
+    entry = {
+        "input": str(job.source),
+        "output": str(job.output),
+        "width": int(original.shape[-1]),
+        "height": int(original.shape[-2]),
+        "channels": int(original.shape[1]),
+        "has_alpha": loaded.alpha is not None,
+        "bit_depth": loaded.bit_depth,
+        **image_report(original, saved),
+        "objective_before": before,
+        "objective_after": after,
+        "objective_samples": eval_samples,
+        "steps_run": result.steps_run,
+        "protect_seconds": round(result.seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    return entry
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with handle:
+            json.dump(data, handle, indent=2, sort_keys=False, allow_nan=False)
+            handle.write("\n")
+        os.replace(handle.name, path)
+    except (OSError, ValueError) as exc:
+        Path(handle.name).unlink(missing_ok=True)
+        raise ImageWriteError(f"report {str(path)!r} could not be written: {exc}") from exc

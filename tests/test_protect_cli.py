@@ -1,0 +1,151 @@
+"""The `protect` command end to end on a tiny model: odd-sized RGBA, folders, reruns and every bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from artshield.cli import main as artshield_main
+from artshield.protect.cli import main as protect_main
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_rgba(path: Path, size=(45, 29)) -> Path:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    alpha = np.tile(np.linspace(0, 255, size[0], dtype=np.uint8), (size[1], 1))[..., None]
+    Image.fromarray(np.concatenate([rgb, alpha], axis=-1), "RGBA").save(path)
+    return path
+
+
+def make_rgb(path: Path, size=(40, 32), fmt=None) -> Path:
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, fmt)
+    return path
+
+
+@pytest.fixture
+def fast(tiny_model_dir):
+    """Arguments that keep a CLI run to a second on the tiny model."""
+    return ["--model", str(tiny_model_dir), "--steps", "2", "--eval-samples", "2", "--quiet", "--device", "cpu"]
+
+
+def test_odd_sized_rgba_end_to_end(tmp_path, fast, capsys):
+    source = make_rgba(tmp_path / "painting.png")
+    before = digest(source)
+    assert protect_main([str(source), "--eps", "8/255", *fast]) == 0
+    output = tmp_path / "painting.protected.png"
+    report = json.loads((tmp_path / "painting.protected.report.json").read_text())
+    assert digest(source) == before  # the original is untouched
+    original, protected = Image.open(source), Image.open(output)
+    assert protected.size == original.size and protected.mode == "RGBA"
+    o, p = np.asarray(original).astype(int), np.asarray(protected).astype(int)
+    assert np.array_equal(o[..., 3], p[..., 3])  # alpha kept exactly
+    assert np.abs(o[..., :3] - p[..., :3]).max() <= 8  # budget holds in the saved file
+    assert np.abs(o[..., :3] - p[..., :3]).max() > 0
+    metadata = json.loads(protected.info["artshield"])
+    assert metadata["settings"]["method"] == "advdm" and metadata["source_sha256"] == before
+    entry = report["images"][0]
+    for key in ("linf_255", "psnr_db", "ssim", "objective_before", "objective_after", "seconds"):
+        assert key in entry
+    assert entry["linf_255"] <= 8
+    assert "painting.protected.png" in capsys.readouterr().out
+
+
+def test_rerun_with_same_settings_is_skipped_and_different_needs_overwrite(tmp_path, fast, capsys):
+    source = make_rgb(tmp_path / "a.png")
+    assert protect_main([str(source), *fast]) == 0
+    output = tmp_path / "a.protected.png"
+    stamp = output.stat().st_mtime_ns
+    capsys.readouterr()
+    assert protect_main([str(source), *fast]) == 0  # same settings: up to date
+    assert output.stat().st_mtime_ns == stamp
+    assert protect_main([str(source), "--seed", "3", *fast]) == 2  # different settings: refuse
+    assert "--overwrite" in capsys.readouterr().err
+    assert protect_main([str(source), "--seed", "3", "--overwrite", *fast]) == 0
+    assert output.stat().st_mtime_ns != stamp
+
+
+def test_folder_mode_skips_non_images_and_protected_files(tmp_path, fast, capsys):
+    folder = tmp_path / "art"
+    folder.mkdir()
+    make_rgb(folder / "one.png")
+    make_rgb(folder / "two.jpg", fmt="JPEG")
+    Image.fromarray(np.full((36, 36), 128, np.uint8), "L").save(folder / "grey.png")
+    (folder / "notes.txt").write_text("not an image")
+    assert protect_main([str(folder), *fast]) == 0
+    out_dir = tmp_path / "art_protected"
+    assert sorted(p.name for p in out_dir.glob("*.png")) == ["grey.png", "one.png", "two.png"]
+    assert Image.open(out_dir / "grey.png").mode == "L"  # greyscale stays greyscale
+    report = json.loads((out_dir / "report.json").read_text())
+    assert len(report["images"]) == 3
+    assert any("notes.txt" in s["input"] for s in report["skipped"])
+    # A protected image dropped back into the input folder is recognised and skipped.
+    (out_dir / "one.png").rename(folder / "already.png")
+    capsys.readouterr()
+    assert protect_main([str(folder), *fast]) == 0
+    err_and_out = "".join(capsys.readouterr())
+    assert "already protected" in err_and_out
+    assert "up to date" in err_and_out  # two.jpg and grey.png were done last time
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d: [str(d / "missing.png")], "no such file"),
+        (lambda d: [str(d / "corrupt.png")], "corrupt.png"),
+        (lambda d: [str(d / "ok.png"), "--eps", "lots"], "--eps"),
+        (lambda d: [str(d / "ok.png"), "--method", "glaze"], "glaze"),
+        (lambda d: [str(d / "ok.png"), "-o", str(d / "out.jpg")], ".png"),
+        (lambda d: [str(d / "ok.png"), "--steps", "0"], "--steps"),
+        (lambda d: [str(d / "ok.png"), "-o", str(d / "ok.png")], "ok.png"),
+        (lambda d: [str(d / "empty")], "no images"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero_and_leaves_originals(tmp_path, fast, capsys, make_args, message):
+    make_rgb(tmp_path / "ok.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
+    (tmp_path / "empty").mkdir()
+    before = {p.name: digest(p) for p in tmp_path.iterdir() if p.is_file()}
+    code = protect_main([*fast, *make_args(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert {p.name: digest(p) for p in tmp_path.iterdir() if p.is_file() and p.name in before} == before
+
+
+def test_bad_model_is_one_line(tmp_path, capsys):
+    source = make_rgb(tmp_path / "ok.png")
+    code = protect_main([str(source), "--model", "someone/not-a-model", "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "not in the local Hugging Face cache" in err and len(err.splitlines()) == 1
+
+
+def test_list_methods_and_umbrella(capsys):
+    assert protect_main(["--list-methods"]) == 0
+    assert "advdm" in capsys.readouterr().out
+    assert artshield_main(["protect", "--list-methods"]) == 0
+    assert "advdm" in capsys.readouterr().out
+    assert artshield_main(["nonsense"]) == 2
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    """The installed entry point turns user errors into one line and exit status 2."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "artshield", "protect", str(tmp_path / "nope.png")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "nope.png" in proc.stderr
