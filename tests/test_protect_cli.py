@@ -149,3 +149,24 @@ def test_console_script_prints_no_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "nope.png" in proc.stderr
+
+
+def test_sixteen_bit_greyscale_stays_sixteen_bit(tmp_path, fast):
+    values = (np.linspace(0, 65535, 40 * 33).reshape(33, 40)).astype(np.uint16)
+    source = tmp_path / "deep.png"
+    Image.fromarray(values).save(source)  # uint16 -> a 16-bit greyscale PNG
+    assert protect_main([str(source), "--eps", "8/255", *fast]) == 0
+    protected = Image.open(tmp_path / "deep.protected.png")
+    assert protected.mode.startswith("I") and protected.size == (40, 33)
+    change = np.abs(np.asarray(protected).astype(np.int64) - values.astype(np.int64))
+    assert change.max() <= round(8 / 255 * 65535) and change.max() > 0
+
+
+def test_exif_orientation_is_honoured(tmp_path, fast):
+    source = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    make_rgb(tmp_path / "plain.png", size=(48, 32))
+    Image.open(tmp_path / "plain.png").save(source, "JPEG", exif=exif.tobytes())
+    assert protect_main([str(source), *fast]) == 0
+    assert Image.open(tmp_path / "rotated.protected.png").size == (32, 48)  # displayed as 32 wide, 48 high

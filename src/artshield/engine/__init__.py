@@ -14,9 +14,31 @@ from .perturb import (
     evaluate_objective,
 )
 from .steps import StepRule, step_size_at
+from .transforms import (
+    Compose,
+    DiffJPEG,
+    GaussianBlur,
+    GaussianNoise,
+    Identity,
+    RandomChoice,
+    RandomCrop,
+    Resize,
+    default_robust_transforms,
+    parse_transforms,
+)
 
 __all__ = [
     "Budget",
+    "Compose",
+    "DiffJPEG",
+    "GaussianBlur",
+    "GaussianNoise",
+    "Identity",
+    "RandomChoice",
+    "RandomCrop",
+    "Resize",
+    "default_robust_transforms",
+    "parse_transforms",
     "Objective",
     "PerturbConfig",
     "PerturbResult",

@@ -213,7 +213,7 @@ class DiffusionModel:
                 raise InvalidArgumentError(
                     f"{self.source} is an inpainting model: `inpaint_condition` (mask and masked-image latents) is required."
                 )
-            x = torch.cat([x, inpaint_condition.to(x.dtype)], dim=1)
+            x = torch.cat([x, inpaint_condition.to(device=x.device, dtype=x.dtype)], dim=1)
         elif inpaint_condition is not None:
             raise InvalidArgumentError(f"{self.source} is not an inpainting model; `inpaint_condition` must be None.")
         out = self.unet(

@@ -1,0 +1,456 @@
+"""Turn a model specification into a :class:`DiffusionModel`.
+
+A specification is ``"demo"``, a Hugging Face hub id (``stabilityai/stable-diffusion-2-1-base``, read
+through the normal Hugging Face cache), a local diffusers folder, or a single checkpoint file
+(``.safetensors``; ``.ckpt``/``.pt`` pickles only with ``trust_pickle=True``, then only through
+``torch.load(weights_only=True)``). The demo model and real checkpoints go through the same code.
+
+Every failure a user can cause (no such path, not cached while offline, an SDXL folder, components that
+do not fit together, a corrupt file) is raised as one of the :mod:`artshield.errors` classes with a
+one-line message; diffusers/transformers/huggingface_hub exceptions never escape, and their progress
+bars and loading chatter are silenced while loading.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from ..errors import (
+    IncompatibleModelError,
+    InvalidArgumentError,
+    ModelLoadError,
+    ModelNotFoundError,
+    UntrustedCheckpointError,
+)
+from .device import resolve_device, resolve_dtype
+from .handle import DiffusionModel
+
+logger = logging.getLogger(__name__)
+
+COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# What a diffusers Stable Diffusion folder must hold (relative paths), per component.
+FOLDER_LAYOUT = {
+    "vae": "vae/config.json",
+    "unet": "unet/config.json",
+    "text_encoder": "text_encoder/config.json",
+    "tokenizer": "tokenizer",
+    "scheduler": "scheduler/scheduler_config.json",
+}
+_WEIGHT_COMPONENTS = ("vae", "unet", "text_encoder")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_UNSUPPORTED_PIPELINES = {
+    "StableDiffusion3Pipeline": "Stable Diffusion 3",
+    "FluxPipeline": "FLUX",
+    "StableCascadePriorPipeline": "Stable Cascade",
+    "StableDiffusionUpscalePipeline": "Stable Diffusion x4 upscaler",
+    "StableDiffusionInstructPix2PixPipeline": "InstructPix2Pix",
+    "StableUnCLIPPipeline": "Stable unCLIP",
+    "StableUnCLIPImg2ImgPipeline": "Stable unCLIP",
+}
+# How long a "can the hub be reached?" answer is trusted, so that loading several models does not probe
+# the network for each, while a machine that comes online is noticed soon after.
+_REACHABILITY_TTL_S = 60.0
+_reachability: tuple[float, bool] | None = None
+
+
+def load(
+    spec: str | os.PathLike = "demo",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    config: str | os.PathLike | None = None,
+    trust_pickle: bool = False,
+    revision: str | None = None,
+    variant: str | None = None,
+) -> DiffusionModel:
+    """Load a Stable Diffusion model and return a frozen :class:`DiffusionModel` on `device`.
+
+    Args:
+        spec (`str` or path, defaults to `"demo"`): ``"demo"``, a hub id, a diffusers folder or a single file.
+        device (*optional*): ``"auto"``/None (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ...
+        dtype (*optional*): weights' precision; None picks bf16/fp16 on accelerators and fp32 on the CPU.
+        config (*optional*): for single files only, a diffusers folder or hub id whose component configs
+            match the checkpoint. Without it the configs diffusers itself would pick (SD 1.5, SD 2.1 or
+            their inpainting models) are read from the Hugging Face cache, or downloaded (a few KB) when
+            online; offline with nothing cached it is required.
+        trust_pickle (`bool`, defaults to `False`): allow pickle weights (``.ckpt``/``.pt``/``.pth``/``.bin``
+            files, or folders that only hold ``.bin`` weights), read with ``torch.load(weights_only=True)``,
+            never a full unpickle.
+        revision, variant (*optional*): passed to ``from_pretrained`` for hub ids (e.g. ``variant="fp16"``).
+
+    Raises:
+        ModelNotFoundError: no such file/folder, or a hub id that is neither cached nor downloadable.
+        IncompatibleModelError: the files exist but are not a usable SD 1.x/2.x model (SDXL, a LoRA, a
+            truncated file, components that do not fit together, ...).
+        UntrustedCheckpointError: pickle weights without ``trust_pickle=True``, or a pickle holding more than
+            tensors.
+        InvalidArgumentError: a bad device/dtype, or `config` given for something other than a single file.
+    """
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    spec_str = os.fspath(spec)
+    with quiet_loading():
+        if spec_str == "demo":
+            from .demo import DEMO_WEIGHTS
+
+            if not (DEMO_WEIGHTS / "model_index.json").is_file():
+                raise ModelNotFoundError(
+                    f"the demo model's weights are missing from {DEMO_WEIGHTS}; reinstall artshield or run "
+                    "`python -m artshield.models.demo.train --output-dir <folder>` and pass that folder."
+                )
+            _reject_config(config, "the demo model")
+            components = _load_folder(DEMO_WEIGHTS, dtype, trust_pickle=False)
+            source = "demo"
+        else:
+            path = Path(spec_str).expanduser()
+            if path.is_dir():
+                _reject_config(config, f"folder {spec_str}")
+                components = _load_folder(path, dtype, trust_pickle=trust_pickle)
+            elif path.is_file():
+                from .single_file import load_single_file
+
+                components = load_single_file(path, config=config, trust_pickle=trust_pickle, dtype=dtype)
+            elif looks_like_hub_id(spec_str) and not spec_str.lower().endswith(SINGLE_FILE_SUFFIXES):
+                _reject_config(config, f"hub id {spec_str}")
+                components = _load_hub(spec_str, dtype, revision=revision, variant=variant, trust_pickle=trust_pickle)
+            elif spec_str.lower().endswith(SINGLE_FILE_SUFFIXES) or os.sep in spec_str or "/" in spec_str:
+                raise ModelNotFoundError(f"model {spec_str!r}: no such file or folder.")
+            else:
+                raise ModelNotFoundError(
+                    f"model {spec_str!r} is neither 'demo', a hub id (owner/name), an existing folder nor a file."
+                )
+            source = spec_str
+        model = DiffusionModel(**components, source=source)
+        # Inside quiet_loading: diffusers' `.to(dtype)` warns about fp32 modules even when there are none.
+        return model.to(device, dtype).freeze()
+
+
+def looks_like_hub_id(text: str) -> bool:
+    """True for ``owner/name`` strings (what the hub accepts as a model id)."""
+    return bool(_HUB_ID.match(text)) and ".." not in text
+
+
+def _reject_config(config: str | os.PathLike | None, what: str) -> None:
+    if config is not None:
+        raise InvalidArgumentError(
+            f"`config` only applies to single checkpoint files, but is {os.fspath(config)!r} for {what}, which "
+            "carries its own configs; leave it unset."
+        )
+
+
+# ---------------------------------------------------------------------------------------------- quiet
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """Silence diffusers' and transformers' per-load chatter ("Loading weights" bars, load reports, the
+    spurious fp32-modules warning) and restore the caller's settings afterwards.
+
+    Errors still raise; problems those warnings would have reported (missing or mismatched weights) are
+    checked explicitly by the loaders instead. Hub *download* progress bars stay as they were: a
+    multi-gigabyte download needs one. Not thread-safe (the libraries' verbosity is global).
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    saved_diffusers = diffusers_logging.get_verbosity()
+    saved_transformers = transformers_logging.get_verbosity()
+    diffusers_bars = diffusers_logging.is_progress_bar_enabled()
+    transformers_bars = transformers_logging.is_progress_bar_enabled()
+    hub_bars_off = are_progress_bars_disabled()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()  # also turns the hub's bars off: turn them back on below
+    if not hub_bars_off:
+        enable_progress_bars()
+    try:
+        with warnings.catch_warnings():
+            # diffusers still passes this retired argument to huggingface_hub on every hub load.
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            yield
+    finally:
+        diffusers_logging.set_verbosity(saved_diffusers)
+        transformers_logging.set_verbosity(saved_transformers)
+        if diffusers_bars:
+            diffusers_logging.enable_progress_bar()
+        if transformers_bars:
+            transformers_logging.enable_progress_bar()
+        # transformers' enable/disable also flip the hub's switch: put the hub's back as it was.
+        if hub_bars_off:
+            disable_progress_bars()
+        else:
+            enable_progress_bars()
+
+
+# ---------------------------------------------------------------------------------------------- hub access
+def hub_offline_mode() -> bool:
+    """True when the user asked for no network (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``)."""
+    from huggingface_hub import constants
+
+    flag = constants.is_offline_mode() if callable(getattr(constants, "is_offline_mode", None)) else constants.HF_HUB_OFFLINE
+    # The hub reads the variables once at import; honour them if they were set later too.
+    late = any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return bool(flag) or late
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick request to the hub endpoint (through the hub client's own session, so proxies apply).
+
+    Needed because huggingface_hub retries unreachable hosts with backoff for about half a minute before
+    giving up; a machine with no network should get its one-line error at once.
+    """
+    global _reachability
+    now = time.monotonic()
+    if _reachability is not None and now - _reachability[0] < _REACHABILITY_TTL_S:
+        return _reachability[1]
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+        reachable = True
+    except Exception:  # any failure (DNS, refused, timeout, offline mode) means "not reachable"
+        reachable = False
+    _reachability = (now, reachable)
+    return reachable
+
+
+def hub_online() -> bool:
+    """Whether loaders may contact the hub: not in offline mode, and the hub answers."""
+    return not hub_offline_mode() and hub_reachable()
+
+
+def _hub_errors() -> dict[str, type[BaseException]]:
+    import huggingface_hub.errors as hub_errors
+
+    return {
+        name: getattr(hub_errors, name)
+        for name in ("GatedRepoError", "RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError")
+        if hasattr(hub_errors, name)
+    }
+
+
+def hub_error_message(repo_id: str, exc: BaseException, what: str = "model") -> str | None:
+    """A one-line explanation for the hub client's 'no such repo / gated / no such revision' errors."""
+    errors = _hub_errors()
+    if "GatedRepoError" in errors and isinstance(exc, errors["GatedRepoError"]):
+        return (
+            f"{what} {repo_id!r} is gated: accept its licence on the hub and log in (`hf auth login`), then retry."
+        )
+    if "RepositoryNotFoundError" in errors and isinstance(exc, errors["RepositoryNotFoundError"]):
+        return f"{what} {repo_id!r} does not exist on the hub (or is private: log in with `hf auth login`)."
+    if "RevisionNotFoundError" in errors and isinstance(exc, errors["RevisionNotFoundError"]):
+        return f"{what} {repo_id!r}: no such revision on the hub ({first_line(exc)})."
+    return None
+
+
+def _hub_model_index(repo_id: str, revision: str | None, online: bool) -> Path:
+    """The repo's model_index.json on disk: from the cache offline, fetched (a few hundred bytes) online."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+
+    if not online:
+        cached = try_to_load_from_cache(repo_id, "model_index.json", revision=revision)
+        if isinstance(cached, str):
+            return Path(cached)
+        raise ModelNotFoundError(_not_cached_message(repo_id))
+    try:
+        return Path(hf_hub_download(repo_id, "model_index.json", revision=revision))
+    except Exception as exc:
+        message = hub_error_message(repo_id, exc)
+        if message:
+            raise ModelNotFoundError(message) from exc
+        errors = _hub_errors()
+        if "EntryNotFoundError" in errors and isinstance(exc, errors["EntryNotFoundError"]):
+            raise IncompatibleModelError(
+                f"hub repo {repo_id!r} has no model_index.json, so it is not a diffusers Stable Diffusion repository; "
+                "if it ships a single .safetensors checkpoint, download that file and pass its path."
+            ) from exc
+        if isinstance(exc, OSError):
+            raise ModelNotFoundError(_not_cached_message(repo_id) + f" ({first_line(exc)})") from exc
+        raise
+
+
+def _load_hub(
+    repo_id: str, dtype: torch.dtype, *, revision: str | None, variant: str | None, trust_pickle: bool
+) -> dict:
+    online = hub_online()
+    where = f"model {repo_id!r}"
+    _check_model_index(_hub_model_index(repo_id, revision, online), where)
+    kwargs: dict = {"revision": revision, "local_files_only": not online}
+    if variant:
+        kwargs["variant"] = variant
+    try:
+        components = _load_components(repo_id, dtype, where=where, trust_pickle=trust_pickle, **kwargs)
+    except ModelLoadError:
+        raise
+    except OSError as exc:
+        # huggingface_hub's offline/connection/not-found errors and diffusers' "no file named" are OSErrors.
+        message = hub_error_message(repo_id, exc)
+        if message:
+            raise ModelNotFoundError(message) from exc
+        if not online:
+            raise ModelNotFoundError(
+                f"{_not_cached_message(repo_id)} (only part of it is cached: {first_line(exc)})"
+            ) from exc
+        hint = ""
+        if not trust_pickle and "safetensors" in str(exc):
+            hint = " If the repository only ships pickle (.bin) weights, pass trust_pickle=True (--trust-pickle)."
+        raise ModelNotFoundError(f"{where} could not be loaded: {first_line(exc)}.{hint}") from exc
+    except (ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise IncompatibleModelError(f"{where} could not be loaded: {first_line(exc)}") from exc
+    return components
+
+
+def _not_cached_message(repo_id: str) -> str:
+    local = f" (there is no local folder {repo_id!r} either)" if "/" in repo_id else ""
+    return (
+        f"model {repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached{local}. Download "
+        f"it once on a connected machine (`hf download {repo_id}`), or pass a local diffusers folder, a .safetensors "
+        "file, or --model demo."
+    )
+
+
+# ---------------------------------------------------------------------------------------------- folders
+def _check_model_index(index: Path, where: str) -> str:
+    """Reject pipelines that are not SD 1.x/2.x text-to-image/inpainting before loading gigabytes."""
+    try:
+        pipeline_class = str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        raise IncompatibleModelError(f"{where}: model_index.json is not valid JSON ({first_line(exc)}).") from exc
+    family = _UNSUPPORTED_PIPELINES.get(pipeline_class)
+    if family is None and "XL" in pipeline_class:
+        family = "SDXL"
+    if family is not None:
+        raise IncompatibleModelError(
+            f"{where} holds a {family} pipeline ({pipeline_class}); artshield supports Stable Diffusion 1.x/2.x "
+            "and their inpainting variants."
+        )
+    return pipeline_class
+
+
+def _load_folder(folder: Path, dtype: torch.dtype, *, trust_pickle: bool) -> dict:
+    where = f"model folder {folder}"
+    index = folder / "model_index.json"
+    if index.is_file():
+        _check_model_index(index, where)
+    missing = [rel for rel in FOLDER_LAYOUT.values() if not (folder / rel).exists()]
+    if missing:
+        single_files = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in SINGLE_FILE_SUFFIXES)
+        hint = (
+            f" It holds {single_files[0]}: pass that file instead."
+            if single_files
+            else " Pass a folder saved by `pipeline.save_pretrained`, a single .safetensors file, or a hub id."
+        )
+        raise IncompatibleModelError(
+            f"{where} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}.{hint}"
+        )
+    for name in _WEIGHT_COMPONENTS:
+        files = [p.name for p in (folder / name).iterdir() if p.is_file()]
+        if any(f.endswith(".safetensors") for f in files):
+            continue
+        pickles = [f for f in files if f.endswith(SINGLE_FILE_SUFFIXES)]
+        if not pickles:
+            raise IncompatibleModelError(f"{where}: {name}/ has a config but no weights file.")
+        if not trust_pickle:
+            raise UntrustedCheckpointError(
+                f"{where}: {name}/ only holds pickle weights ({pickles[0]}); pass trust_pickle=True (--trust-pickle) "
+                "to read them with torch.load(weights_only=True), or convert the folder to safetensors."
+            )
+    try:
+        return _load_components(folder, dtype, where=where, trust_pickle=trust_pickle, local_files_only=True)
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
+        raise IncompatibleModelError(f"{where} could not be loaded: {first_line(exc)}") from exc
+
+
+# ---------------------------------------------------------------------------------------------- components
+def transformers_dtype_kwarg() -> str:
+    """transformers 5 renamed `torch_dtype` to `dtype` (the old name still works, with a warning)."""
+    import transformers
+
+    return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+
+
+def load_pretrained_model(cls, source: str | Path, subfolder: str, where: str, **kwargs):
+    """`cls.from_pretrained` that fails on missing or mis-shaped weights instead of leaving them random
+    (transformers) or on the meta device (diffusers) with only a log line to say so."""
+    model, info = cls.from_pretrained(source, subfolder=subfolder, output_loading_info=True, **kwargs)
+    missing = sorted(info.get("missing_keys") or [])
+    mismatched = [str(m[0]) if isinstance(m, tuple | list) else str(m) for m in info.get("mismatched_keys") or []]
+    if missing or mismatched:
+        bad = missing or mismatched
+        kind = "missing from" if missing else "of the wrong shape in"
+        raise IncompatibleModelError(
+            f"{where}: {len(bad)} {subfolder} weights are {kind} its weights file (e.g. {', '.join(bad[:3])}); "
+            f"the weights do not match {subfolder}/config.json."
+        )
+    return model
+
+
+def _load_components(source: str | Path, dtype: torch.dtype, *, where: str, trust_pickle: bool, **hub_kwargs) -> dict:
+    """Load the five components from a folder or hub id laid out as a diffusers Stable Diffusion pipeline."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    weights = dict(hub_kwargs)
+    if not trust_pickle:
+        # Refuse pickle (.bin) weights unless trusted; local folders were checked up front with a clear message.
+        weights["use_safetensors"] = True
+    files = {k: v for k, v in hub_kwargs.items() if k != "variant"}
+    vae = load_pretrained_model(AutoencoderKL, source, "vae", where, torch_dtype=dtype, **weights)
+    unet = load_pretrained_model(UNet2DConditionModel, source, "unet", where, torch_dtype=dtype, **weights)
+    text_encoder = load_pretrained_model(
+        CLIPTextModel, source, "text_encoder", where, **{transformers_dtype_kwarg(): dtype}, **weights
+    )
+    tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", **files)
+    # Training noise always follows DDPM's forward process, whichever sampler the checkpoint ships.
+    scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **files)
+    check_components(unet, text_encoder, vae, where)
+    return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def check_components(unet, text_encoder, vae, where: str) -> None:
+    """Reject checkpoints whose parts do not fit together as an SD 1.x/2.x text-to-image/inpainting model."""
+    in_channels = unet.config.in_channels
+    if in_channels not in (4, 9):
+        raise IncompatibleModelError(
+            f"{where}: the UNet takes {in_channels} input channels; artshield supports 4 (text-to-image) and 9 (inpainting)."
+        )
+    if getattr(unet.config, "addition_embed_type", None) or getattr(unet.config, "class_embed_type", None):
+        raise IncompatibleModelError(
+            f"{where}: the UNet uses added conditioning (SDXL-style or class embeddings), which is not supported."
+        )
+    hidden = text_encoder.config.hidden_size
+    if unet.config.cross_attention_dim != hidden:
+        raise IncompatibleModelError(
+            f"{where}: the UNet's cross_attention_dim is {unet.config.cross_attention_dim} but the text encoder's "
+            f"hidden size is {hidden}; the components come from different models."
+        )
+    if vae.config.latent_channels != unet.config.out_channels:
+        raise IncompatibleModelError(
+            f"{where}: the VAE has {vae.config.latent_channels} latent channels but the UNet predicts "
+            f"{unet.config.out_channels}."
+        )
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (library messages run to paragraphs), at most 300 chars."""
+    text = str(exc).strip() or type(exc).__name__
+    # Strip terminal escapes some libraries put in messages (torch's bold "do those steps only if ...").
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    return text.splitlines()[0][:300]
+
+
+__all__ = ["load", "ModelLoadError"]
