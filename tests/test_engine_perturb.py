@@ -227,3 +227,15 @@ def test_progress_callback_sees_every_step():
     seen = []
     Perturber(eps=0.1, steps=4, progress=seen.append).run(linear_objective(torch.ones(1, 1, 2, 2)), torch.rand(1, 1, 2, 2))
     assert [info.step for info in seen] == [1, 2, 3, 4]
+
+
+def test_init_delta_continues_a_run():
+    """Two runs of 3 steps chained through init_delta equal one run of 6 (deterministic objective)."""
+    weights = torch.randn(1, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    origin = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(4))
+    six = Perturber(eps=0.05, steps=6, step_size=0.005).run(linear_objective(weights), origin)
+    first = Perturber(eps=0.05, steps=3, step_size=0.005).run(linear_objective(weights), origin)
+    second = Perturber(eps=0.05, steps=3, step_size=0.005).run(linear_objective(weights), origin, init_delta=first.delta)
+    assert torch.allclose(six.delta, second.delta)
+    with pytest.raises(InvalidArgumentError, match="init_delta"):
+        Perturber(eps=0.05, steps=1).run(linear_objective(weights), origin, init_delta=torch.zeros(2, 3, 4, 4))

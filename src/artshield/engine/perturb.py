@@ -197,12 +197,19 @@ class Perturber:
         images: torch.Tensor,
         mask: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        init_delta: torch.Tensor | None = None,
     ) -> PerturbResult:
         """Optimise a perturbation of `images` for `objective`; `mask` (broadcastable to `images`, values in
         [0, 1]) confines it. Randomness comes from `generator`, else from a CPU generator seeded with
-        ``config.seed`` (CPU, so a seed gives the same draws on every device)."""
+        ``config.seed`` (CPU, so a seed gives the same draws on every device). `init_delta` continues from
+        an earlier perturbation (projected onto the budget first) instead of zero or a random start — for
+        methods that alternate PGD with other work, such as Anti-DreamBooth's ASPL."""
         images = self._check_images(images)
         mask = self._check_mask(mask, images)
+        if init_delta is not None and tuple(init_delta.shape) != tuple(images.shape):
+            raise InvalidArgumentError(
+                f"`init_delta` must have the images' shape {tuple(images.shape)}, but has {tuple(init_delta.shape)}."
+            )
         if generator is None:
             generator = torch.Generator(device="cpu")
             if self.config.seed is not None:
@@ -217,19 +224,24 @@ class Perturber:
             chunk_mask = None
             if mask is not None:
                 chunk_mask = mask if mask.shape[0] == 1 else mask[start : start + size]
+            chunk_init = None if init_delta is None else init_delta[start : start + size].to(images)
             results.append(
-                self._run_chunk(objective, images[start : start + size], chunk_mask, generator, index, len(chunks))
+                self._run_chunk(
+                    objective, images[start : start + size], chunk_mask, generator, index, len(chunks), chunk_init
+                )
             )
         return _merge(results, time.perf_counter() - started)
 
     # ------------------------------------------------------------------ internals
-    def _run_chunk(self, objective, origin, mask, generator, chunk, chunks) -> PerturbResult:
+    def _run_chunk(self, objective, origin, mask, generator, chunk, chunks, init_delta=None) -> PerturbResult:
         cfg = self.config
         origin = origin.detach().clone()
         budget = Budget(cfg.eps, cfg.norm, cfg.bounds)
         rule = StepRule(cfg.resolved_step_rule, cfg.norm)
         direction_sign = -1.0 if cfg.minimize else 1.0
-        if cfg.random_start:
+        if init_delta is not None:
+            delta = budget.project(origin, init_delta.detach().float(), mask)
+        elif cfg.random_start:
             delta = budget.random_start(origin, generator, mask)
         else:
             delta = torch.zeros_like(origin)
