@@ -31,8 +31,22 @@ def _info(argv: list[str]) -> int:
     return 0
 
 
+def _memorization(argv: list[str]) -> int:
+    from .finetune.memorization_cli import main as memorization_main
+
+    return memorization_main(argv)
+
+
+def _purify(argv: list[str]) -> int:
+    from .evaluate.purify import main as purify_main
+
+    return purify_main(argv, prog="artshield purify")
+
+
 COMMANDS = {
     "protect": ("protect an image or a folder (same as the `protect` command)", None),
+    "memorization": ("detect memorized prompts and prune the memorization subspace", _memorization),
+    "purify": ("apply a purification attack (jpeg, resize, noise, diffpure, impress, ...) to a folder", _purify),
     "info": ("show versions, the device and how the demo model was made", _info),
 }
 

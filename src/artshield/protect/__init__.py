@@ -6,15 +6,30 @@
 """
 
 from .advdm import AdvDM
+from .aspl import ASPL
 from .base import STRENGTHS, ProtectionMethod, ProtectionResult, preset_step_size
-from .registry import METHODS, describe_methods, get_method
+from .diffusionguard import DiffusionGuard
+from .mist import Mist, MistLunet
+from .photoguard import PhotoGuard, PhotoGuardDiffusion
+from .registry import ALIASES, METHODS, describe_methods, get_method
+from .sds import SDST, SDSMinus, SDSPlus
 
 __all__ = [
+    "ALIASES",
+    "ASPL",
     "METHODS",
+    "SDST",
     "STRENGTHS",
     "AdvDM",
+    "DiffusionGuard",
+    "Mist",
+    "MistLunet",
+    "PhotoGuard",
+    "PhotoGuardDiffusion",
     "ProtectionMethod",
     "ProtectionResult",
+    "SDSMinus",
+    "SDSPlus",
     "describe_methods",
     "get_method",
     "preset_step_size",

@@ -3,9 +3,15 @@
 A method is an objective on :mod:`artshield.engine.perturb`, configured once and called on images, in
 the spirit of torchattacks (``AdvDM(model, eps=8/255, steps=100)(images)``). A subclass sets `name`,
 `summary` and its defaults, stores its own hyperparameters (listed in `hyperparameters`), and implements
-:meth:`objective`; optionally :meth:`prepare` (compute targets from the clean images). The engine owns the
-loop, the budget, EOT, seeding and progress; this class owns what every method shares on top of it:
-image types, devices, full-resolution handling (padding, tiles, greyscale) and strength presets.
+:meth:`objective`; optionally :meth:`prepare` (compute targets from the clean images), :meth:`conditions`
+(full-resolution tensors such as a mask, cropped and padded with the image and handed to the objective) and
+:meth:`default_mask`. The engine owns the loop, the budget, EOT, seeding and progress; this class owns what
+every method shares on top of it: image types, devices, full-resolution handling (padding, tiles,
+greyscale), masks and strength presets.
+
+Masks follow the ``protect --mask`` convention: **white (1) marks the region an editor may repaint; the
+protection covers the rest**. The perturbation is confined to the black (0) region for every method;
+methods that model the edit (DiffusionGuard, PhotoGuard's diffusion attack) also read the mask itself.
 """
 
 from __future__ import annotations
@@ -19,8 +25,8 @@ from typing import Any, ClassVar
 import torch
 
 from .. import __version__
-from ..engine import PerturbConfig, Perturber, evaluate_objective
-from ..errors import InvalidArgumentError
+from ..engine import PerturbConfig, Perturber, PerturbResult, evaluate_objective
+from ..errors import InvalidArgumentError, MaskError
 from .tiling import FullResolutionObjective
 
 # Strength presets: (eps, steps). The step size keeps Mist/AdvDM's reference ratio of total travel to
@@ -59,7 +65,9 @@ class ProtectionMethod:
         eps (`float`): L-inf (or L2) budget in pixel units of a [0, 1] image.
         steps (`int`): gradient steps.
         step_size (`float`, *optional*): defaults to the method's reference value.
-        norm, step_rule, schedule, random_start, samples_per_step: engine settings (see `PerturbConfig`).
+        norm, step_rule, schedule, random_start, samples_per_step: engine settings (see `PerturbConfig`);
+            when omitted, the method's `engine_defaults` (e.g. PhotoGuard's random start and linear decay),
+            else L-inf, sign steps, a constant step, no random start and one sample per step.
         robust (`bool` or transform, defaults to `False`): expectation over transforms; True uses
             :func:`artshield.engine.transforms.default_robust_transforms`.
         seed (`int`, *optional*): makes the run reproducible.
@@ -75,6 +83,9 @@ class ProtectionMethod:
     default_eps: ClassVar[float] = 8 / 255
     default_steps: ClassVar[int] = 100
     default_step_size: ClassVar[float | None] = None
+    # Engine settings a method's reference uses by default (keys: norm, schedule, random_start,
+    # samples_per_step); explicit constructor arguments override them.
+    engine_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -83,17 +94,23 @@ class ProtectionMethod:
         eps: float | None = None,
         steps: int | None = None,
         step_size: float | None = None,
-        norm: str = "linf",
+        norm: str | None = None,
         step_rule: str | None = None,
-        schedule: str = "constant",
-        random_start: bool = False,
-        samples_per_step: int = 1,
+        schedule: str | None = None,
+        random_start: bool | None = None,
+        samples_per_step: int | None = None,
         robust: bool | Any = False,
         seed: int | None = None,
         progress: bool | Any = False,
         tile_size: int | None = None,
     ):
         self.model = model
+        defaults = {"norm": "linf", "schedule": "constant", "random_start": False, "samples_per_step": 1}
+        defaults.update(self.engine_defaults)
+        norm = defaults["norm"] if norm is None else norm
+        schedule = defaults["schedule"] if schedule is None else schedule
+        random_start = defaults["random_start"] if random_start is None else random_start
+        samples_per_step = defaults["samples_per_step"] if samples_per_step is None else samples_per_step
         eps = self.default_eps if eps is None else eps
         steps = self.default_steps if steps is None else steps
         if step_size is None:
@@ -118,10 +135,12 @@ class ProtectionMethod:
 
     @classmethod
     def from_strength(cls, model, strength: str = "medium", **kwargs) -> ProtectionMethod:
-        """Build with a strength preset (``low``, ``medium``, ``high``); keyword arguments override it."""
+        """Build with a strength preset (``low``, ``medium``, ``high``); keyword arguments override it.
+        Presets are L-inf budgets, so they use the L-inf norm unless `norm` is given."""
         if strength not in STRENGTHS:
             raise InvalidArgumentError(f"`strength` must be one of {', '.join(STRENGTHS)}, but is {strength!r}.")
         eps, steps = STRENGTHS[strength]
+        kwargs.setdefault("norm", "linf")
         kwargs.setdefault("eps", eps)
         kwargs.setdefault("steps", steps)
         kwargs.setdefault("step_size", preset_step_size(kwargs["eps"], kwargs["steps"]))
@@ -134,6 +153,16 @@ class ProtectionMethod:
 
     def prepare(self, images: torch.Tensor) -> None:
         """Called once with the clean images before optimising (e.g. to compute a target latent)."""
+
+    def default_mask(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The editable-region mask (B or 1, 1, H, W) to use when none is given; None: protect everything."""
+        return None
+
+    def conditions(self, images: torch.Tensor, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Full-resolution tensors (B or 1, k, H, W) aligned with `images` that the objective needs, e.g. the
+        mask. They are cropped and padded exactly like the images (tiles, padding) and passed to
+        :meth:`objective` as keyword arguments. Default: none."""
+        return {}
 
     # ------------------------------------------------------------------ public
     @property
@@ -159,20 +188,68 @@ class ProtectionMethod:
             "robust": transform if transform is not None else bool(self.transform),
         }
 
-    def full_resolution_objective(self) -> FullResolutionObjective:
-        return FullResolutionObjective(self.objective, self.model.pixel_multiple, self.tile_size)
+    def full_resolution_objective(self, images: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        """The objective on images of any size: tiles, padding and greyscale handled; with `images` (the clean
+        batch) and `mask`, also the method's :meth:`conditions`."""
+        conditions = self.conditions(images, mask) if images is not None else {}
+        if not conditions:
+            return FullResolutionObjective(self.objective, self.model.pixel_multiple, self.tile_size)
+        return _ConditionedObjective(self.objective, conditions, self.model.pixel_multiple, self.tile_size)
+
+    def editable_mask(self, images: torch.Tensor, mask=None) -> torch.Tensor | None:
+        """Check and normalise a mask (white = editable) for `images`: a PIL image, a path, or an (H, W) or
+        (1 or B, 1 or C, H, W) tensor in [0, 1] becomes a binary (1 or B, 1, H, W) float tensor on the images'
+        device (channels averaged, threshold 0.5). None gives :meth:`default_mask`."""
+        if mask is None:
+            return self.default_mask(images)
+        if not isinstance(mask, torch.Tensor):
+            try:
+                mask = _as_batch(mask)[0]
+            except InvalidArgumentError:
+                raise MaskError(f"`mask` must be a tensor, a PIL image or a path, but is {type(mask).__name__}.") from None
+        mask = mask.detach().float()
+        mask = mask.view(1, 1, *mask.shape) if mask.dim() == 2 else mask
+        mask = mask.unsqueeze(0) if mask.dim() == 3 else mask
+        if mask.dim() != 4 or mask.shape[0] not in (1, images.shape[0]):
+            raise MaskError(f"`mask` must have shape (H, W) or (1 or B, C, H, W), but has {tuple(mask.shape)}.")
+        if tuple(mask.shape[-2:]) != tuple(images.shape[-2:]):
+            (mh, mw), (ih, iw) = mask.shape[-2:], images.shape[-2:]
+            raise MaskError(f"the mask is {mw}×{mh} pixels but the image is {iw}×{ih}; they must match.")
+        if mask.min() < 0 or mask.max() > 1:
+            raise MaskError("`mask` values must lie in [0, 1] (white = editable, black = protected).")
+        mask = (mask.mean(dim=1, keepdim=True) >= 0.5).float().to(images.device)
+        if bool((mask.flatten(1).min(dim=1).values > 0).any()):
+            raise MaskError("the mask is white everywhere: it leaves nothing to protect (black = protected).")
+        return mask
+
+    def perturb(
+        self,
+        batch: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        *,
+        init_delta: torch.Tensor | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PerturbResult:
+        """One engine run on a batch already on the model's device, `mask` from :meth:`editable_mask`; the
+        perturbation is confined to the protected (mask 0) region. `init_delta`, `steps` and `generator`
+        let methods that alternate PGD with other work (ASPL) continue one perturbation over several runs."""
+        config = self.engine_config if steps is None else dataclasses.replace(self.engine_config, steps=steps)
+        engine = Perturber(config, transform=self.transform, progress=self.progress)
+        keep = None if mask is None else 1.0 - mask
+        objective = self.full_resolution_objective(batch, mask)
+        return engine.run(objective, batch, mask=keep, generator=generator, init_delta=init_delta)
 
     def protect(self, images, mask: torch.Tensor | None = None) -> ProtectionResult:
-        """Protect a batch (tensor (B, C, H, W) in [0, 1], a PIL image or a path) and return the details."""
+        """Protect a batch (tensor (B, C, H, W) in [0, 1], a PIL image or a path) and return the details.
+        `mask` (white = may be repainted by an editor) confines the perturbation to its black region."""
         batch, _ = _as_batch(images)
         device = batch.device
         batch = batch.to(self.model.device)
-        if mask is not None:
-            mask = mask.to(self.model.device)
         started = time.perf_counter()
+        mask = self.editable_mask(batch, mask)
         self.prepare(batch)
-        engine = Perturber(self.engine_config, transform=self.transform, progress=self.progress)
-        result = engine.run(self.full_resolution_objective(), batch, mask=mask)
+        result = self.perturb(batch, mask)
         return ProtectionResult(
             images=result.images.to(device),
             delta=result.delta.to(device),
@@ -194,12 +271,14 @@ class ProtectionMethod:
         return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
 
     @torch.no_grad()
-    def evaluate(self, images: torch.Tensor, samples: int = 8, seed: int = 0) -> torch.Tensor:
+    def evaluate(self, images: torch.Tensor, samples: int = 8, seed: int = 0, mask: torch.Tensor | None = None):
         """The objective (B,) averaged over `samples` seeded draws — the same draws for every call, so
-        evaluating before and after protection compares like with like."""
+        evaluating before and after protection compares like with like. `mask` as in :meth:`protect`."""
         batch, _ = _as_batch(images)
-        self.prepare(batch.to(self.model.device))
-        return evaluate_objective(self.full_resolution_objective(), batch.to(self.model.device), samples, seed).cpu()
+        batch = batch.to(self.model.device)
+        mask = self.editable_mask(batch, mask)
+        self.prepare(batch)
+        return evaluate_objective(self.full_resolution_objective(batch, mask), batch, samples, seed).cpu()
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.hyperparameters)
@@ -221,6 +300,37 @@ class ProtectionMethod:
         if callable(robust):
             return robust
         raise InvalidArgumentError(f"`robust` must be a bool, a transform spec string or a transform, but is {robust!r}.")
+
+
+class _ConditionedObjective:
+    """A full-resolution objective that also hands the method its conditions (a mask, a target...),
+    cropped and padded exactly like the image: they travel through the tiling as extra channels after
+    RGB and are split off again (detached) before the method's objective sees the image."""
+
+    def __init__(self, objective, conditions: dict[str, torch.Tensor], multiple: int, tile_size: int):
+        self.objective = objective
+        self.names = list(conditions)
+        self.widths = [int(c.shape[1]) for c in conditions.values()]
+        self.stack = torch.cat([c.float() for c in conditions.values()], dim=1)
+        self.tiled = FullResolutionObjective(self._split, multiple, tile_size)
+
+    @property
+    def __name__(self) -> str:  # used by the engine's error messages
+        return getattr(self.objective, "__qualname__", type(self.objective).__name__)
+
+    def boxes(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        return self.tiled.boxes(height, width)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        stack = self.stack.to(device=images.device, dtype=images.dtype)
+        stack = stack.expand(images.shape[0], -1, -1, -1) if stack.shape[0] == 1 else stack
+        return self.tiled(torch.cat([images, stack], dim=1), generator)
+
+    def _split(self, view: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        parts = torch.split(view[:, 3:].detach(), self.widths, dim=1)
+        return self.objective(view[:, :3], generator, **dict(zip(self.names, parts, strict=True)))
 
 
 def _as_batch(images) -> tuple[torch.Tensor, str]:

@@ -58,6 +58,9 @@ def build_parser(prog: str = "protect") -> argparse.ArgumentParser:
     parser.add_argument("--trust-pickle", action="store_true", help="allow .ckpt pickles (read with weights_only=True)")
     parser.add_argument("--method", default="advdm", help="protection method (default: advdm; see --list-methods)")
     parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
+    parser.add_argument("--mask", metavar="MASK.png",
+                        help="an image the input's size: white = the region an editor may repaint (left unprotected), "
+                        "black = protected; the perturbation stays in the black part")
     strength = parser.add_mutually_exclusive_group()
     strength.add_argument("--strength", choices=sorted(STRENGTHS), help=f"preset budget and steps ({presets}); default medium")
     strength.add_argument("--eps", help="L-inf budget: 8/255, 8 (grey levels) or 0.03")
@@ -171,10 +174,11 @@ def _report_path(args, jobs) -> Path:
 
 
 def _protect_all(method, jobs, args, report, report_path, started) -> int:
-    from .files import fingerprint, protect_file, skip_reason, write_json_atomic
+    from .files import fingerprint, protect_file, read_mask, run_settings, skip_reason, write_json_atomic
 
     single = len(jobs) == 1 and Path(args.input).is_file()
-    settings = method.config
+    mask = read_mask(args.mask) if args.mask else None
+    settings = run_settings(method, args.mask)
     iterator = jobs
     bar = None
     if not single and not args.quiet:
@@ -193,7 +197,9 @@ def _protect_all(method, jobs, args, report, report_path, started) -> int:
             _say(f"skip {job.source}: {reason}", bar)
             continue
         try:
-            entry = protect_file(method, job, eval_samples=args.eval_samples, source_hash=source_hash)
+            entry = protect_file(
+                method, job, eval_samples=args.eval_samples, source_hash=source_hash, mask=mask, mask_path=args.mask
+            )
         except ArtshieldError as exc:
             if single:
                 raise

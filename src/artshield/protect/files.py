@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ImageWriteError, InvalidArgumentError
+from ..errors import ImageWriteError, InvalidArgumentError, MaskError
 from ..imageio import iter_images, read_image, write_png
 
 logger = logging.getLogger(__name__)
@@ -113,16 +113,44 @@ def skip_reason(job: Job, settings: dict, source_hash: str, overwrite: bool) -> 
     return None
 
 
-def protect_file(method, job: Job, *, eval_samples: int = 8, source_hash: str | None = None) -> dict:
-    """Protect one file and return its report entry (sizes, budget, image metrics, objective, time)."""
+def read_mask(path: str | os.PathLike) -> torch.Tensor:
+    """A mask image as a (1, 1, H, W) float tensor in [0, 1]: **white = the region an editor may repaint**
+    (left unprotected), black = protected. Colours are averaged; transparent pixels count as black."""
+    loaded = read_image(path)
+    mask = loaded.rgb.mean(dim=1, keepdim=True)
+    return mask * loaded.alpha if loaded.alpha is not None else mask
+
+
+def run_settings(method, mask_path: str | os.PathLike | None = None) -> dict:
+    """What an output's metadata records as its settings: the method's config, plus the mask's SHA-256."""
+    settings = method.config
+    if mask_path is not None:
+        settings = {**settings, "mask_sha256": fingerprint(Path(mask_path).expanduser())}
+    return settings
+
+
+def protect_file(
+    method,
+    job: Job,
+    *,
+    eval_samples: int = 8,
+    source_hash: str | None = None,
+    mask: torch.Tensor | None = None,
+    mask_path: str | os.PathLike | None = None,
+) -> dict:
+    """Protect one file and return its report entry (sizes, budget, image metrics, objective, time).
+    `mask` (from :func:`read_mask` of `mask_path`) must have the image's size."""
     from ..evaluate.metrics import image_report
 
     started = time.perf_counter()
     loaded = read_image(job.source)
     source_hash = source_hash or fingerprint(job.source)
     original = loaded.rgb
-    result = method.protect(original)
-    settings = method.config
+    if mask is not None and tuple(mask.shape[-2:]) != tuple(original.shape[-2:]):
+        (mh, mw), (ih, iw) = mask.shape[-2:], original.shape[-2:]
+        raise MaskError(f"mask {mask_path or ''} is {mw}×{mh} pixels but image {job.source} is {iw}×{ih}; they must match.")
+    result = method.protect(original, mask=mask)
+    settings = run_settings(method, mask_path if mask is not None else None)
     metadata = {
         "tool": "artshield",
         "source_name": job.source.name,
@@ -144,11 +172,12 @@ def protect_file(method, job: Job, *, eval_samples: int = 8, source_hash: str | 
     # Measure what was actually saved (after quantisation), not the float result.
     saved = read_image(job.output).rgb
     with torch.no_grad():
-        before = float(method.evaluate(original, samples=eval_samples).mean()) if eval_samples else None
-        after = float(method.evaluate(saved, samples=eval_samples).mean()) if eval_samples else None
+        before = float(method.evaluate(original, samples=eval_samples, mask=mask).mean()) if eval_samples else None
+        after = float(method.evaluate(saved, samples=eval_samples, mask=mask).mean()) if eval_samples else None
     entry = {
         "input": str(job.source),
         "output": str(job.output),
+        "mask": None if mask is None else str(mask_path),
         "width": int(original.shape[-1]),
         "height": int(original.shape[-2]),
         "channels": int(original.shape[1]),

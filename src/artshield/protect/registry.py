@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from ..errors import InvalidArgumentError
 from .advdm import AdvDM
+from .aspl import ASPL
 from .base import ProtectionMethod
+from .diffusionguard import DiffusionGuard
+from .mist import Mist, MistLunet
+from .photoguard import PhotoGuard, PhotoGuardDiffusion
+from .sds import SDST, SDSMinus, SDSPlus
 
-METHODS: dict[str, type[ProtectionMethod]] = {cls.name: cls for cls in (AdvDM,)}
-ALIASES: dict[str, str] = {}
+METHODS: dict[str, type[ProtectionMethod]] = {
+    cls.name: cls
+    for cls in (
+        AdvDM, SDSPlus, SDSMinus, SDST, Mist, MistLunet, PhotoGuard, PhotoGuardDiffusion, DiffusionGuard, ASPL,
+    )
+}
+ALIASES: dict[str, str] = {"sds": "sds+"}
 
 
 def get_method(name: str) -> type[ProtectionMethod]:
@@ -21,5 +31,9 @@ def get_method(name: str) -> type[ProtectionMethod]:
 
 
 def describe_methods() -> list[tuple[str, str]]:
-    """(name, one-line summary) for every method, sorted by name."""
-    return [(name, METHODS[name].summary) for name in sorted(METHODS)]
+    """(name, one-line summary) for every method, sorted by name; aliases are named in the summary."""
+    aliases = {target: alias for alias, target in ALIASES.items()}
+    return [
+        (name, METHODS[name].summary + (f" (alias: {aliases[name]})" if name in aliases else ""))
+        for name in sorted(METHODS)
+    ]

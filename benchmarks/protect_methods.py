@@ -1,0 +1,253 @@
+"""Every protection method side by side: time per step and peak memory, as ratios to AdvDM.
+
+Same model, same image (one, at the model's native resolution unless ``--resolution``), same budget
+(L-inf 8/255, step 1/255, one Monte-Carlo sample per step) for every method; each method's other settings
+are its defaults. Each method runs in a **fresh subprocess**, one at a time (no competition for the CPU),
+that loads the model, warms up with a 1-step run, measures memory over one ``--steps``-step run, then times
+``--repeats`` further runs (median). ``--rounds`` visits all methods that many times, interleaved, so drift
+in the machine's load hits all alike; the medians over rounds are reported. Memory, in each subprocess:
+
+* ``peak_rss_mb``: ``ru_maxrss`` of the whole process (model, Python and torch included);
+* ``peak_above_baseline_mb``: the peak resident memory during the measured run above what the process held
+  just before it — what the method itself costs. The heap is trimmed first (``malloc_trim``), large
+  allocations go through mmap (``MALLOC_MMAP_THRESHOLD_``) and the peak is Linux's ``VmHWM`` after a
+  ``clear_refs`` reset (else the ``ru_maxrss`` increase), so that freed memory is neither counted nor
+  reused unseen. On CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before.
+
+Ratios are to AdvDM (target for SDS: time ≤ 0.5, i.e. ≥ 2× faster, and memory ≤ 0.5). Times include
+everything ``protect()`` does: ASPL's surrogate fine-tuning (3 + 3 steps per 6 PGD steps) is amortised into
+its per-step time. DiffusionGuard needs an inpainting model: with ``--model demo`` or an ``arch:`` model the
+benchmark builds a random-weight inpainting twin of the same architecture (the cost of a step does not
+depend on the weights); otherwise pass ``--inpaint-model``. ``--model arch:demo`` (or ``tiny``) times a
+built-in architecture with random weights. With a text-to-image model PhotoGuard's diffusion attack runs in
+its img2img mode (4 DDIM steps).
+
+    python benchmarks/protect_methods.py [--model demo|arch:demo|tiny|PATH] [--steps 10] [--repeats 3] [--rounds 3]
+
+Results: printed, and saved to ``benchmarks/results/protect_methods.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+RESULTS = Path(__file__).resolve().parent / "results"
+INPAINTING_ONLY = {"diffusionguard"}
+
+
+def _rss_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _malloc_trim() -> None:
+    """Give freed heap back to the OS (glibc), so that resident memory measures live memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _architecture(spec: str) -> str | None:
+    """"tiny" -> "tiny", "arch:NAME" -> NAME (a random-weight model of a built-in architecture), else None."""
+    return "tiny" if spec == "tiny" else (spec[5:] if spec.startswith("arch:") else None)
+
+
+def _build_twin(spec: str, inpainting: bool, folder: str):
+    """A random-weight model with the architecture of `spec` ("demo", "tiny" or "arch:NAME"), saved in the
+    diffusers layout and loaded as usual (the cost of a step does not depend on the weights)."""
+    from artshield.models.demo.architecture import build_components, save_components
+    from artshield.models.demo.tokenizer import build_tokenizer
+
+    if spec == "demo":
+        from artshield.models import load
+
+        tokenizer, architecture = load("demo", device="cpu").tokenizer, "demo"
+    else:
+        tokenizer = build_tokenizer(["a painting of a circle", "a photo of a house"], vocab_size=600, model_max_length=16)
+        architecture = _architecture(spec)
+    save_components(build_components(architecture, tokenizer, seed=0, inpainting=inpainting), folder, inpainting=inpainting)
+    return folder
+
+
+def worker(args) -> dict:
+    import torch
+
+    from artshield.models import load
+    from artshield.protect import get_method
+
+    cls = get_method(args.worker)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = args.model
+        if cls.name in INPAINTING_ONLY:
+            if args.inpaint_model:
+                spec = args.inpaint_model
+            elif args.model == "demo" or _architecture(args.model):
+                spec = _build_twin(args.model, True, tmp)
+        elif _architecture(args.model):
+            spec = _build_twin(args.model, False, tmp)
+        model = load(spec, device=args.device, dtype=args.dtype)
+    if cls.name in INPAINTING_ONLY and not model.is_inpainting:
+        return {"method": cls.name, "skipped": "needs an inpainting model (pass --inpaint-model)"}
+    resolution = args.resolution or model.native_resolution
+    images = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(model.device)
+    settings = dict(eps=8 / 255, step_size=1 / 255, norm="linf", samples_per_step=1, seed=0, tile_size=resolution)
+    cls(model, steps=1, **settings).protect(images)  # warm-up: lazy imports, prompt cache, kernels
+    method = cls(model, steps=args.steps, **settings)
+    # Memory: one run from a trimmed heap (see the module docstring).
+    cuda = model.device.type == "cuda"
+    gc.collect()
+    if cuda:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    _malloc_trim()
+    rss_before = _rss_kb("VmRSS")
+    maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    reset = _reset_peak_rss()
+    method.protect(images)
+    if cuda:
+        torch.cuda.synchronize()
+        above = (torch.cuda.max_memory_allocated() - before) / 2**20
+    elif reset and rss_before is not None:
+        above = (_rss_kb("VmHWM") - rss_before) / 1024
+    else:
+        above = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss_before) / 1024
+    # Time: the median of further (warm) runs.
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        method.protect(images)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "method": cls.name,
+        "model": args.model if spec == args.model else f"{args.model}: random-weight twin{' (inpainting)' * model.is_inpainting}",
+        "resolution": resolution,
+        "s_per_step": statistics.median(times) / args.steps,
+        "peak_rss_mb": maxrss / 1024,
+        "peak_above_baseline_mb": above,
+        "memory_measure": "cuda_max_memory_allocated" if cuda else ("VmHWM" if reset else "ru_maxrss_increase"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo",
+                        help="demo, a model spec, or arch:demo / arch:tiny (= tiny): random weights, built-in architecture")
+    parser.add_argument("--inpaint-model", help="an inpainting model for DiffusionGuard (other specs than demo/tiny)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--resolution", type=int)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per subprocess (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="subprocesses per method, interleaved (median)")
+    parser.add_argument("--methods", nargs="+", help="default: every registered method")
+    parser.add_argument("--output", default=str(RESULTS / "protect_methods.json"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return 0
+
+    from artshield.protect import METHODS
+
+    names = args.methods or ["advdm", *sorted(n for n in METHODS if n != "advdm")]
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    # Rounds visit the methods in turn (A B C ... A B C ...) so that drift in the machine's load hits all alike.
+    for _ in range(args.rounds):
+        for name in names:
+            command = [sys.executable, __file__, "--worker", name, "--model", args.model, "--device", args.device,
+                       "--dtype", args.dtype, "--steps", str(args.steps), "--repeats", str(args.repeats)]
+            if args.resolution:
+                command += ["--resolution", str(args.resolution)]
+            if args.inpaint_model:
+                command += ["--inpaint-model", args.inpaint_model]
+            # Large allocations through mmap, freed at once: resident memory then follows live tensors.
+            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
+            proc = subprocess.run(command, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                runs[name].append({"method": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
+            else:
+                runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"  {name}: {json.dumps(runs[name][-1])}", file=sys.stderr)
+    rows = []
+    for name in names:
+        good = [r for r in runs[name] if "s_per_step" in r]
+        if not good:
+            rows.append(runs[name][-1])
+            continue
+        row = dict(good[0])
+        for key in ("s_per_step", "peak_rss_mb", "peak_above_baseline_mb"):
+            row[key] = statistics.median(r[key] for r in good)
+        row["s_per_step_rounds"] = [r["s_per_step"] for r in good]
+        rows.append(row)
+    base = next((r for r in rows if r["method"] == "advdm" and "s_per_step" in r), None)
+    print(f"{'method':22s} {'ms/step':>9s} {'time/AdvDM':>10s} {'peak MB':>9s} {'+MB run':>9s} {'mem/AdvDM':>10s}")
+    for row in rows:
+        if "s_per_step" not in row:
+            print(f"{row['method']:22s} {row.get('skipped') or row.get('error')}")
+            continue
+        if base:
+            row["time_ratio"] = row["s_per_step"] / base["s_per_step"]
+            row["memory_ratio"] = row["peak_above_baseline_mb"] / max(base["peak_above_baseline_mb"], 1e-9)
+            row["peak_rss_ratio"] = row["peak_rss_mb"] / base["peak_rss_mb"]
+        print(
+            f"{row['method']:22s} {row['s_per_step'] * 1000:9.1f} {row.get('time_ratio', float('nan')):10.2f} "
+            f"{row['peak_rss_mb']:9.0f} {row['peak_above_baseline_mb']:9.1f} {row.get('memory_ratio', float('nan')):10.2f}"
+        )
+    import torch
+
+    result = {
+        "benchmark": "protect_methods",
+        "model": args.model,
+        "device": args.device,
+        "torch": torch.__version__,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "machine": platform.machine(),
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "rounds": args.rounds,
+        "budget": {"norm": "linf", "eps": 8 / 255, "step_size": 1 / 255, "samples_per_step": 1},
+        "rows": rows,
+        "targets": {"sds": {"time_ratio_max": 0.5, "memory_ratio_max": 0.5}},
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"saved {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

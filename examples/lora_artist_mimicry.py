@@ -1,0 +1,197 @@
+"""LoRA mimicry of an artist's style on the demo model: the attack artshield's protections are meant to spoil.
+
+    python examples/lora_artist_mimicry.py results/lora_mimicry            # about 4 CPU minutes
+
+1. Render a handful of paintings in the demo world's held-out artist style (``velmora``), which the demo model
+   never saw in training.
+2. LoRA-fine-tune the demo model on them with artshield's trainer, DreamBooth style, with an instance prompt
+   that names the artist -- the same code path as::
+
+       accelerate launch -m artshield.finetune.train --method lora --pretrained_model_name_or_path demo \\
+           --instance_data_dir <images> --instance_prompt "a painting in velmora style" --resolution 128 \
+           --train_text_encoder --rank 16 --learning_rate 1e-3 --max_train_steps 800 --train_batch_size 4 ...
+
+3. Generate images for a few prompts before and after fine-tuning (same seeds) and score them with the demo
+   style metric: the probability that an image is in the artist's style, mean and 95% bootstrap interval.
+   Prompts that name the artist should rise clearly; prompts of a training style serve as a control.
+4. Write ``results.json`` and ``grid.png`` (rows: training images, artist prompts before, after) into the
+   results folder, plus the LoRA itself under ``lora/``.
+
+This runs on the demo model's procedural world, where "style" is a handful of colour and texture statistics:
+it shows that the mimicry pipeline works end to end and gives a number a protection can be measured against.
+It says nothing about real Stable Diffusion checkpoints on real paintings.
+
+Measured once with the defaults (one torch thread on a shared 2-core machine): the artist score of generations
+for the four artist prompts rose from 0.02 [0.00, 0.06] to 0.54 [0.32, 0.76] (16 images each, 95% bootstrap
+interval), the control prompts stayed at 0.00; LoRA training took 197 s of CPU time. By eye the generations
+take on the artist's stroke texture but keep much of the demo model's own palette.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from artshield.evaluate.stats import bootstrap_ci
+from artshield.evaluate.style import StyleMetric
+from artshield.finetune.train import parse_args as trainer_args
+from artshield.finetune.train import train
+from artshield.imageio import write_png
+from artshield.models import load
+from artshield.models.demo.world import ARTIST_STYLE, caption, make_dataset
+
+logger = logging.getLogger("lora_artist_mimicry")
+
+ARTIST_SUBJECTS = ("tree", "house", "star", "triangle")
+CONTROL_STYLE, CONTROL_SUBJECTS = "ink", ("tree", "house")
+SAMPLING_STEPS, GUIDANCE_SCALE = 20, 5.0  # as the demo model's own evaluation
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results_dir", help="folder for results.json, grid.png and the LoRA")
+    parser.add_argument("--model", default="demo", help="base model (default: the demo model)")
+    parser.add_argument("--metric", default=None, help="style-metric folder (default: the demo model's)")
+    parser.add_argument("--num_images", type=int, default=8, help="paintings of the artist to fine-tune on")
+    parser.add_argument("--steps", type=int, default=800, help="LoRA optimisation steps")
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument(
+        "--train_text_encoder", action=argparse.BooleanOptionalAction, default=True,
+        help="also put LoRA on the text encoder (default; it binds the unseen artist name much faster)",
+    )
+    parser.add_argument("--resolution", type=int, default=None, help="default: the model's native resolution")
+    parser.add_argument("--samples_per_prompt", type=int, default=4, help="seeds per evaluation prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+@torch.no_grad()
+def generate(pipe, prompts: list[str], resolution: int, seed: int) -> torch.Tensor:
+    """DDIM + classifier-free guidance, one seeded generator per batch; float (B, 3, H, W) in [0, 1]."""
+    out = pipe(
+        prompt=prompts,
+        height=resolution,
+        width=resolution,
+        num_inference_steps=SAMPLING_STEPS,
+        guidance_scale=GUIDANCE_SCALE,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+    )
+    return out.images.float().clamp(0.0, 1.0)
+
+
+def score(metric: StyleMetric, images: torch.Tensor) -> dict:
+    """Artist-style probability of each image: mean with a 95% bootstrap interval."""
+    with torch.no_grad():
+        values = metric.artist_score(images).numpy()
+    mean, low, high = bootstrap_ci(values, np.mean, n=2000, seed=0)
+    return {"mean": mean, "ci95": [low, high], "n": int(values.size)}
+
+
+def save_grid(rows: list[torch.Tensor], path: Path) -> None:
+    """Rows of (N, 3, H, W) images side by side, padded to the longest row."""
+    columns = max(r.shape[0] for r in rows)
+    _, _, h, w = rows[0].shape
+    grid = torch.ones(3, len(rows) * h, columns * w)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            grid[:, i * h : (i + 1) * h, j * w : (j + 1) * w] = image
+    write_png(path, grid)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
+    args = parse_args(argv)
+    results = Path(args.results_dir)
+    results.mkdir(parents=True, exist_ok=True)
+    metric = StyleMetric.load(args.metric) if args.metric else StyleMetric.load_default()
+    model = load(args.model, device="cpu", dtype="fp32")
+    resolution = args.resolution or model.native_resolution
+
+    # 1. The artist's paintings, held out of the demo model's training set (a seed the demo never used).
+    images_np, _, _ = make_dataset(args.num_images, styles=[ARTIST_STYLE], size=(resolution, resolution), seed=1234)
+    data_dir = results / "artist_images"
+    for i, image in enumerate(images_np):
+        write_png(data_dir / f"{i:02d}.png", torch.from_numpy(image).permute(2, 0, 1).float() / 255.0)
+    training_images = torch.from_numpy(images_np).permute(0, 3, 1, 2).float() / 255.0
+
+    # 2. Generations before fine-tuning, for the artist's prompts and a control style.
+    pipe = model.pipeline("text2img")
+    artist_prompts = [caption(ARTIST_STYLE, s) for s in ARTIST_SUBJECTS for _ in range(args.samples_per_prompt)]
+    control_prompts = [caption(CONTROL_STYLE, s) for s in CONTROL_SUBJECTS for _ in range(args.samples_per_prompt)]
+    before = {"artist": generate(pipe, artist_prompts, resolution, args.seed),
+              "control": generate(pipe, control_prompts, resolution, args.seed + 1)}  # fmt: skip
+
+    # 3. LoRA fine-tuning with the trainer (in process: the CPU time below is the trainer's alone).
+    lora_dir = results / "lora"
+    instance_prompt = f"a painting in {ARTIST_STYLE} style"
+    trainer_argv = [
+        "--method", "lora", "--pretrained_model_name_or_path", args.model,
+        "--instance_data_dir", str(data_dir), "--instance_prompt", instance_prompt,
+        "--output_dir", str(lora_dir), "--resolution", str(resolution), "--random_flip",
+        "--train_batch_size", str(args.batch_size), "--max_train_steps", str(args.steps),
+        "--learning_rate", str(args.learning_rate), "--rank", str(args.rank),
+        "--lr_scheduler", "constant", "--checkpointing_steps", "100",
+        "--seed", str(args.seed), "--report_to", "none",
+    ] + (["--train_text_encoder"] if args.train_text_encoder else [])  # fmt: skip
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    summary = train(trainer_args(trainer_argv))
+    cpu_seconds, wall_seconds = time.process_time() - cpu_start, time.perf_counter() - wall_start
+
+    # 4. The same prompts and seeds with the LoRA loaded the stock-diffusers way.
+    pipe.load_lora_weights(str(lora_dir))
+    after = {"artist": generate(pipe, artist_prompts, resolution, args.seed),
+             "control": generate(pipe, control_prompts, resolution, args.seed + 1)}  # fmt: skip
+
+    report = {
+        "what": "LoRA mimicry of the held-out demo-world artist; artist_score = P(artist style) by the demo style metric",
+        "model": args.model,
+        "artist_style": ARTIST_STYLE,
+        "instance_prompt": instance_prompt,
+        "training": {
+            "images": args.num_images, "resolution": resolution, "steps": summary["global_step"],
+            "batch_size": args.batch_size, "learning_rate": args.learning_rate, "rank": args.rank,
+            "train_text_encoder": args.train_text_encoder,
+            "final_loss": summary["loss"], "cpu_seconds": round(cpu_seconds, 1), "wall_seconds": round(wall_seconds, 1),
+            "torch_threads": torch.get_num_threads(), "command": "python -m artshield.finetune.train " + shlex.join(trainer_argv),
+        },  # fmt: skip
+        "generation": {"sampler": "DDIM", "steps": SAMPLING_STEPS, "guidance_scale": GUIDANCE_SCALE,
+                       "artist_prompts": sorted(set(artist_prompts)), "control_prompts": sorted(set(control_prompts)),
+                       "samples_per_prompt": args.samples_per_prompt},  # fmt: skip
+        "artist_score": {
+            "training_images": score(metric, training_images),
+            "artist_prompts_before": score(metric, before["artist"]),
+            "artist_prompts_after": score(metric, after["artist"]),
+            "control_prompts_before": score(metric, before["control"]),
+            "control_prompts_after": score(metric, after["control"]),
+        },
+    }
+    first_seed = slice(None, None, args.samples_per_prompt)
+    save_grid([training_images[: len(ARTIST_SUBJECTS) * 2], before["artist"][first_seed], after["artist"][first_seed]],
+              results / "grid.png")
+    with tempfile.NamedTemporaryFile("w", dir=results, suffix=".tmp", delete=False) as fh:
+        json.dump(report, fh, indent=2)
+    os.replace(fh.name, results / "results.json")
+
+    scores = report["artist_score"]
+    for key, value in scores.items():
+        logger.info("artist score, %-22s %.3f  [%.3f, %.3f]", key, value["mean"], *value["ci95"])
+    logger.info("LoRA training: %d steps, %.0f s CPU (%.0f s wall); results in %s", summary["global_step"], cpu_seconds,
+                wall_seconds, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

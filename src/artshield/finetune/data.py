@@ -1,0 +1,402 @@
+"""Training data of the fine-tuning trainer, in the two layouts diffusers' training examples read.
+
+* **DreamBooth** (``train_dreambooth_lora.py``): a folder of instance images that all share one prompt
+  (``--instance_data_dir``, ``--instance_prompt``), and optionally a folder of class images with their own
+  prompt for prior preservation (``--class_data_dir``, ``--class_prompt``).
+* **Text-to-image** (``train_text_to_image_lora.py``): a folder of captioned images (``--train_data_dir``).
+  Captions come from a ``metadata.jsonl`` (or ``metadata.csv``) with a ``file_name`` column and a caption
+  column (``--caption_column``, default ``text``), as the Hugging Face ``imagefolder`` format has it, or
+  from a ``.txt`` file beside each image with the same stem (``cat.png`` + ``cat.txt``). A hub dataset
+  (``--dataset_name``) is read with the ``datasets`` package when it is installed.
+
+Every image is decoded once, through :func:`artshield.imageio.read_image` (EXIF orientation, greyscale,
+palette, 16-bit and RGBA files all work), *before training starts*: a missing or empty folder, a corrupt
+file, a file that is not an image or an image without a caption is a named error
+(:class:`~artshield.errors.ImageReadError` / :class:`~artshield.errors.InvalidArgumentError`) that names the
+file, not a crash twenty minutes into a run.
+
+Random crops and flips are drawn from a generator seeded by ``(seed, epoch, index)``, not from the global
+torch RNG: an example looks the same whether the data loader reaches it in an uninterrupted run or after
+resuming from a checkpoint, which is what makes resumed runs end with the same weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ..errors import ArtshieldError, ImageReadError, InvalidArgumentError
+from ..imageio import from_pil, iter_images, read_image
+
+logger = logging.getLogger(__name__)
+
+#: Files that may sit beside training images without being images themselves.
+CAPTION_SUFFIX = ".txt"
+METADATA_FILES = ("metadata.jsonl", "metadata.csv")
+#: Above this many images the decoded copies are not kept in memory (they are re-read from disk each time).
+MAX_CACHED_IMAGES = 2000
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training image and its caption.
+
+    Attributes:
+        source: the image file, or an in-memory PIL image (hub datasets).
+        caption: the prompt the model is trained to associate with the image.
+        name: how errors and logs refer to the image (the path, or ``dataset[index]``).
+    """
+
+    source: Any
+    caption: str
+    name: str
+
+
+# ------------------------------------------------------------------------------------------- image I/O
+def load_image(source: Any, resolution: int, name: str | None = None) -> torch.Tensor:
+    """Decode one image and resize it so its shorter side is `resolution`; returns uint8 (3, H, W).
+
+    Greyscale becomes RGB; transparency is composited over white (an artwork's transparent background
+    reads as paper, not as whatever colour values happen to hide under alpha 0).
+
+    Raises:
+        ImageReadError: the file is missing, not an image, truncated or corrupt (the message names it).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        loaded = read_image(source)
+    else:
+        try:
+            loaded = from_pil(source, path=None)
+        except ArtshieldError as exc:
+            raise ImageReadError(f"{name or 'image'}: {exc}") from exc
+    rgb = loaded.rgb
+    if rgb.shape[1] == 1:
+        rgb = rgb.expand(-1, 3, -1, -1)
+    if loaded.alpha is not None:
+        rgb = rgb * loaded.alpha + (1.0 - loaded.alpha)
+    height, width = rgb.shape[-2:]
+    scale = resolution / min(height, width)
+    size = (max(resolution, round(height * scale)), max(resolution, round(width * scale)))
+    if size != (height, width):
+        # Antialiased bilinear, as torchvision's Resize(BILINEAR) in diffusers' examples.
+        rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return (rgb[0].clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
+
+
+def _list_image_folder(folder: str | os.PathLike, flag: str, *, recursive: bool, sidecars: bool) -> list[Path]:
+    """The images of a training folder, sorted; every other visible file is an error unless it is a caption
+    or metadata file (when `sidecars`)."""
+    try:
+        listing = iter_images(folder, recursive=recursive)
+    except ImageReadError as exc:
+        raise ImageReadError(f"{flag}: {exc}") from exc
+    for path, reason in listing.skipped:
+        if sidecars and (path.suffix.lower() == CAPTION_SUFFIX or path.name in METADATA_FILES):
+            continue
+        raise ImageReadError(f"{flag}: {path}: {reason}; remove it from the folder or fix it.")
+    if not listing.images:
+        raise InvalidArgumentError(f"{flag} {os.fspath(folder)!r} holds no images.")
+    return list(listing.images)
+
+
+# ------------------------------------------------------------------------------------------- DreamBooth
+def dreambooth_examples(folder: str | os.PathLike, prompt: str, flag: str = "--instance_data_dir") -> list[Example]:
+    """Every image of `folder` (not recursive, as diffusers' DreamBoothDataset) with the same `prompt`."""
+    if not prompt or not prompt.strip():
+        raise InvalidArgumentError(f"the prompt for {flag} must be a non-empty string.")
+    # Caption files beside the images (common in datasets prepared for other trainers) are tolerated.
+    files = _list_image_folder(folder, flag, recursive=False, sidecars=True)
+    return [Example(path, prompt, str(path)) for path in files]
+
+
+# ------------------------------------------------------------------------------------------- text-to-image
+def caption_folder_examples(
+    folder: str | os.PathLike,
+    caption_column: str = "text",
+    image_column: str = "file_name",
+    flag: str = "--train_data_dir",
+) -> list[Example]:
+    """Captioned images of `folder`: from ``metadata.jsonl``/``metadata.csv`` if present, else ``.txt`` files.
+
+    Raises:
+        ImageReadError: the folder is missing, a listed image is missing, or a file is not an image.
+        InvalidArgumentError: no images, a metadata line without the caption, or an image without a ``.txt``.
+    """
+    root = Path(os.fspath(folder))
+    files = _list_image_folder(root, flag, recursive=True, sidecars=True)
+    metadata = [root / name for name in METADATA_FILES if (root / name).is_file()]
+    if metadata:
+        return _metadata_examples(root, metadata[0], files, caption_column, image_column, flag)
+    examples = []
+    for path in files:
+        caption_file = path.with_suffix(CAPTION_SUFFIX)
+        if not caption_file.is_file():
+            raise InvalidArgumentError(
+                f"{flag}: {path} has no caption: add {caption_file.name} beside it, or a metadata.jsonl with "
+                f"'file_name' and {caption_column!r} columns."
+            )
+        try:
+            caption = caption_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidArgumentError(f"{flag}: cannot read the caption file {caption_file} ({exc}).") from exc
+        if not caption:
+            raise InvalidArgumentError(f"{flag}: the caption file {caption_file} of {path} is empty.")
+        examples.append(Example(path, caption, str(path)))
+    return examples
+
+
+def _read_metadata(path: Path, flag: str) -> list[tuple[int, dict]]:
+    """Rows of metadata.jsonl / metadata.csv as (line number, dict)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgumentError(f"{flag}: cannot read {path} ({exc}).") from exc
+    if path.suffix == ".csv":
+        return [(i + 2, dict(row)) for i, row in enumerate(csv.DictReader(text.splitlines()))]
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidArgumentError(f"{flag}: {path} line {number} is not valid JSON ({exc.msg}).") from exc
+        if not isinstance(row, dict):
+            raise InvalidArgumentError(f"{flag}: {path} line {number} must be a JSON object.")
+        rows.append((number, row))
+    return rows
+
+
+def _metadata_examples(
+    root: Path, metadata: Path, files: list[Path], caption_column: str, image_column: str, flag: str
+) -> list[Example]:
+    examples: list[Example] = []
+    listed: set[Path] = set()
+    available = {p.resolve() for p in files}
+    for number, row in _read_metadata(metadata, flag):
+        where = f"{metadata} line {number}"
+        file_name = row.get(image_column)
+        if not isinstance(file_name, str) or not file_name:
+            raise InvalidArgumentError(f"{flag}: {where} has no {image_column!r} entry.")
+        path = (root / file_name).resolve()
+        if root.resolve() not in path.parents:
+            raise InvalidArgumentError(f"{flag}: {where} names {file_name!r}, which is outside {root}.")
+        if not path.is_file():
+            raise ImageReadError(f"{flag}: {where} names {file_name!r}, but {path} does not exist.")
+        if path not in available:
+            raise ImageReadError(f"{flag}: {where} names {path}, which is not an image file.")
+        caption = row.get(caption_column)
+        if not isinstance(caption, str) or not caption.strip():
+            columns = ", ".join(repr(k) for k in row if k != image_column) or "none"
+            raise InvalidArgumentError(
+                f"{flag}: {where} ({file_name}) has no caption in column {caption_column!r} (columns: {columns}); "
+                "pass --caption_column to pick another."
+            )
+        examples.append(Example(path, caption.strip(), str(path)))
+        listed.add(path)
+    unlisted = sorted(available - listed)
+    if unlisted:
+        logger.warning(
+            "%s: %d image(s) are not listed in %s and are not used (e.g. %s).",
+            flag, len(unlisted), metadata.name, unlisted[0],
+        )
+    if not examples:
+        raise InvalidArgumentError(f"{flag}: {metadata} lists no images.")
+    return examples
+
+
+def hub_dataset_examples(
+    dataset_name: str,
+    dataset_config_name: str | None = None,
+    image_column: str = "image",
+    caption_column: str = "text",
+    cache_dir: str | None = None,
+) -> list[Example]:
+    """The ``train`` split of a Hugging Face dataset (needs the ``datasets`` package)."""
+    try:
+        import datasets
+    except ImportError as exc:
+        raise InvalidArgumentError(
+            "--dataset_name needs the `datasets` package (pip install datasets); or download the images and "
+            "pass --train_data_dir with a metadata.jsonl."
+        ) from exc
+    try:
+        dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)["train"]
+    except Exception as exc:  # noqa: BLE001 - hub, network and format errors all mean "cannot read it"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise InvalidArgumentError(f"--dataset_name {dataset_name!r}: cannot load its train split ({first}).") from exc
+    for column, flag in ((image_column, "--image_column"), (caption_column, "--caption_column")):
+        if column not in dataset.column_names:
+            raise InvalidArgumentError(
+                f"{flag} {column!r} is not a column of {dataset_name} (columns: {', '.join(dataset.column_names)})."
+            )
+    examples = []
+    for index, row in enumerate(dataset):
+        caption = row[caption_column]
+        if isinstance(caption, (list, tuple)):
+            caption = caption[0] if caption else ""  # diffusers picks one of several captions; take the first
+        name = f"{dataset_name}[{index}]"
+        if not isinstance(caption, str) or not caption.strip():
+            raise InvalidArgumentError(f"--dataset_name: {name} has no caption in column {caption_column!r}.")
+        examples.append(Example(row[image_column], caption.strip(), name))
+    return examples
+
+
+def select_examples(examples: list[Example], max_samples: int | None, seed: int | None) -> list[Example]:
+    """Keep a seeded random subset of `max_samples` examples (diffusers: ``shuffle(seed).select(range(n))``)."""
+    if max_samples is None or max_samples >= len(examples):
+        return examples
+    order = np.random.default_rng(seed).permutation(len(examples))[:max_samples]
+    return [examples[i] for i in sorted(order)]
+
+
+# ------------------------------------------------------------------------------------------- dataset
+class TrainingDataset(Dataset):
+    """Images with captions, cropped to `resolution` squares, optionally paired with class images.
+
+    Item *i* is a dict with ``pixel_values`` (float (3, R, R) in [0, 1]) and ``caption``, plus
+    ``class_pixel_values`` and ``class_caption`` when class examples are given. As in diffusers'
+    DreamBoothDataset, the length is the larger of the two lists and the shorter one cycles.
+
+    Args:
+        examples: the instance (or captioned) images.
+        resolution: side of the square crops.
+        center_crop: crop the centre instead of a random window.
+        random_flip: flip horizontally with probability 0.5.
+        class_examples: prior-preservation images, or None.
+        seed: base seed of the crop/flip randomness (see :meth:`set_epoch`).
+
+    Every image is decoded in the constructor, so a bad file fails here, before training.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[Example],
+        resolution: int,
+        *,
+        center_crop: bool = False,
+        random_flip: bool = False,
+        class_examples: Sequence[Example] | None = None,
+        seed: int | None = 0,
+    ) -> None:
+        if int(resolution) < 8:
+            raise InvalidArgumentError(f"--resolution must be at least 8, but is {resolution!r}.")
+        self.examples = list(examples)
+        self.class_examples = list(class_examples) if class_examples else []
+        if not self.examples:
+            raise InvalidArgumentError("there are no training images.")
+        self.resolution = int(resolution)
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+        # Without a seed augmentation is still independent of the global RNG, just not repeatable across runs.
+        self.seed = int(seed) if seed is not None else int(np.random.SeedSequence().entropy % (2**63))
+        self.epoch = 0
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._decode(0, self.examples)
+        self._decode(1, self.class_examples)
+
+    def _decode(self, role: int, items: list[Example]) -> None:
+        """Decode every image once (so a bad file fails before training), keeping them if there are few."""
+        keep = len(self.examples) + len(self.class_examples) <= MAX_CACHED_IMAGES
+        for index, example in enumerate(items):
+            image = load_image(example.source, self.resolution, example.name)
+            if keep:
+                self._cache[(role, index)] = image
+
+    def add_class_examples(self, class_examples: Sequence[Example]) -> None:
+        """Pair every item with a prior-preservation (class) image from now on (decoded here)."""
+        self.class_examples = list(class_examples)
+        if not self.class_examples:
+            raise InvalidArgumentError("there are no class images for prior preservation.")
+        self._cache = {k: v for k, v in self._cache.items() if k[0] == 0}
+        self._decode(1, self.class_examples)
+
+    def __len__(self) -> int:
+        return max(len(self.examples), len(self.class_examples))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose crops/flips to draw (accelerate's data loaders call this each epoch)."""
+        self.epoch = int(epoch)
+
+    def _image(self, role: int, index: int) -> torch.Tensor:
+        cached = self._cache.get((role, index))
+        if cached is not None:
+            return cached
+        example = (self.examples, self.class_examples)[role][index]
+        return load_image(example.source, self.resolution, example.name)
+
+    def _augment(self, image: torch.Tensor, role: int, index: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, self.epoch, index, role]).generate_state(1, np.uint64)[0] >> 1)
+        )
+        size = self.resolution
+        height, width = image.shape[-2:]
+        if self.center_crop:
+            top, left = (height - size) // 2, (width - size) // 2
+        else:
+            top = int(torch.randint(0, height - size + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - size + 1, (1,), generator=generator))
+        image = image[:, top : top + size, left : left + size]
+        if self.random_flip and bool(torch.rand((), generator=generator) < 0.5):
+            image = image.flip(-1)
+        return image.float() / 255.0
+
+    def __getitem__(self, index: int) -> dict:
+        i = index % len(self.examples)
+        item = {"pixel_values": self._augment(self._image(0, i), 0, i), "caption": self.examples[i].caption}
+        if self.class_examples:
+            j = index % len(self.class_examples)
+            item["class_pixel_values"] = self._augment(self._image(1, j), 1, j)
+            item["class_caption"] = self.class_examples[j].caption
+        return item
+
+    def captions(self) -> list[str]:
+        """Every distinct caption the dataset can produce (for pre-computed text embeddings)."""
+        return sorted({e.caption for e in self.examples} | {e.caption for e in self.class_examples})
+
+
+class Collator:
+    """Batch items and tokenise their captions; with prior preservation, class examples are appended after
+    the instance examples (one forward pass for both, as diffusers' ``collate_fn``)."""
+
+    def __init__(self, tokenizer, with_prior_preservation: bool = False) -> None:
+        self.tokenizer = tokenizer
+        self.with_prior_preservation = with_prior_preservation
+
+    def __call__(self, items: list[dict]) -> dict:
+        pixels = [item["pixel_values"] for item in items]
+        captions = [item["caption"] for item in items]
+        if self.with_prior_preservation:
+            pixels += [item["class_pixel_values"] for item in items]
+            captions += [item["class_caption"] for item in items]
+        input_ids = self.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return {"pixel_values": torch.stack(pixels).contiguous(), "input_ids": input_ids, "captions": captions}
+
+
+__all__ = [
+    "Collator",
+    "Example",
+    "TrainingDataset",
+    "caption_folder_examples",
+    "dreambooth_examples",
+    "hub_dataset_examples",
+    "load_image",
+    "select_examples",
+]

@@ -1,0 +1,346 @@
+"""Saving what the trainer makes, in the formats stock diffusers reads, and nothing of our own.
+
+* LoRA: ``pytorch_lora_weights.safetensors`` written by ``StableDiffusionPipeline.save_lora_weights`` from
+  ``convert_state_dict_to_diffusers(get_peft_model_state_dict(...))``, exactly as diffusers'
+  ``train_dreambooth_lora.py`` does; it loads with ``pipe.load_lora_weights(folder)``.
+* DreamBooth / full fine-tuning: a complete pipeline folder (``model_index.json`` and one subfolder per
+  component, safetensors) written by ``save_pretrained``; it loads with ``StableDiffusionPipeline.from_pretrained``.
+* Training checkpoints: ``accelerator.save_state`` folders (``checkpoint-<step>``) with diffusers' save/load
+  hooks: the LoRA file, or ``unet/`` (and ``text_encoder/``) for full fine-tuning, plus accelerate's own
+  optimizer, scheduler and RNG files. With Bayesian layers the hooks leave the models to accelerate, which
+  then saves their whole state (means *and* sigmas) so that a resumed run continues exactly.
+
+Final outputs are written to a temporary folder first and moved into place, so an interrupted run never
+leaves a half-written model that loads (see :func:`publish_lora` and :func:`publish_pipeline`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+
+from ..errors import InvalidArgumentError
+
+logger = logging.getLogger(__name__)
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+ContextFactory = Callable[[torch.nn.Module], contextlib.AbstractContextManager]
+
+
+# ------------------------------------------------------------------------------------------- LoRA
+def lora_layers(model: torch.nn.Module | None) -> dict[str, torch.Tensor] | None:
+    """The peft LoRA weights of `model` under diffusers' key names (None when `model` is None)."""
+    if model is None:
+        return None
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    # LoRA never targets the embeddings; "auto" would look for a hub config to compare vocabularies.
+    state_dict = convert_state_dict_to_diffusers(get_peft_model_state_dict(model, save_embedding_layers=False))
+    # fp32 files whatever the training precision (diffusers casts the model to fp32 before saving).
+    return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in state_dict.items()}
+
+
+def save_lora(folder: str | os.PathLike, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None) -> Path:
+    """Write ``pytorch_lora_weights.safetensors`` for a peft-adapted UNet (and text encoder) into `folder`."""
+    from diffusers import StableDiffusionPipeline
+
+    StableDiffusionPipeline.save_lora_weights(
+        save_directory=os.fspath(folder),
+        unet_lora_layers=lora_layers(unet),
+        text_encoder_lora_layers=lora_layers(text_encoder),
+        safe_serialization=True,
+    )
+    return Path(os.fspath(folder)) / LORA_WEIGHT_NAME
+
+
+def load_lora(folder: str | os.PathLike, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None) -> None:
+    """Load a LoRA file written by :func:`save_lora` into already-adapted models (the checkpoint load hook)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.training_utils import _set_state_dict_into_text_encoder
+    from diffusers.utils import convert_unet_state_dict_to_peft
+    from peft.utils import set_peft_model_state_dict
+
+    state_dict, _ = StableDiffusionPipeline.lora_state_dict(os.fspath(folder))
+    unet_state = {k.removeprefix("unet."): v for k, v in state_dict.items() if k.startswith("unet.")}
+    incompatible = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(unet_state), adapter_name="default")
+    unexpected = getattr(incompatible, "unexpected_keys", None) if incompatible is not None else None
+    if unexpected:
+        raise InvalidArgumentError(
+            f"checkpoint {folder}: its LoRA has weights this UNet's adapters lack (e.g. {unexpected[0]}); "
+            "was it made with another --rank or model?"
+        )
+    if text_encoder is not None:
+        _set_state_dict_into_text_encoder(state_dict, prefix="text_encoder.", text_encoder=text_encoder)
+
+
+# ------------------------------------------------------------------------------------------- accelerate hooks
+def register_checkpoint_hooks(
+    accelerator,
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module | None,
+    *,
+    method: str,
+    bayesian: bool = False,
+    deterministic_state: ContextFactory | None = None,
+    upcast_after_load: bool = False,
+) -> None:
+    """Register diffusers-style ``save_state``/``load_state`` pre-hooks on `accelerator`.
+
+    Args:
+        unet, text_encoder: the (unwrapped) models being trained; `text_encoder` None when it is frozen.
+        method: ``"lora"`` (save the LoRA file) or ``"dreambooth"``/``"full"`` (save ``unet/`` and
+            ``text_encoder/`` with ``save_pretrained``).
+        bayesian: the UNet carries Bayesian layers. The hooks then leave the models in accelerate's lists,
+            so accelerate saves and restores their complete state dicts (``model.safetensors``...), sigmas
+            included; for LoRA a deterministic LoRA file is written beside them as well, so that any
+            checkpoint folder can be loaded with ``load_lora_weights`` as with stock diffusers.
+        deterministic_state: ``artshield.finetune.bayesian.deterministic_state`` (needed when `bayesian`).
+        upcast_after_load: under fp16, cast trainable parameters back to fp32 after loading (as diffusers).
+    """
+    from diffusers.training_utils import cast_training_params
+
+    unet_type = type(accelerator.unwrap_model(unet))
+    text_type = type(accelerator.unwrap_model(text_encoder)) if text_encoder is not None else None
+
+    def split(models: list) -> tuple[torch.nn.Module | None, torch.nn.Module | None]:
+        found_unet = found_text = None
+        for model in models:
+            model = accelerator.unwrap_model(model)
+            if isinstance(model, unet_type):
+                found_unet = model
+            elif text_type is not None and isinstance(model, text_type):
+                found_text = model
+            else:
+                raise ValueError(f"unexpected model in the checkpoint: {model.__class__.__name__}")
+        return found_unet, found_text
+
+    def save_model_hook(models: list, weights: list, output_dir: str) -> None:
+        if not accelerator.is_main_process:
+            return
+        found_unet, found_text = split(models)
+        if bayesian:
+            # Keep `weights`: accelerate writes every model's full state dict, Bayesian sigmas included.
+            if method == "lora" and found_unet is not None:
+                with deterministic_state(found_unet):
+                    save_lora(output_dir, found_unet, found_text)
+            return
+        if method == "lora":
+            save_lora(output_dir, found_unet, found_text)
+        else:
+            if found_unet is not None:
+                found_unet.save_pretrained(os.path.join(output_dir, "unet"), safe_serialization=True)
+            if found_text is not None:
+                found_text.save_pretrained(os.path.join(output_dir, "text_encoder"), safe_serialization=True)
+        # Pop every weight so accelerate does not save the models a second time in its own format.
+        weights.clear()
+
+    def load_model_hook(models: list, input_dir: str) -> None:
+        if bayesian:
+            return  # accelerate restores the full state dicts it saved
+        found_unet, found_text = split(models)
+        models.clear()
+        if method == "lora":
+            load_lora(input_dir, found_unet, found_text)
+        else:
+            if found_unet is not None:
+                _load_pretrained_into(found_unet, input_dir, "unet")
+            if found_text is not None:
+                _load_pretrained_into(found_text, input_dir, "text_encoder")
+        if upcast_after_load:
+            cast_training_params([m for m in (found_unet, found_text) if m is not None], dtype=torch.float32)
+
+    accelerator.register_save_state_pre_hook(save_model_hook)
+    accelerator.register_load_state_pre_hook(load_model_hook)
+
+
+def _load_pretrained_into(model: torch.nn.Module, folder: str, subfolder: str) -> None:
+    """Copy the weights saved by ``save_pretrained`` in ``folder/subfolder`` into `model` (diffusers' hook)."""
+    from safetensors.torch import load_file
+
+    path = Path(folder) / subfolder
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise InvalidArgumentError(f"checkpoint {folder}: {subfolder}/ holds no safetensors weights.")
+    state_dict: dict[str, torch.Tensor] = {}
+    for file in files:  # sharded saves write several files
+        state_dict.update(load_file(str(file)))
+    model.load_state_dict(state_dict)
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """``checkpoint-<step>`` folders of `output_dir`, oldest step first."""
+    root = Path(os.fspath(output_dir))
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    """The optimisation step a ``checkpoint-<step>`` folder was saved at."""
+    match = CHECKPOINT_PATTERN.match(Path(os.fspath(path)).name)
+    if match is None:
+        raise InvalidArgumentError(
+            f"--resume_from_checkpoint {os.fspath(path)!r}: a checkpoint folder is named checkpoint-<step>."
+        )
+    return int(match.group(1))
+
+
+def resolve_checkpoint(spec: str, output_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` names: ``"latest"`` (None when there is none yet, so a
+    restart script can always pass it), a folder path, or a bare ``checkpoint-<step>`` name in `output_dir`."""
+    if spec == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(spec).expanduser()
+    candidates = [path] if path.is_absolute() else [path, Path(os.fspath(output_dir)) / path.name]
+    for candidate in candidates:
+        if candidate.is_dir():
+            checkpoint_step(candidate)
+            return candidate
+    raise InvalidArgumentError(f"--resume_from_checkpoint {spec!r}: no such checkpoint folder (nor in {os.fspath(output_dir)}).")
+
+
+def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None) -> Path:
+    """``accelerator.save_state`` into ``output_dir/checkpoint-<step>``, atomically, then prune old ones.
+
+    The state is written to a hidden temporary folder and renamed into place, so ``latest`` never picks a
+    half-written checkpoint; older checkpoints beyond `total_limit` are removed only after the new one is
+    complete (diffusers removes them first, which loses the last good one if saving fails).
+    """
+    root = Path(os.fspath(output_dir))
+    final = root / f"checkpoint-{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-checkpoint-{step}-", dir=root))
+    try:
+        accelerator.save_state(str(tmp))
+        _normal_permissions(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("Saved state to %s", final)
+    if total_limit is not None:
+        existing = list_checkpoints(root)
+        for old in existing[: max(0, len(existing) - total_limit)]:
+            logger.info("Removing checkpoint %s (--checkpoints_total_limit %d)", old.name, total_limit)
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ------------------------------------------------------------------------------------------- final outputs
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _normal_permissions(path: Path) -> None:
+    """Give a staged tree the permissions freshly created files would have (mkdtemp makes 0700 folders and
+    some writers 0600 files), so published outputs are readable as the user expects."""
+    umask = _umask()
+    for entry in [path, *path.rglob("*")]:
+        try:
+            os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~umask)
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def _staging(output_dir: Path) -> Iterator[Path]:
+    """A hidden temporary folder inside `output_dir` (same file system, so renames are atomic), removed after."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-final-", dir=output_dir))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_staging(output_dir: str | os.PathLike) -> None:
+    """Delete staging folders a killed run left in `output_dir` (never complete outputs: those were renamed)."""
+    root = Path(os.fspath(output_dir))
+    for entry in root.glob(".tmp-*") if root.is_dir() else []:
+        logger.info("Removing %s, left by an interrupted run", entry)
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def publish_lora(
+    output_dir: str | os.PathLike, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None
+) -> Path:
+    """Write the final LoRA file into `output_dir` atomically (staged, then one ``os.replace``)."""
+    root = Path(os.fspath(output_dir))
+    with _staging(root) as tmp:
+        staged = save_lora(tmp, unet, text_encoder)
+        _normal_permissions(staged)
+        final = root / LORA_WEIGHT_NAME
+        os.replace(staged, final)
+    return final
+
+
+def publish_pipeline(output_dir: str | os.PathLike, pipeline) -> Path:
+    """Save a full pipeline into `output_dir` (beside checkpoints and logs) so that it never half-loads.
+
+    ``save_pretrained`` writes into a staging folder. The old ``model_index.json`` is removed first, each
+    component folder is then swapped in by rename, and the new ``model_index.json`` is moved in last: at any
+    moment of an interruption the folder either is the complete new pipeline or has no ``model_index.json``
+    (so ``from_pretrained`` refuses it rather than mixing old and new components).
+    """
+    root = Path(os.fspath(output_dir))
+    with _staging(root) as tmp:
+        pipeline.save_pretrained(str(tmp), safe_serialization=True)
+        _normal_permissions(tmp)
+        index = root / "model_index.json"
+        if index.exists():
+            index.unlink()
+        for entry in sorted(tmp.iterdir()):
+            if entry.name == "model_index.json":
+                continue
+            target = root / entry.name
+            if target.is_dir() and not target.is_symlink():
+                trash = Path(tempfile.mkdtemp(prefix=".tmp-old-", dir=root))
+                os.replace(target, trash / entry.name)
+                os.replace(entry, target)
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                os.replace(entry, target)
+        os.replace(tmp / "model_index.json", index)
+    return root
+
+
+__all__ = [
+    "LORA_WEIGHT_NAME",
+    "checkpoint_step",
+    "list_checkpoints",
+    "load_lora",
+    "lora_layers",
+    "publish_lora",
+    "publish_pipeline",
+    "register_checkpoint_hooks",
+    "remove_stale_staging",
+    "resolve_checkpoint",
+    "save_checkpoint",
+    "save_lora",
+]
