@@ -128,7 +128,13 @@ def main() -> int:
         info_path = DEMO_WEIGHTS / "training_info.json"
         if info_path.is_file():
             info = json.loads(info_path.read_text())
-            result["demo_training"] = {k: info.get(k) for k in ("wall_seconds", "metrics", "seed") if k in info}
+            evaluation = info.get("evaluation", {})
+            result["demo_training"] = {
+                "seed": info.get("seed"),
+                "seconds": info.get("seconds", {}).get("total"),
+                "style_auc_clean": evaluation.get("auc_artist_clean"),
+                "style_auc_vae_reconstructed": evaluation.get("auc_artist_vae_reconstructed"),
+            }
             print("demo model training:", json.dumps(result["demo_training"], default=str))
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
