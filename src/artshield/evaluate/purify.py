@@ -70,7 +70,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,6 +81,7 @@ from .. import __version__
 from ..engine import PerturbConfig, Perturber
 from ..engine import transforms as T
 from ..errors import ArtshieldError, ImageReadError, InvalidArgumentError
+from ..protect.files import write_json_atomic  # one atomic JSON writer for every report
 from .purify_diffusion import (
     UPSCALER_ALIASES,
     as_rgb,
@@ -1063,22 +1063,6 @@ def purify_folder(
             bar.close()
     report["total_seconds"] = round(time.perf_counter() - started, 3)
     return report
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
-    """Write JSON to a temporary file beside `path`, then rename it over `path` (never half a file)."""
-    dest = Path(os.fspath(path))
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
 
 
 # --------------------------------------------------------------------------------------------------

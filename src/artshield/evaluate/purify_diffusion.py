@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError
 from ..models.handle import randn_like
+from ..protect.tiling import pad_to_multiple  # one implementation for the whole toolkit
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +41,6 @@ UPSCALER_ALIASES = {"x4": X4_UPSCALER_ID, "sd-x4": X4_UPSCALER_ID}
 # --------------------------------------------------------------------------------------------------
 # Geometry helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def pad_to_multiple(images: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Pad H and W at the bottom/right up to a multiple of `multiple`, by reflection (replication when an
-    image is too small to reflect). Reflection keeps the border statistics a VAE or UNet expects; the
-    padding is cropped off again by the caller."""
-    height, width = images.shape[-2:]
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-    if pad_h == 0 and pad_w == 0:
-        return images
-    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def as_rgb(images: torch.Tensor) -> torch.Tensor:
