@@ -2,10 +2,15 @@
 
 Same model, same image (one, at the model's native resolution unless ``--resolution``), same budget
 (L-inf 8/255, step 1/255, one Monte-Carlo sample per step) for every method; each method's other settings
-are its defaults. Each method runs in a **fresh subprocess**, one at a time (no competition for the CPU),
-that loads the model, warms up with a 1-step run, measures memory over one ``--steps``-step run, then times
-``--repeats`` further runs (median). ``--rounds`` visits all methods that many times, interleaved, so drift
-in the machine's load hits all alike; the medians over rounds are reported. Memory, in each subprocess:
+are its defaults. Everything runs in **fresh subprocesses**, one at a time (no competition for the CPU):
+
+* time: a subprocess loads the model, warms up, then alternates ``--repeats`` runs of AdvDM and of the
+  method (A B A B ...), ``--steps`` steps each; the ratio of medians is taken under the same machine load;
+* memory: another subprocess warms up, then measures one ``--steps``-step run of the method.
+
+``--rounds`` repeats both for every method (methods interleaved); medians over rounds are reported.
+
+Memory figures:
 
 * ``peak_rss_mb``: ``ru_maxrss`` of the whole process (model, Python and torch included);
 * ``peak_above_baseline_mb``: the peak resident memory during the measured run above what the process held
@@ -99,32 +104,66 @@ def _build_twin(spec: str, inpainting: bool, folder: str):
     return folder
 
 
-def worker(args) -> dict:
+def _load(args, inpainting: bool, tmp: str):
+    """The benchmark model (or its random-weight twin of the same architecture), and a label for it."""
+    from artshield.models import load
+    from artshield.models.demo import DEMO_WEIGHTS
+
+    spec = args.model
+    if inpainting and args.inpaint_model:
+        spec = args.inpaint_model
+    elif inpainting and args.model == "demo" and (DEMO_WEIGHTS / "unet_inpaint").is_dir():
+        spec = "demo-inpaint"  # the demo model's trained inpainting variant: same architecture as the twin
+    elif (inpainting and args.model == "demo") or _architecture(args.model):
+        spec = _build_twin(args.model, inpainting, f"{tmp}/{int(inpainting)}")
+    label = spec if spec in (args.model, args.inpaint_model, "demo-inpaint") else (
+        f"{args.model}: random-weight twin{' (inpainting)' * inpainting}")
+    return load(spec, device=args.device, dtype=args.dtype), label
+
+
+def _timed(method, images, cuda: bool) -> float:
     import torch
 
-    from artshield.models import load
-    from artshield.protect import get_method
+    start = time.perf_counter()
+    method.protect(images)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def worker(args) -> dict:
+    """One subprocess: ``memory`` measures one run of the method; ``time`` alternates AdvDM and the method
+    (A B A B ...) in the same process, so the ratio is taken under the same machine load."""
+    import torch
+
+    from artshield.protect import AdvDM, get_method
 
     cls = get_method(args.worker)
+    inpainting = cls.name in INPAINTING_ONLY
     with tempfile.TemporaryDirectory() as tmp:
-        spec = args.model
-        if cls.name in INPAINTING_ONLY:
-            if args.inpaint_model:
-                spec = args.inpaint_model
-            elif args.model == "demo" or _architecture(args.model):
-                spec = _build_twin(args.model, True, tmp)
-        elif _architecture(args.model):
-            spec = _build_twin(args.model, False, tmp)
-        model = load(spec, device=args.device, dtype=args.dtype)
-    if cls.name in INPAINTING_ONLY and not model.is_inpainting:
-        return {"method": cls.name, "skipped": "needs an inpainting model (pass --inpaint-model)"}
+        model, label = _load(args, inpainting, tmp)
+        if inpainting and not model.is_inpainting:
+            return {"method": cls.name, "skipped": "needs an inpainting model (pass --inpaint-model)"}
+        reference = _load(args, False, tmp)[0] if inpainting else model  # AdvDM needs a text-to-image UNet
     resolution = args.resolution or model.native_resolution
     images = torch.rand(1, 3, resolution, resolution, generator=torch.Generator().manual_seed(0)).to(model.device)
     settings = dict(eps=8 / 255, step_size=1 / 255, norm="linf", samples_per_step=1, seed=0, tile_size=resolution)
+    cuda = model.device.type == "cuda"
     cls(model, steps=1, **settings).protect(images)  # warm-up: lazy imports, prompt cache, kernels
     method = cls(model, steps=args.steps, **settings)
+    row = {"method": cls.name, "model": label, "resolution": resolution}
+    if args.phase == "time":
+        advdm = AdvDM(reference, steps=args.steps, **settings)
+        advdm.protect(images)
+        ours, theirs = [], []
+        for _ in range(args.repeats):
+            theirs.append(_timed(advdm, images, cuda))
+            ours.append(_timed(method, images, cuda))
+        row["s_per_step"] = statistics.median(ours) / args.steps
+        row["advdm_s_per_step"] = statistics.median(theirs) / args.steps
+        row["time_ratio"] = statistics.median(ours) / statistics.median(theirs)
+        return row
     # Memory: one run from a trimmed heap (see the module docstring).
-    cuda = model.device.type == "cuda"
     gc.collect()
     if cuda:
         torch.cuda.synchronize()
@@ -142,24 +181,26 @@ def worker(args) -> dict:
         above = (_rss_kb("VmHWM") - rss_before) / 1024
     else:
         above = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss_before) / 1024
-    # Time: the median of further (warm) runs.
-    times = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        method.protect(images)
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {
-        "method": cls.name,
-        "model": args.model if spec == args.model else f"{args.model}: random-weight twin{' (inpainting)' * model.is_inpainting}",
-        "resolution": resolution,
-        "s_per_step": statistics.median(times) / args.steps,
-        "peak_rss_mb": maxrss / 1024,
-        "peak_above_baseline_mb": above,
-        "memory_measure": "cuda_max_memory_allocated" if cuda else ("VmHWM" if reset else "ru_maxrss_increase"),
-    }
+    row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_above_baseline_mb"] = above
+    row["memory_measure"] = "cuda_max_memory_allocated" if cuda else ("VmHWM" if reset else "ru_maxrss_increase")
+    return row
+
+
+def _run_worker(args, name: str, phase: str) -> dict:
+    command = [sys.executable, __file__, "--worker", name, "--phase", phase, "--model", args.model,
+               "--device", args.device, "--dtype", args.dtype, "--steps", str(args.steps), "--repeats", str(args.repeats)]
+    if args.resolution:
+        command += ["--resolution", str(args.resolution)]
+    if args.inpaint_model:
+        command += ["--inpaint-model", args.inpaint_model]
+    env = dict(os.environ)
+    if phase == "memory":  # large allocations through mmap, freed at once: RSS then follows live tensors
+        env["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"method": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -171,11 +212,12 @@ def main() -> int:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--resolution", type=int)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per subprocess (median)")
-    parser.add_argument("--rounds", type=int, default=3, help="subprocesses per method, interleaved (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of AdvDM and the method, alternating")
+    parser.add_argument("--rounds", type=int, default=3, help="times every method is measured (medians reported)")
     parser.add_argument("--methods", nargs="+", help="default: every registered method")
     parser.add_argument("--output", default=str(RESULTS / "protect_methods.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=("memory", "time"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
@@ -185,33 +227,22 @@ def main() -> int:
 
     names = args.methods or ["advdm", *sorted(n for n in METHODS if n != "advdm")]
     runs: dict[str, list[dict]] = {name: [] for name in names}
-    # Rounds visit the methods in turn (A B C ... A B C ...) so that drift in the machine's load hits all alike.
-    for _ in range(args.rounds):
+    for _ in range(args.rounds):  # every method once per round, so slow drift in the load hits all alike
         for name in names:
-            command = [sys.executable, __file__, "--worker", name, "--model", args.model, "--device", args.device,
-                       "--dtype", args.dtype, "--steps", str(args.steps), "--repeats", str(args.repeats)]
-            if args.resolution:
-                command += ["--resolution", str(args.resolution)]
-            if args.inpaint_model:
-                command += ["--inpaint-model", args.inpaint_model]
-            # Large allocations through mmap, freed at once: resident memory then follows live tensors.
-            env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
-            proc = subprocess.run(command, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                runs[name].append({"method": name, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]})
-            else:
-                runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            memory, timing = _run_worker(args, name, "memory"), _run_worker(args, name, "time")
+            runs[name].append({**memory, **timing} if "error" not in timing else timing)
             print(f"  {name}: {json.dumps(runs[name][-1])}", file=sys.stderr)
     rows = []
     for name in names:
-        good = [r for r in runs[name] if "s_per_step" in r]
+        good = [r for r in runs[name] if "time_ratio" in r and "peak_above_baseline_mb" in r]
         if not good:
             rows.append(runs[name][-1])
             continue
         row = dict(good[0])
-        for key in ("s_per_step", "peak_rss_mb", "peak_above_baseline_mb"):
+        for key in ("s_per_step", "advdm_s_per_step", "time_ratio", "peak_rss_mb", "peak_above_baseline_mb"):
             row[key] = statistics.median(r[key] for r in good)
-        row["s_per_step_rounds"] = [r["s_per_step"] for r in good]
+        row["time_ratio_rounds"] = [round(r["time_ratio"], 3) for r in good]
+        row["peak_above_baseline_mb_rounds"] = [round(r["peak_above_baseline_mb"], 1) for r in good]
         rows.append(row)
     base = next((r for r in rows if r["method"] == "advdm" and "s_per_step" in r), None)
     print(f"{'method':22s} {'ms/step':>9s} {'time/AdvDM':>10s} {'peak MB':>9s} {'+MB run':>9s} {'mem/AdvDM':>10s}")
@@ -220,7 +251,6 @@ def main() -> int:
             print(f"{row['method']:22s} {row.get('skipped') or row.get('error')}")
             continue
         if base:
-            row["time_ratio"] = row["s_per_step"] / base["s_per_step"]
             row["memory_ratio"] = row["peak_above_baseline_mb"] / max(base["peak_above_baseline_mb"], 1e-9)
             row["peak_rss_ratio"] = row["peak_rss_mb"] / base["peak_rss_mb"]
         print(

@@ -37,6 +37,12 @@ def _memorization(argv: list[str]) -> int:
     return memorization_main(argv)
 
 
+def _evaluate(argv: list[str]) -> int:
+    from .evaluate.cli import main as evaluate_main
+
+    return evaluate_main(argv, prog="artshield evaluate")
+
+
 def _purify(argv: list[str]) -> int:
     from .evaluate.purify import main as purify_main
 
@@ -47,6 +53,7 @@ COMMANDS = {
     "protect": ("protect an image or a folder (same as the `protect` command)", None),
     "memorization": ("detect memorized prompts and prune the memorization subspace", _memorization),
     "purify": ("apply a purification attack (jpeg, resize, noise, diffpure, impress, ...) to a folder", _purify),
+    "evaluate": ("run mimicry (LoRA, SDEdit, inpainting) on clean vs protected+purified images; JSON + HTML report", _evaluate),
     "info": ("show versions, the device and how the demo model was made", _info),
 }
 

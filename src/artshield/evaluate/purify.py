@@ -78,6 +78,7 @@ from typing import Any, ClassVar
 import torch
 
 from .. import __version__
+from ..cli_support import EXIT_INTERRUPTED, EXIT_USER_ERROR, configure_logging, run_command  # noqa: F401 - re-exported
 from ..engine import PerturbConfig, Perturber
 from ..engine import transforms as T
 from ..errors import ArtshieldError, ImageReadError, InvalidArgumentError
@@ -1069,8 +1070,6 @@ def purify_folder(
 # Command line
 # --------------------------------------------------------------------------------------------------
 
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def build_parser(prog: str = "python -m artshield.evaluate.purify") -> argparse.ArgumentParser:
@@ -1101,15 +1100,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m artshield.evaluat
     """Run the command; returns the exit status (0 ok, 1 some image failed, 2 user error, 130 interrupted)."""
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=f"{prog}: %(message)s")
-    try:
-        return _run(args, parser)
-    except ArtshieldError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; finished images are kept, no partial file was written.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    configure_logging(prog, args.verbose)
+    return run_command(prog, lambda: _run(args, parser), "finished images are kept, no partial file was written.")
 
 
 def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

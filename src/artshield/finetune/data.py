@@ -6,8 +6,9 @@
 * **Text-to-image** (``train_text_to_image_lora.py``): a folder of captioned images (``--train_data_dir``).
   Captions come from a ``metadata.jsonl`` (or ``metadata.csv``) with a ``file_name`` column and a caption
   column (``--caption_column``, default ``text``), as the Hugging Face ``imagefolder`` format has it, or
-  from a ``.txt`` file beside each image with the same stem (``cat.png`` + ``cat.txt``). A hub dataset
-  (``--dataset_name``) is read with the ``datasets`` package when it is installed.
+  from a ``.txt`` file beside each image with the same stem (``cat.png`` + ``cat.txt``). A ``datasets``
+  dataset (``--dataset_name``: a hub id, a local ``imagefolder`` or a ``save_to_disk`` folder) is read with
+  the optional ``datasets`` package (``pip install 'artshield[finetune]'``).
 
 Every image is decoded once, through :func:`artshield.imageio.read_image` (EXIF orientation, greyscale,
 palette, 16-bit and RGBA files all work), *before training starts*: a missing or empty folder, a corrupt
@@ -26,6 +27,7 @@ import csv
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,15 +73,25 @@ def load_image(source: Any, resolution: int, name: str | None = None) -> torch.T
     reads as paper, not as whatever colour values happen to hide under alpha 0).
 
     Raises:
-        ImageReadError: the file is missing, not an image, truncated or corrupt (the message names it).
+        ImageReadError: the file (or dataset row) is missing, not an image, truncated or corrupt (the message
+            names it).
     """
+    where = name or "image"
+    from_dataset = isinstance(source, DatasetImage)
+    if from_dataset:
+        source = _decode_dataset_image(source, where)  # a PIL image, or the path of a local file
     if isinstance(source, (str, os.PathLike)):
-        loaded = read_image(source)
+        try:
+            loaded = read_image(source)
+        except ImageReadError as exc:
+            if not from_dataset:
+                raise
+            raise ImageReadError(f"{where}: {exc}") from exc  # name the dataset row, not only the file
     else:
         try:
             loaded = from_pil(source, path=None)
         except ArtshieldError as exc:
-            raise ImageReadError(f"{name or 'image'}: {exc}") from exc
+            raise ImageReadError(f"{where}: {exc}") from exc
     rgb = loaded.rgb
     if rgb.shape[1] == 1:
         rgb = rgb.expand(-1, 3, -1, -1)
@@ -216,40 +228,199 @@ def _metadata_examples(
     return examples
 
 
+#: Files ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` write at the top of their folder.
+SAVED_DATASET_MARKERS = (("dataset_dict.json",), ("state.json", "dataset_info.json"))
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+
+
+@dataclass(frozen=True, eq=False)
+class DatasetImage:
+    """An image cell of a ``datasets`` dataset, read when needed (row `index` of `column`).
+
+    Holding the (memory-mapped) dataset rather than decoded images keeps large datasets out of memory, as
+    diffusers' lazily transformed datasets do; :func:`load_image` decodes it and names the row on failure.
+    """
+
+    dataset: Any
+    index: int
+    column: str
+
+    def value(self) -> Any:
+        """The raw cell: ``{"bytes", "path"}`` for an ``Image`` column (read undecoded), else what it holds."""
+        return self.dataset[self.index][self.column]
+
+
+def _decode_dataset_image(source: DatasetImage, name: str) -> Any:
+    """A PIL image or a file path for a dataset cell; ImageReadError naming the row if it holds no image."""
+    import io
+
+    from PIL import Image
+
+    try:
+        value = source.value()
+    except Exception as exc:  # noqa: BLE001 - arrow/decoding errors of one row
+        raise ImageReadError(f"{name}: cannot read the row ({exc}).") from exc
+    if isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        if value.get("bytes"):
+            try:
+                image = Image.open(io.BytesIO(value["bytes"]))
+                image.load()
+            except Exception as exc:  # noqa: BLE001 - Pillow raises many kinds on corrupt data
+                raise ImageReadError(
+                    f"{name}: column {source.column!r} does not hold a readable image ({exc or type(exc).__name__})."
+                ) from exc
+            return image
+        return value["path"]
+    if isinstance(value, (str, os.PathLike)) and Path(os.fspath(value)).is_file():
+        return value
+    if hasattr(value, "mode") and hasattr(value, "size") and hasattr(value, "load"):  # a PIL image
+        return value
+    raise ImageReadError(
+        f"{name}: column {source.column!r} holds {type(value).__name__}, not an image; pass --image_column to "
+        "pick the image column."
+    )
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    return folder.is_dir() and any(all((folder / f).is_file() for f in files) for files in SAVED_DATASET_MARKERS)
+
+
+def _train_split(loaded: Any, dataset_name: str) -> Any:
+    """The ``train`` split of a DatasetDict (or its only split), or the Dataset itself."""
+    if not isinstance(loaded, dict):  # a Dataset (DatasetDict is a dict of splits)
+        return loaded
+    splits = list(loaded.keys())
+    if "train" in splits:
+        return loaded["train"]
+    if len(splits) == 1:
+        logger.info("--dataset_name %s has no 'train' split; using its only split %r.", dataset_name, splits[0])
+        return loaded[splits[0]]
+    raise InvalidArgumentError(
+        f"--dataset_name {dataset_name!r} has no 'train' split (splits: {', '.join(splits) or 'none'})."
+    )
+
+
+def _load_hub_dataset(datasets: Any, dataset_name: str, config_name: str | None, cache_dir: str | None) -> Any:
+    """``load_dataset`` for a hub id: online as usual; offline (or hub unreachable) from the cache only, with
+    one clear line when the dataset is not cached (instead of half a minute of retries and a traceback)."""
+    from ..models.loading import first_line, hub_online
+
+    online = hub_online()
+    switches = [k for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(datasets.config, k)]
+    saved = {k: getattr(datasets.config, k) for k in switches}
+    try:
+        if not online:
+            for key in switches:  # use only the local cache, at once
+                setattr(datasets.config, key, True)
+        return datasets.load_dataset(dataset_name, config_name, cache_dir=cache_dir)
+    except Exception as exc:  # noqa: BLE001 - hub, network and format errors all mean "cannot read it"
+        if not online:
+            raise InvalidArgumentError(
+                f"--dataset_name {dataset_name!r}: the dataset is not in the local Hugging Face cache"
+                f"{' (' + cache_dir + ')' if cache_dir else ''} and the hub cannot be reached (there is no local "
+                f"folder {dataset_name!r} either). Download it once on a connected machine "
+                f"(`hf download --repo-type dataset {dataset_name}`, or run once online with the same --cache_dir), "
+                "or pass a local imagefolder, a save_to_disk folder or --train_data_dir."
+            ) from exc
+        raise InvalidArgumentError(f"--dataset_name {dataset_name!r}: cannot load it ({first_line(exc)}).") from exc
+    finally:
+        for key, value in saved.items():
+            setattr(datasets.config, key, value)
+
+
 def hub_dataset_examples(
     dataset_name: str,
     dataset_config_name: str | None = None,
-    image_column: str = "image",
-    caption_column: str = "text",
+    image_column: str | None = None,
+    caption_column: str | None = None,
     cache_dir: str | None = None,
 ) -> list[Example]:
-    """The ``train`` split of a Hugging Face dataset (needs the ``datasets`` package)."""
+    """Captioned images of a ``datasets`` dataset (``--dataset_name``, as diffusers' ``train_text_to_image.py``).
+
+    `dataset_name` may be a hub id (``load_dataset(name, config, cache_dir=...)``; from the cache when
+    offline), a local folder ``load_dataset`` reads (an ``imagefolder`` with ``metadata.jsonl``/``.csv``, or
+    parquet/csv/json files), or a folder written by ``save_to_disk`` (read with ``load_from_disk``). The
+    ``train`` split is used. Columns: `image_column` and `caption_column` when given (they must exist); else
+    ``image``/``text`` when present, else the first column for the images and the first other one (the
+    second, usually) for the captions. A caption cell holding a list contributes its first caption.
+
+    Images stay in the dataset and are decoded by :class:`TrainingDataset` (before training, as every image).
+
+    Raises:
+        InvalidArgumentError: `datasets` is not installed, the dataset cannot be loaded (not cached offline,
+            no such dataset), no ``train`` split, a missing column, no rows, a row without a caption.
+        ImageReadError: (when decoded) a row whose image cannot be read; the message names the row.
+    """
     try:
         import datasets
     except ImportError as exc:
         raise InvalidArgumentError(
-            "--dataset_name needs the `datasets` package (pip install datasets); or download the images and "
-            "pass --train_data_dir with a metadata.jsonl."
+            "--dataset_name needs the `datasets` package: pip install 'artshield[finetune]' (or download the "
+            "images and pass --train_data_dir with a metadata.jsonl)."
         ) from exc
-    try:
-        dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)["train"]
-    except Exception as exc:  # noqa: BLE001 - hub, network and format errors all mean "cannot read it"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InvalidArgumentError(f"--dataset_name {dataset_name!r}: cannot load its train split ({first}).") from exc
+    from ..models.loading import first_line
+
+    local = Path(dataset_name).expanduser()
+    if _is_saved_dataset(local):
+        if dataset_config_name:
+            logger.warning("--dataset_config_name is ignored for a save_to_disk folder (%s).", local)
+        try:
+            loaded = datasets.load_from_disk(str(local))
+        except Exception as exc:  # noqa: BLE001 - a damaged or incompatible arrow folder
+            raise InvalidArgumentError(f"--dataset_name {dataset_name!r}: cannot read it ({first_line(exc)}).") from exc
+    elif local.is_dir():
+        try:
+            loaded = datasets.load_dataset(str(local), dataset_config_name, cache_dir=cache_dir)
+        except Exception as exc:  # noqa: BLE001 - no data files, bad metadata, unknown format
+            raise InvalidArgumentError(f"--dataset_name {dataset_name!r}: cannot load it ({first_line(exc)}).") from exc
+    elif local.exists():
+        raise InvalidArgumentError(
+            f"--dataset_name {dataset_name!r} is a file; pass a folder (imagefolder or save_to_disk) or a hub id."
+        )
+    elif not _HUB_ID.match(dataset_name):
+        raise InvalidArgumentError(f"--dataset_name {dataset_name!r}: no such folder, and not a hub dataset id.")
+    else:
+        loaded = _load_hub_dataset(datasets, dataset_name, dataset_config_name, cache_dir)
+    dataset = _train_split(loaded, dataset_name)
+
+    columns = list(dataset.column_names)
     for column, flag in ((image_column, "--image_column"), (caption_column, "--caption_column")):
-        if column not in dataset.column_names:
+        if column is not None and column not in columns:
             raise InvalidArgumentError(
-                f"{flag} {column!r} is not a column of {dataset_name} (columns: {', '.join(dataset.column_names)})."
+                f"{flag} {column!r} is not a column of --dataset_name {dataset_name!r} "
+                f"(columns: {', '.join(columns) or 'none'})."
             )
+    if image_column is None:
+        image_column = "image" if "image" in columns else (columns[0] if columns else None)
+    if caption_column is None:
+        others = [c for c in columns if c != image_column]
+        caption_column = "text" if "text" in others else (others[0] if others else None)
+    if image_column is None or caption_column is None:
+        raise InvalidArgumentError(
+            f"--dataset_name {dataset_name!r} needs an image column and a caption column, but has the columns: "
+            f"{', '.join(columns) or 'none'}."
+        )
+    if image_column == caption_column:
+        raise InvalidArgumentError(f"--image_column and --caption_column are both {image_column!r}.")
+    if len(dataset) == 0:
+        raise InvalidArgumentError(f"--dataset_name {dataset_name!r}: its train split is empty (no rows).")
+    logger.info("--dataset_name %s: %d rows, images from %r, captions from %r.",
+                dataset_name, len(dataset), image_column, caption_column)  # fmt: skip
+    if isinstance(dataset.features.get(image_column), datasets.Image):
+        # Undecoded cells ({"bytes", "path"}): decoded one at a time, so a bad one names its row.
+        dataset = dataset.cast_column(image_column, datasets.Image(decode=False))
+
     examples = []
-    for index, row in enumerate(dataset):
-        caption = row[caption_column]
+    for index, caption in enumerate(dataset[caption_column]):
         if isinstance(caption, (list, tuple)):
             caption = caption[0] if caption else ""  # diffusers picks one of several captions; take the first
-        name = f"{dataset_name}[{index}]"
+        name = f"--dataset_name {dataset_name!r} row {index}"
         if not isinstance(caption, str) or not caption.strip():
-            raise InvalidArgumentError(f"--dataset_name: {name} has no caption in column {caption_column!r}.")
-        examples.append(Example(row[image_column], caption.strip(), name))
+            raise InvalidArgumentError(
+                f"{name} has no caption in column {caption_column!r} (it holds {caption!r}); pass --caption_column "
+                "to pick another."
+            )
+        examples.append(Example(DatasetImage(dataset, index, image_column), caption.strip(), name))
     return examples
 
 
@@ -392,6 +563,7 @@ class Collator:
 
 __all__ = [
     "Collator",
+    "DatasetImage",
     "Example",
     "TrainingDataset",
     "caption_folder_examples",

@@ -22,13 +22,12 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from ..cli_support import EXIT_INTERRUPTED, EXIT_USER_ERROR, configure_logging, run_command  # noqa: F401 - re-exported
 from ..errors import ArtshieldError, ImageWriteError, InvalidArgumentError
 
 logger = logging.getLogger("artshield.memorization")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 PROG = "artshield memorization"
 
 
@@ -160,17 +159,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=f"{prog}: %(message)s")
-    if not args.verbose:
-        logging.getLogger("artshield.evaluate.metrics").setLevel(logging.ERROR)
-    try:
-        return _detect(args) if args.command == "detect" else _prune(args)
-    except ArtshieldError as exc:
-        print(f"{prog} {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"{prog} {args.command}: interrupted; no partial output was written.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    configure_logging(prog, args.verbose)
+    body = (lambda: _detect(args)) if args.command == "detect" else (lambda: _prune(args))
+    return run_command(f"{prog} {args.command}", body, "no partial output was written.")
 
 
 def _sampler(args: argparse.Namespace):

@@ -9,6 +9,11 @@
   hooks: the LoRA file, or ``unet/`` (and ``text_encoder/``) for full fine-tuning, plus accelerate's own
   optimizer, scheduler and RNG files. With Bayesian layers the hooks leave the models to accelerate, which
   then saves their whole state (means *and* sigmas) so that a resumed run continues exactly.
+* ``--use_ema``: the exponential moving average (diffusers' ``EMAModel``) of the trained UNet goes into each
+  checkpoint as ``unet_ema/`` (and ``text_encoder_ema/`` when the text encoder is trained): a
+  ``save_pretrained`` folder of the averaged weights whose ``config.json`` also holds the EMA's counters
+  (``decay``, ``optimization_step``, ...), as diffusers' ``EMAModel.save_pretrained`` writes it, so
+  ``EMAModel.from_pretrained(checkpoint/unet_ema, UNet2DConditionModel)`` reads it too (see :class:`EMAWeights`).
 
 Final outputs are written to a temporary folder first and moved into place, so an interrupted run never
 leaves a half-written model that loads (see :func:`publish_lora` and :func:`publish_pipeline`).
@@ -17,6 +22,7 @@ leaves a half-written model that loads (see :func:`publish_lora` and :func:`publ
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -178,6 +184,161 @@ def _load_pretrained_into(model: torch.nn.Module, folder: str, subfolder: str) -
     model.load_state_dict(state_dict)
 
 
+# ------------------------------------------------------------------------------------------- EMA
+#: The counters of diffusers' ``EMAModel.state_dict()`` (everything but the shadow weights).
+EMA_SCALARS = ("decay", "min_decay", "optimization_step", "update_after_step", "use_ema_warmup", "inv_gamma", "power")
+
+
+class EMAWeights:
+    """An exponential moving average of one trained model's parameters, with checkpoint I/O.
+
+    A thin wrapper of diffusers' ``EMAModel`` (same decay schedule: ``min(decay, (1 + n) / (10 + n))``, same
+    ``step``/``copy_to``), as ``train_text_to_image.py --use_ema`` uses it. The averaged weights are saved into a
+    checkpoint as ``<subfolder>/`` with the model's own ``save_pretrained`` and the EMA counters added to its
+    ``config.json`` (the layout of ``EMAModel.save_pretrained``, which works for diffusers models only; this
+    also covers a transformers text encoder), and read back bit-exactly by :meth:`load`.
+
+    Args:
+        model: the (unwrapped) model being trained; its parameters are tracked in ``parameters()`` order.
+        subfolder: the checkpoint subfolder, ``unet_ema`` or ``text_encoder_ema``.
+        decay: the largest decay (diffusers' default 0.9999).
+        foreach: use ``torch._foreach`` kernels (``--foreach_ema``).
+        offload: keep the averaged weights in CPU memory between steps (``--offload_ema``).
+        device: where the averaged weights live when not offloaded.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        subfolder: str,
+        *,
+        decay: float = 0.9999,
+        foreach: bool = False,
+        offload: bool = False,
+        device: torch.device | str | None = None,
+    ) -> None:
+        from diffusers.training_utils import EMAModel
+
+        self.model = model
+        self.subfolder = subfolder
+        self.offload = offload
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.ema = EMAModel(model.parameters(), decay=decay, foreach=foreach)
+        self._place()
+
+    def _place(self) -> None:
+        if self.offload:
+            self.ema.to(device="cpu")
+            if self.device.type == "cuda":
+                self.ema.pin_memory()  # as diffusers: fast host <-> device copies at each step
+        else:
+            self.ema.to(device=self.device)
+
+    @property
+    def optimization_step(self) -> int:
+        return self.ema.optimization_step
+
+    def step(self) -> None:
+        """Fold the model's current parameters into the average (call once per optimizer step)."""
+        if self.offload and self.device.type != "cpu":
+            cuda = self.device.type == "cuda"
+            self.ema.to(device=self.device, non_blocking=cuda)
+            self.ema.step(self.model.parameters())
+            self.ema.to(device="cpu", non_blocking=cuda)  # into pinned memory, as diffusers
+            if cuda:
+                torch.cuda.synchronize(self.device)  # the copies must land before anything reads them
+        else:
+            self.ema.step(self.model.parameters())
+
+    def copy_to_model(self) -> None:
+        """Overwrite the model's parameters with the averaged ones (before the final save)."""
+        self.ema.copy_to(self.model.parameters())
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[torch.nn.Module]:
+        """Inside, the model holds the averaged weights; its own are put back exactly on exit (diffusers'
+        ``store``/``copy_to``/``restore``, as around validation)."""
+        params = list(self.model.parameters())
+        saved = [p.detach().to("cpu", copy=True) for p in params]  # in host memory, as diffusers' store()
+        try:
+            self.ema.copy_to(params)
+            yield self.model
+        finally:
+            with torch.no_grad():
+                for param, value in zip(params, saved, strict=True):
+                    param.copy_(value)
+
+    def restart(self) -> None:
+        """Start the average afresh from the model's current weights (warm-up included)."""
+        self.ema.shadow_params = [p.detach().clone() for p in self.model.parameters()]
+        self.ema.optimization_step = 0
+        self._place()
+
+    def save(self, checkpoint_dir: str | os.PathLike) -> Path:
+        """Write ``checkpoint_dir/<subfolder>``: the averaged weights and, in ``config.json``, the counters."""
+        folder = Path(os.fspath(checkpoint_dir)) / self.subfolder
+        with self.applied() as model:
+            model.save_pretrained(str(folder), safe_serialization=True)
+        config_file = folder / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        state = self.ema.state_dict()
+        config.update({k: state[k] for k in EMA_SCALARS})
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        return folder
+
+    def load(self, checkpoint_dir: str | os.PathLike) -> bool:
+        """Restore the average saved by :meth:`save`; False (nothing changed) when the checkpoint has none."""
+        from safetensors.torch import load_file
+
+        folder = Path(os.fspath(checkpoint_dir)) / self.subfolder
+        files = sorted(folder.glob("*.safetensors"))
+        if not files or not (folder / "config.json").is_file():
+            return False
+        saved: dict[str, torch.Tensor] = {}
+        for file in files:
+            saved.update(load_file(str(file)))
+        names = [name for name, _ in self.model.named_parameters()]
+        missing = [name for name in names if name not in saved]
+        if missing:
+            raise InvalidArgumentError(
+                f"checkpoint {os.fspath(checkpoint_dir)}: {self.subfolder}/ lacks weights of this model (e.g. "
+                f"{missing[0]}); was it written by a run with the same model?"
+            )
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        state = {k: config[k] for k in EMA_SCALARS if k in config}
+        state["shadow_params"] = [saved[name].to(dtype=p.dtype) for name, p in self.model.named_parameters()]
+        self.ema.load_state_dict(state)
+        self._place()
+        return True
+
+
+def register_ema_hooks(accelerator, emas: list[EMAWeights]) -> None:
+    """Save and restore `emas` with every ``accelerator.save_state``/``load_state`` (after the model hooks).
+
+    A checkpoint written without ``--use_ema`` has no average: resuming from it with ``--use_ema`` starts the
+    average afresh from the resumed weights (with a warning).
+    """
+    if not emas:
+        return
+
+    def save_ema_hook(models: list, weights: list, output_dir: str) -> None:
+        if accelerator.is_main_process:
+            for ema in emas:
+                ema.save(output_dir)
+
+    def load_ema_hook(models: list, input_dir: str) -> None:
+        for ema in emas:
+            if not ema.load(input_dir):
+                logger.warning(
+                    "Checkpoint %s has no %s/ (it was saved without --use_ema): the moving average starts from "
+                    "the resumed weights.", input_dir, ema.subfolder,
+                )
+                ema.restart()
+
+    accelerator.register_save_state_pre_hook(save_ema_hook)
+    accelerator.register_load_state_pre_hook(load_ema_hook)
+
+
 # ------------------------------------------------------------------------------------------- checkpoints
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """``checkpoint-<step>`` folders of `output_dir`, oldest step first."""
@@ -331,6 +492,7 @@ def publish_pipeline(output_dir: str | os.PathLike, pipeline) -> Path:
 
 
 __all__ = [
+    "EMAWeights",
     "LORA_WEIGHT_NAME",
     "checkpoint_step",
     "list_checkpoints",
@@ -339,6 +501,7 @@ __all__ = [
     "publish_lora",
     "publish_pipeline",
     "register_checkpoint_hooks",
+    "register_ema_hooks",
     "remove_stale_staging",
     "resolve_checkpoint",
     "save_checkpoint",

@@ -22,7 +22,13 @@ Methods: ``lora`` trains peft LoRA adapters on the UNet's attention projections 
 ``--train_text_encoder``, on the text encoder's); ``dreambooth`` trains every UNet weight (and the text
 encoder's with ``--train_text_encoder``) on DreamBooth data (``--instance_data_dir``, optionally with prior
 preservation); ``full`` trains the same weights on either kind of data, usually captioned images
-(``--train_data_dir``), as diffusers' ``train_text_to_image.py``.
+(``--train_data_dir`` or ``--dataset_name``), as diffusers' ``train_text_to_image.py``.
+
+``--use_ema`` (``dreambooth``/``full``) keeps an exponential moving average of the trained weights with
+diffusers' ``EMAModel``, as ``train_text_to_image.py --use_ema`` does: stepped after every optimizer step,
+used for validation images, saved in each checkpoint (``unet_ema/``, plus ``text_encoder_ema/`` with
+``--train_text_encoder``) and written as the final model. It is refused with ``--method lora`` (diffusers'
+LoRA scripts have no EMA) and with ``--bayesian`` (the average of sampled-weight layers is not supported).
 
 Every user error (bad folder, unreadable image, missing caption, incompatible flags, missing optional
 package, hub unreachable with ``--push_to_hub``) is reported before training starts, as one line on stderr
@@ -57,10 +63,12 @@ from .data import (
 )
 from .saving import (
     LORA_WEIGHT_NAME,
+    EMAWeights,
     checkpoint_step,
     publish_lora,
     publish_pipeline,
     register_checkpoint_hooks,
+    register_ema_hooks,
     remove_stale_staging,
     resolve_checkpoint,
     save_checkpoint,
@@ -102,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--trust_pickle", action="store_true",
         help="allow pickle weights (.ckpt/.bin), read with torch.load(weights_only=True)",
     )
-    parser.add_argument("--cache_dir", default=None, help="where hub datasets are cached (--dataset_name)")
+    parser.add_argument(
+        "--cache_dir", default=None, help="where --dataset_name datasets are cached (default: the datasets cache)"
+    )
     # DreamBooth data
     parser.add_argument("--instance_data_dir", default=None, help="folder of instance images (DreamBooth data)")
     parser.add_argument("--instance_prompt", default=None, help="prompt of every instance image, e.g. 'a sks dog'")
@@ -120,14 +130,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="precision of class-image generation (autocast on accelerators; default: the model's)",
     )
     # Text-to-image data
-    parser.add_argument("--dataset_name", default=None, help="hub dataset of images and captions (needs `datasets`)")
+    parser.add_argument(
+        "--dataset_name", default=None,
+        help="a hub dataset id, a local imagefolder (metadata.jsonl/csv) or a save_to_disk folder; needs "
+        "`datasets` (pip install 'artshield[finetune]')",
+    )
     parser.add_argument("--dataset_config_name", default=None, help="config of --dataset_name")
     parser.add_argument(
         "--train_data_dir", default=None,
         help="folder of captioned images: metadata.jsonl (file_name + caption column) or a .txt beside each image",
     )
-    parser.add_argument("--image_column", default="image", help="image column of --dataset_name")
-    parser.add_argument("--caption_column", default="text", help="caption column of metadata.jsonl / --dataset_name")
+    parser.add_argument(
+        "--image_column", default=None,
+        help="image column of --dataset_name (default: 'image' if there is one, else the first column)",
+    )
+    parser.add_argument(
+        "--caption_column", default=None,
+        help="caption column of metadata.jsonl (default: 'text') or of --dataset_name (default: 'text' if there "
+        "is one, else the first other column)",
+    )
     parser.add_argument("--max_train_samples", type=int, default=None, help="use a seeded random subset of this size")
     # Images
     parser.add_argument("--resolution", type=int, default=512, help="side of the square training crops")
@@ -168,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--adam_epsilon", type=float, default=1e-08)
     parser.add_argument("--max_grad_norm", type=float, default=1.0)
     parser.add_argument("--dataloader_num_workers", type=int, default=0)
+    parser.add_argument(
+        "--use_ema", action="store_true",
+        help="keep an EMA of the trained weights and save it as the final model (dreambooth/full only)",
+    )
+    parser.add_argument("--ema_decay", type=float, default=0.9999, help="the EMA's largest decay (with warm-up)")
+    parser.add_argument("--foreach_ema", action="store_true", help="faster torch._foreach EMA updates")
+    parser.add_argument("--offload_ema", action="store_true", help="keep the EMA weights in CPU memory")
     parser.add_argument(
         "--pre_compute_text_embeddings", action="store_true",
         help="encode every caption once before training (frozen text encoder only)",
@@ -279,6 +307,18 @@ def check_args(args: argparse.Namespace) -> None:
         raise InvalidArgumentError("--learning_rate and --max_grad_norm must be positive.")
     if args.snr_gamma is not None and args.snr_gamma <= 0:
         raise InvalidArgumentError(f"--snr_gamma must be positive, but is {args.snr_gamma}.")
+    if args.use_ema:
+        if args.method == "lora":
+            raise InvalidArgumentError(
+                "--use_ema averages full-weight training (--method full or dreambooth); it is not supported with "
+                "--method lora."
+            )
+        if getattr(args, "bayesian", False):
+            raise InvalidArgumentError("--use_ema cannot be combined with --bayesian.")
+        if not 0.0 <= args.ema_decay <= 1.0:
+            raise InvalidArgumentError(f"--ema_decay must be in [0, 1], but is {args.ema_decay}.")
+    elif args.foreach_ema or args.offload_ema:
+        logger.warning("--foreach_ema/--offload_ema only apply with --use_ema; ignored.")
     if args.pre_compute_text_embeddings and args.train_text_encoder:
         raise InvalidArgumentError("--pre_compute_text_embeddings needs a frozen text encoder (no --train_text_encoder).")
     if args.method != "lora" and args.lora_dropout:
@@ -377,7 +417,7 @@ def load_examples(args: argparse.Namespace) -> list:
     if args.instance_data_dir:
         examples = dreambooth_examples(args.instance_data_dir, args.instance_prompt)
     elif args.train_data_dir:
-        examples = caption_folder_examples(args.train_data_dir, caption_column=args.caption_column)
+        examples = caption_folder_examples(args.train_data_dir, caption_column=args.caption_column or "text")
     else:
         examples = hub_dataset_examples(
             args.dataset_name, args.dataset_config_name, args.image_column, args.caption_column, args.cache_dir
@@ -700,6 +740,16 @@ def train(args: argparse.Namespace) -> dict:
         deterministic_state=bayesian.deterministic_state if bayes_enabled else None,
         upcast_after_load=accelerator.mixed_precision == "fp16",
     )
+    # The moving average of the trained weights (as diffusers' train_text_to_image.py --use_ema), restored
+    # from checkpoints by its own hooks, registered after (so run after) the model hooks.
+    emas: list[EMAWeights] = []
+    if args.use_ema:
+        ema_options = {"decay": args.ema_decay, "foreach": args.foreach_ema, "offload": args.offload_ema,
+                       "device": accelerator.device}  # fmt: skip
+        emas.append(EMAWeights(unet, "unet_ema", **ema_options))
+        if args.train_text_encoder:
+            emas.append(EMAWeights(text_encoder, "text_encoder_ema", **ema_options))
+        register_ema_hooks(accelerator, emas)
 
     # 8. Optimizer, data loader and learning-rate schedule.
     if args.scale_lr:
@@ -812,7 +862,9 @@ def train(args: argparse.Namespace) -> dict:
 
     # 11. The training loop.
     progress_bar = tqdm(
-        range(args.max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
+        range(args.max_train_steps), initial=global_step, desc="Steps",
+        # TQDM_DISABLE=1 silences it too (an explicit `disable=` would otherwise override tqdm's own env handling).
+        disable=not accelerator.is_local_main_process or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
     )
     num_examples = len(train_dataset)
     unwrapped_unet = accelerator.unwrap_model(unet)
@@ -822,8 +874,11 @@ def train(args: argparse.Namespace) -> dict:
 
     def validate(phase: str = "validation") -> None:
         nonlocal last_validation
-        log_validation(model, unet, text_encoder if args.train_text_encoder else None, args, accelerator,
-                       global_step, monitor, phase=phase)
+        with contextlib.ExitStack() as stack:
+            for ema in emas:  # validate the averaged weights; the trained ones are put back exactly after
+                stack.enter_context(ema.applied())
+            log_validation(model, unet, text_encoder if args.train_text_encoder else None, args, accelerator,
+                           global_step, monitor, phase=phase)
         last_validation = global_step
 
     for epoch in range(first_epoch, args.num_train_epochs):
@@ -888,6 +943,8 @@ def train(args: argparse.Namespace) -> dict:
                 optimizer.zero_grad()
 
             if accelerator.sync_gradients:
+                for ema in emas:
+                    ema.step()
                 progress_bar.update(1)
                 global_step += 1
                 loss_value = train_loss
@@ -914,6 +971,12 @@ def train(args: argparse.Namespace) -> dict:
     # 12. Final weights, written atomically; Bayesian layers collapse to their means.
     accelerator.wait_for_everyone()
     summary = {"output_dir": str(output_dir), "method": args.method, "global_step": global_step, "loss": loss_value}
+    if emas:
+        # As diffusers: the final model is the moving average (copied into the trained models themselves).
+        for ema in emas:
+            ema.copy_to_model()
+        summary["ema_steps"] = emas[0].optimization_step
+        emas = []  # the models now hold the averaged weights: the final validation uses them as they are
     if accelerator.is_main_process:
         unet_final = accelerator.unwrap_model(unet)
         text_final = accelerator.unwrap_model(text_encoder) if args.train_text_encoder else None

@@ -1,9 +1,10 @@
 """Turn a model specification into a :class:`DiffusionModel`.
 
-A specification is ``"demo"``, a Hugging Face hub id (``stabilityai/stable-diffusion-2-1-base``, read
-through the normal Hugging Face cache), a local diffusers folder, or a single checkpoint file
-(``.safetensors``; ``.ckpt``/``.pt`` pickles only with ``trust_pickle=True``, then only through
-``torch.load(weights_only=True)``). The demo model and real checkpoints go through the same code.
+A specification is ``"demo"`` (or ``"demo-inpaint"``, its inpainting variant), a Hugging Face hub id
+(``stabilityai/stable-diffusion-2-1-base``, read through the normal Hugging Face cache), a local diffusers
+folder, or a single checkpoint file (``.safetensors``; ``.ckpt``/``.pt`` pickles only with ``trust_pickle=True``,
+then only through ``torch.load(weights_only=True)``). The demo model and real checkpoints go through the same
+code.
 
 Every failure a user can cause (no such path, not cached while offline, an SDXL folder, components that
 do not fit together, a corrupt file) is raised as one of the :mod:`artshield.errors` classes with a
@@ -48,6 +49,7 @@ FOLDER_LAYOUT = {
     "scheduler": "scheduler/scheduler_config.json",
 }
 _WEIGHT_COMPONENTS = ("vae", "unet", "text_encoder")
+DEMO_INPAINT_UNET = "unet_inpaint"  # the demo model's inpainting UNet, a subfolder of its weights
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _UNSUPPORTED_PIPELINES = {
     "StableDiffusion3Pipeline": "Stable Diffusion 3",
@@ -77,7 +79,10 @@ def load(
     """Load a Stable Diffusion model and return a frozen :class:`DiffusionModel` on `device`.
 
     Args:
-        spec (`str` or path, defaults to `"demo"`): ``"demo"``, a hub id, a diffusers folder or a single file.
+        spec (`str` or path, defaults to `"demo"`): ``"demo"``, ``"demo-inpaint"``, a hub id, a diffusers folder
+            or a single file. ``"demo-inpaint"`` is the demo model with its 9-channel inpainting UNet
+            (``weights/unet_inpaint``, trained by :mod:`artshield.models.demo.train_inpaint`) and the same VAE,
+            text encoder, tokenizer and scheduler.
         device (*optional*): ``"auto"``/None (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ...
         dtype (*optional*): weights' precision; None picks bf16/fp16 on accelerators and fp32 on the CPU.
         config (*optional*): for single files only, a diffusers folder or hub id whose component configs
@@ -90,7 +95,8 @@ def load(
         revision, variant (*optional*): passed to ``from_pretrained`` for hub ids (e.g. ``variant="fp16"``).
 
     Raises:
-        ModelNotFoundError: no such file/folder, or a hub id that is neither cached nor downloadable.
+        ModelNotFoundError: no such file/folder, a hub id that is neither cached nor downloadable, or demo
+            weights that are missing.
         IncompatibleModelError: the files exist but are not a usable SD 1.x/2.x model (SDXL, a LoRA, a
             truncated file, components that do not fit together, ...).
         UntrustedCheckpointError: pickle weights without ``trust_pickle=True``, or a pickle holding more than
@@ -101,7 +107,7 @@ def load(
     dtype = resolve_dtype(dtype, device)
     spec_str = os.fspath(spec)
     with quiet_loading():
-        if spec_str == "demo":
+        if spec_str in ("demo", "demo-inpaint"):
             from .demo import DEMO_WEIGHTS
 
             if not (DEMO_WEIGHTS / "model_index.json").is_file():
@@ -109,9 +115,15 @@ def load(
                     f"the demo model's weights are missing from {DEMO_WEIGHTS}; reinstall artshield or run "
                     "`python -m artshield.models.demo.train --output-dir <folder>` and pass that folder."
                 )
-            _reject_config(config, "the demo model")
-            components = _load_folder(DEMO_WEIGHTS, dtype, trust_pickle=False)
-            source = "demo"
+            unet = "unet" if spec_str == "demo" else DEMO_INPAINT_UNET
+            if not (DEMO_WEIGHTS / unet / "config.json").is_file():
+                raise ModelNotFoundError(
+                    f"the demo inpainting UNet is missing from {DEMO_WEIGHTS / unet}; reinstall artshield or run "
+                    f"`python -m artshield.models.demo.train_inpaint --output-dir {DEMO_WEIGHTS}` to train it."
+                )
+            _reject_config(config, f"the {spec_str} model")
+            components = _load_folder(DEMO_WEIGHTS, dtype, trust_pickle=False, unet=unet)
+            source = spec_str
         else:
             path = Path(spec_str).expanduser()
             if path.is_dir():
@@ -128,7 +140,8 @@ def load(
                 raise ModelNotFoundError(f"model {spec_str!r}: no such file or folder.")
             else:
                 raise ModelNotFoundError(
-                    f"model {spec_str!r} is neither 'demo', a hub id (owner/name), an existing folder nor a file."
+                    f"model {spec_str!r} is neither 'demo', 'demo-inpaint', a hub id (owner/name), an existing folder "
+                    "nor a file."
                 )
             source = spec_str
         model = DiffusionModel(**components, source=source)
@@ -339,7 +352,7 @@ def _check_model_index(index: Path, where: str) -> str:
     return pipeline_class
 
 
-def _load_folder(folder: Path, dtype: torch.dtype, *, trust_pickle: bool) -> dict:
+def _load_folder(folder: Path, dtype: torch.dtype, *, trust_pickle: bool, unet: str = "unet") -> dict:
     where = f"model folder {folder}"
     index = folder / "model_index.json"
     if index.is_file():
@@ -368,7 +381,7 @@ def _load_folder(folder: Path, dtype: torch.dtype, *, trust_pickle: bool) -> dic
                 "to read them with torch.load(weights_only=True), or convert the folder to safetensors."
             )
     try:
-        return _load_components(folder, dtype, where=where, trust_pickle=trust_pickle, local_files_only=True)
+        return _load_components(folder, dtype, where=where, trust_pickle=trust_pickle, unet=unet, local_files_only=True)
     except ModelLoadError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError, TypeError) as exc:
@@ -399,8 +412,11 @@ def load_pretrained_model(cls, source: str | Path, subfolder: str, where: str, *
     return model
 
 
-def _load_components(source: str | Path, dtype: torch.dtype, *, where: str, trust_pickle: bool, **hub_kwargs) -> dict:
-    """Load the five components from a folder or hub id laid out as a diffusers Stable Diffusion pipeline."""
+def _load_components(
+    source: str | Path, dtype: torch.dtype, *, where: str, trust_pickle: bool, unet: str = "unet", **hub_kwargs
+) -> dict:
+    """Load the five components from a folder or hub id laid out as a diffusers Stable Diffusion pipeline
+    (the UNet from subfolder `unet`)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -410,7 +426,7 @@ def _load_components(source: str | Path, dtype: torch.dtype, *, where: str, trus
         weights["use_safetensors"] = True
     files = {k: v for k, v in hub_kwargs.items() if k != "variant"}
     vae = load_pretrained_model(AutoencoderKL, source, "vae", where, torch_dtype=dtype, **weights)
-    unet = load_pretrained_model(UNet2DConditionModel, source, "unet", where, torch_dtype=dtype, **weights)
+    unet = load_pretrained_model(UNet2DConditionModel, source, unet, where, torch_dtype=dtype, **weights)
     text_encoder = load_pretrained_model(
         CLIPTextModel, source, "text_encoder", where, **{transformers_dtype_kwarg(): dtype}, **weights
     )

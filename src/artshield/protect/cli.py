@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from ..cli_support import EXIT_INTERRUPTED, EXIT_USER_ERROR, configure_logging, run_command  # noqa: F401 - re-exported
 from ..errors import ArtshieldError, InvalidArgumentError
 
 logger = logging.getLogger("artshield.protect")
 # The tokenizers library warns about forked parallelism in every subprocess otherwise.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
 
 
 def parse_level(text: str, name: str) -> float:
@@ -53,7 +52,7 @@ def build_parser(prog: str = "protect") -> argparse.ArgumentParser:
     )
     parser.add_argument("input", nargs="?", help="an image or a folder of images")
     parser.add_argument("-o", "--output", help="output .png (for an image) or folder (for a folder)")
-    parser.add_argument("--model", default="demo", help="demo, a hub id, a diffusers folder or a .safetensors file (default: demo)")
+    parser.add_argument("--model", default="demo", help="demo, demo-inpaint, a hub id, a diffusers folder or a .safetensors file (default: demo)")
     parser.add_argument("--config", help="for single-file checkpoints: a diffusers folder or hub id with matching configs")
     parser.add_argument("--trust-pickle", action="store_true", help="allow .ckpt pickles (read with weights_only=True)")
     parser.add_argument("--method", default="advdm", help="protection method (default: advdm; see --list-methods)")
@@ -87,18 +86,8 @@ def build_parser(prog: str = "protect") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "protect") -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=f"{prog}: %(message)s")
-    if not args.verbose:
-        # The report notes why LPIPS is missing; repeating it on every run only buries the summary.
-        logging.getLogger("artshield.evaluate.metrics").setLevel(logging.ERROR)
-    try:
-        return run(args, parser)
-    except ArtshieldError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; finished images are kept, no partial file was written.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    configure_logging(prog, args.verbose)  # the report notes why LPIPS is missing; no need to repeat it
+    return run_command(prog, lambda: run(args, parser), "finished images are kept, no partial file was written.")
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

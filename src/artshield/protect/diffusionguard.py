@@ -79,7 +79,7 @@ class DiffusionGuard(ProtectionMethod):
         if not model.is_inpainting:
             raise InvalidArgumentError(
                 f"DiffusionGuard protects against inpainting and needs an inpainting model, but {model.source} is a "
-                "text-to-image model; pass an inpainting checkpoint (e.g. runwayml/stable-diffusion-inpainting)."
+                "text-to-image model; pass an inpainting checkpoint (e.g. runwayml/stable-diffusion-inpainting, or demo-inpaint offline)."
             )
         super().__init__(model, **settings)
         self.prompt, self.num_inference_steps, self.augment = prompt, num_inference_steps, augment

@@ -194,16 +194,25 @@ def protect_file(
     return entry
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it into place."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write text to a temporary file in the same folder, then rename it into place (no half-written files)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False,
+                                         encoding="utf-8")
     try:
         with handle:
-            json.dump(data, handle, indent=2, sort_keys=False, allow_nan=False)
-            handle.write("\n")
+            handle.write(text)
         os.replace(handle.name, path)
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
         Path(handle.name).unlink(missing_ok=True)
         raise ImageWriteError(f"report {str(path)!r} could not be written: {exc}") from exc
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it into place."""
+    try:
+        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise ImageWriteError(f"report {str(path)!r} could not be written: {exc}") from exc
+    write_text_atomic(path, text)

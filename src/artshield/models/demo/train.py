@@ -264,7 +264,6 @@ def save_grid(images: torch.Tensor, columns: int, path: str) -> None:
 def train(args: argparse.Namespace) -> dict:
     """Run every phase and write the output folder; returns the training info."""
     import diffusers
-    import transformers
 
     from ...evaluate.style import StyleMetric
     from ..handle import DiffusionModel
@@ -412,15 +411,7 @@ def train(args: argparse.Namespace) -> dict:
             "seconds": {k: round(v, 1) for k, v in seconds.items()},
             "evaluation": evaluation,
             "style_metric": metric.info,
-            "versions": {
-                "python": platform.python_version(),
-                "torch": torch.__version__,
-                "diffusers": diffusers.__version__,
-                "transformers": transformers.__version__,
-                "numpy": np.__version__,
-            },
-            "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-            "command": " ".join(["python", "-m", "artshield.models.demo.train", *getattr(args, "argv", [])]),
+            **environment_info("artshield.models.demo.train", args),
             "note": NOTE,
         }
         (temporary / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -440,17 +431,42 @@ def train(args: argparse.Namespace) -> dict:
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
+def environment_info(module: str, args: argparse.Namespace) -> dict:
+    """Library versions, the machine and the command line, for a training-info JSON."""
+    import diffusers
+    import transformers
+
+    return {
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__,
+            "numpy": np.__version__,
+        },
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "command": " ".join(["python", "-m", module, *getattr(args, "argv", [])]),
+    }
+
+
+def run_script(module: str, train_fn, parse_args_fn, argv: list[str] | None) -> int:
+    """The ``main`` of a training script: offline, user errors as one line and exit status 2."""
+    from ...cli_support import run_command
+
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
+    args = parse_args_fn(argv)
     args.argv = argv
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        train(args)
-    except InvalidArgumentError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+
+    def body() -> int:
+        train_fn(args)
+        return 0
+
+    return run_command(f"python -m {module}", body, "no partial output folder was left.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_script("artshield.models.demo.train", train, parse_args, argv)
 
 
 if __name__ == "__main__":

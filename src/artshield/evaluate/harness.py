@@ -1,0 +1,537 @@
+"""The evaluation harness: does a protection still spoil mimicry after the mimic purifies the images?
+
+For a folder of an artist's clean images and one or more folders of their protected versions (matched by
+file stem, as ``protect`` names its outputs), :func:`evaluate` runs every mimicry attack
+(:mod:`.mimicry`) on
+
+* the clean images (the baseline: what the mimic gets without protection), and
+* each protected set after each purification (:mod:`.purify`; ``none`` included),
+
+scores what the mimic obtains, and compares. Every attack produces *paired* outputs (same prompts, seeds
+and masks for every input set), so the effect of a protection is measured on the same draws, and the
+confidence intervals come from one paired bootstrap over output items shared by all conditions. The
+headline is the **worst case over purifications** (the purification that restores mimicry best, chosen
+inside each bootstrap resample, so its interval accounts for the choice), as Hönig et al. (2024) and
+BlurGuard report.
+
+Scores of the mimic's outputs (``SCORES``): the demo style metric's artist probability (when a style
+metric is given; the demo model's by default), KID and Fréchet distance to the artist's clean images in a
+handcrafted feature space (:mod:`.feature_distance`), CLIP score when its weights are present; for
+image-to-image attacks also SSIM/PSNR/LPIPS of each output to the one made from the clean image with the
+same seed (PhotoGuard's measure of how far protection pushes an edit). Scores of the protected images
+themselves: PSNR, SSIM, LPIPS (when present) and L∞ against the originals.
+
+Long runs resume: every (attack, input set) cell is stored under ``<output>/cells/`` with a fingerprint of
+everything that determines it, and reused when the fingerprint matches; purified inputs likewise under
+``<output>/inputs/``. Results are written atomically: ``report.json`` (:func:`evaluate` returns the same
+dict), ``report.html`` with image grids and a plot (:mod:`.report`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..errors import ImageReadError, InvalidArgumentError
+from ..imageio import iter_images, quantize, read_image, write_png
+from ..protect.files import write_json_atomic
+from . import feature_distance as fdist
+from .clip_score import clip_score, clip_unavailable_reason
+from .metrics import image_report, lpips_distance, lpips_unavailable_reason, psnr, ssim
+from .mimicry import Mimicry, MimicryOutput
+from .purify import Purification, get_purification, image_seed
+
+logger = logging.getLogger(__name__)
+
+CLEAN = "clean"
+NO_PURIFICATION = "none"
+
+#: name -> (direction, kind, description). direction +1: higher means the mimic got closer to the artist;
+#: -1: lower does. kind "item": one value per output (paired bootstrap of the mean); "set": a set statistic.
+SCORES: dict[str, tuple[int, str, str]] = {
+    "artist_score": (+1, "item", "probability of the artist's style by the style metric (demo world only)"),
+    "clip_score": (+1, "item", "CLIP image-prompt similarity ×100 (when open_clip weights are present)"),
+    "kid": (-1, "set", "KID to the artist's clean images in handcrafted colour/texture features (FID-like, unbiased)"),
+    "fd": (-1, "set", "Fréchet distance to the artist's clean images in the same features (FID's formula)"),
+    "ssim_to_clean": (+1, "item", "SSIM of each output to the output from the clean image with the same seed"),
+    "psnr_to_clean": (+1, "item", "PSNR (dB) of each output to the output from the clean image with the same seed"),
+    "lpips_to_clean": (-1, "item", "LPIPS of each output to the output from the clean image with the same seed"),
+}
+#: Scores that need a clean baseline different from themselves (the *_to_clean ones compare to it directly).
+BASELINED = ("artist_score", "clip_score", "kid", "fd")
+
+
+@dataclass
+class Condition:
+    """One input set a mimicry attack runs on: an image set (``clean`` or a protected label) after a purification."""
+
+    image_set: str
+    purification: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.image_set}+{self.purification}"
+
+    @property
+    def folder(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._+-]", "_", self.name)
+
+
+@dataclass
+class ImageSets:
+    """The clean images and each protected set, matched by file stem, as float (C, H, W) tensors in [0, 1]."""
+
+    names: list[str]
+    clean: list[torch.Tensor]
+    protected: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    folders: dict[str, str] = field(default_factory=dict)
+
+
+def _read_folder(folder: Path, what: str) -> dict[str, torch.Tensor]:
+    listing = iter_images(folder)
+    images: dict[str, torch.Tensor] = {}
+    for path in listing:
+        if path.stem in images:
+            raise InvalidArgumentError(f"{what} folder {folder}: two images share the name {path.stem!r}.")
+        images[path.stem] = read_image(path).rgb[0]
+    if not images:
+        raise ImageReadError(f"{what} folder {folder} holds no images.")
+    return images
+
+
+def load_image_sets(clean_dir: str | Path, protected: dict[str, str | Path], max_images: int | None = None) -> ImageSets:
+    """Read the clean folder and every protected folder; every clean image needs its protected version."""
+    clean = _read_folder(Path(clean_dir), "clean")
+    names = sorted(clean)[: max_images or None]
+    sets = ImageSets(names=names, clean=[clean[n] for n in names], folders={CLEAN: str(clean_dir)})
+    for label, folder in protected.items():
+        found = _read_folder(Path(folder), f"protected ({label})")
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise InvalidArgumentError(
+                f"protected folder {folder} ({label}) lacks {len(missing)} of the clean images: {', '.join(missing[:5])}"
+                + (" ..." if len(missing) > 5 else "") + " (images are matched by file name without extension)."
+            )
+        for n in names:
+            if found[n].shape[-2:] != clean[n].shape[-2:]:
+                raise InvalidArgumentError(
+                    f"protected image {n} in {folder} is {tuple(found[n].shape[-2:])} but its clean version is "
+                    f"{tuple(clean[n].shape[-2:])}; protections keep the size, so these are not the same image."
+                )
+        sets.protected[label] = [found[n] for n in names]
+        sets.folders[label] = str(folder)
+    return sets
+
+
+# ------------------------------------------------------------------------------------------------ caching
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def images_digest(images: Sequence[torch.Tensor]) -> str:
+    """A digest of images as their 8-bit quantisation (what is on disk)."""
+    hasher = hashlib.sha256()
+    for image in images:
+        hasher.update(str(tuple(image.shape)).encode())
+        hasher.update(quantize(image).tobytes())
+    return hasher.hexdigest()[:16]
+
+
+def _read_cached(folder: Path, fingerprint: str) -> dict | None:
+    meta = folder / "cell.json"
+    if not meta.is_file():
+        return None
+    try:
+        data = json.loads(meta.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if data.get("fingerprint") != fingerprint:
+        return None
+    if not all((folder / "images" / f"{i:04d}.png").is_file() for i in range(len(data.get("keys", [])))):
+        return None
+    return data
+
+
+def _store(folder: Path, fingerprint: str, images: Sequence[torch.Tensor], meta: dict) -> list[torch.Tensor]:
+    """Write images as 8-bit PNGs and ``cell.json`` last; return the images as read back (quantised)."""
+    if folder.exists():
+        shutil.rmtree(folder / "images", ignore_errors=True)
+    stored = []
+    for i, image in enumerate(images):
+        path = folder / "images" / f"{i:04d}.png"
+        write_png(path, image)
+        stored.append(read_image(path).rgb[0])
+    write_json_atomic(folder / "cell.json", {**meta, "fingerprint": fingerprint})
+    return stored
+
+
+def _load_images(folder: Path, count: int) -> list[torch.Tensor]:
+    return [read_image(folder / "images" / f"{i:04d}.png").rgb[0] for i in range(count)]
+
+
+def purified_inputs(images: list[torch.Tensor], names: list[str], purification: Purification, folder: Path,
+                    seed: int) -> list[torch.Tensor]:
+    """The purified images, saved as 8-bit PNGs as a mimic would (reused when already made with the same settings)."""
+    fingerprint = _digest({"inputs": images_digest(images), "purification": purification.config,
+                           "name": purification.name, "seed": seed, "version": __version__})  # fmt: skip
+    cached = _read_cached(folder, fingerprint)
+    if cached is not None:
+        return _load_images(folder, len(cached["keys"]))
+    out = []
+    for name, image in zip(names, images, strict=True):
+        generator = torch.Generator().manual_seed(image_seed(seed, name))
+        with torch.no_grad():
+            out.append(purification(image[None], generator=generator)[0].clamp(0, 1))
+    return _store(folder, fingerprint, out, {"keys": names, "purification": purification.spec})
+
+
+def run_cell(mimicry: Mimicry, images: list[torch.Tensor], folder: Path) -> tuple[MimicryOutput, bool]:
+    """Run (or reuse) one mimicry attack on one input set; outputs are 8-bit as saved. Returns (output, reused)."""
+    fingerprint = _digest({"mimicry": mimicry.config, "inputs": images_digest(images), "version": __version__})
+    cached = _read_cached(folder, fingerprint)
+    if cached is not None:
+        images_out = _load_images(folder, len(cached["keys"]))
+        return MimicryOutput(images_out, cached["prompts"], cached["keys"], cached["sources"], cached["info"]), True
+    output = mimicry(images, folder / "work")
+    meta = {"keys": output.keys, "prompts": output.prompts, "sources": output.sources, "info": output.info}
+    output.images = _store(folder, fingerprint, output.images, meta)
+    return output, False
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+@dataclass
+class Scorer:
+    """Turns a mimicry output into per-item score arrays and feature sets."""
+
+    reference: list[torch.Tensor]  # the artist's clean images
+    style_metric: Any = None
+    use_clip: bool = True
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        mean = std = None
+        if self.style_metric is not None:
+            mean, std = self.style_metric.feature_mean, self.style_metric.feature_std
+        else:
+            # No fixed statistics: standardise by the artist's own images (floored so constant features stay finite).
+            raw = torch.from_numpy(fdist.features(self.reference))
+            mean = raw.mean(0)
+            std = raw.std(0).clamp_min(1e-6) if len(self.reference) > 1 else torch.ones(raw.shape[1], dtype=raw.dtype)
+        self._mean, self._std = mean, std
+        self.reference_features = fdist.features(self.reference, mean, std)
+        if self.style_metric is None:
+            self.notes["artist_score"] = "no style metric (pass --style-metric; the demo model's is used with --model demo)"
+        if self.use_clip:
+            reason = clip_unavailable_reason()
+            if reason:
+                self.notes["clip_score"] = reason
+                self.use_clip = False
+        else:
+            self.notes["clip_score"] = "disabled"
+        reason = lpips_unavailable_reason()
+        if reason:
+            self.notes["lpips_to_clean"] = reason
+        if len(self.reference) < 2:
+            self.notes["kid"] = self.notes["fd"] = "needs at least two clean images"
+
+    def features(self, images: list[torch.Tensor]) -> np.ndarray:
+        return fdist.features([_rgb(im) for im in images], self._mean, self._std)
+
+    def item_scores(self, output: MimicryOutput, clean: MimicryOutput | None) -> dict[str, np.ndarray]:
+        scores: dict[str, np.ndarray] = {}
+        with torch.no_grad():
+            if self.style_metric is not None:
+                scores["artist_score"] = np.array([float(self.style_metric.artist_score(_rgb(im)[None])[0]) for im in output.images])
+            if self.use_clip:
+                values = [clip_score(_rgb(im)[None], [p]) for im, p in zip(output.images, output.prompts, strict=True)]
+                if all(v is not None for v in values):
+                    scores["clip_score"] = np.array([float(v[0]) for v in values])
+            if clean is not None:
+                pairs = [(a[None].double(), b[None].double()) for a, b in zip(output.images, clean.images, strict=True)]
+                scores["ssim_to_clean"] = np.array([_ssim_or_nan(a, b) for a, b in pairs])
+                scores["psnr_to_clean"] = np.array([min(float(psnr(a, b)[0]), 100.0) for a, b in pairs])
+                if "lpips_to_clean" not in self.notes:
+                    scores["lpips_to_clean"] = np.array([float(lpips_distance(a.float(), b.float())[0]) for a, b in pairs])
+        return {k: v for k, v in scores.items() if np.all(np.isfinite(v))}
+
+
+def _rgb(image: torch.Tensor) -> torch.Tensor:
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+
+def _ssim_or_nan(a: torch.Tensor, b: torch.Tensor) -> float:
+    try:
+        return float(ssim(a, b)[0])
+    except InvalidArgumentError:
+        return float("nan")
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+def _statistic(score: str, reference: np.ndarray) -> Callable[[np.ndarray, np.ndarray], float]:
+    """stat(values_or_features, idx) for a score: a mean of per-item values, or a set distance to the reference."""
+    if score == "kid":
+        return lambda feats, idx: fdist.kid(feats[idx], reference)
+    if score == "fd":
+        return lambda feats, idx: fdist.frechet_distance(feats[idx], reference)
+    return lambda values, idx: float(np.mean(values[idx]))
+
+
+def bootstrap_conditions(data: dict[str, np.ndarray], stat: Callable, n: int, seed: int) -> tuple[dict[str, float], np.ndarray]:
+    """Point estimates and a joint (paired) bootstrap: the same resampled output items for every condition.
+
+    Returns ``(estimates, samples)`` with samples of shape (n, len(data)) in ``data``'s order.
+    """
+    names = list(data)
+    count = len(next(iter(data.values())))
+    full = np.arange(count)
+    estimates = {name: stat(data[name], full) for name in names}
+    rng = np.random.default_rng(seed)
+    samples = np.empty((int(n), len(names)))
+    for b in range(int(n)):
+        idx = rng.integers(0, count, count)
+        samples[b] = [stat(data[name], idx) for name in names]
+    return estimates, samples
+
+
+def _ci(values: np.ndarray, alpha: float) -> list[float]:
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return [float(low), float(high)]
+
+
+def summarise_score(score: str, data: dict[str, np.ndarray], reference: np.ndarray,
+                    protected_sets: dict[str, list[Condition]], n_boot: int, alpha: float, seed: int) -> dict[str, Any]:
+    """Per-condition estimate and interval; per protected set, the effect per purification and the worst case.
+
+    ``effect`` = direction × (clean − protected): how much the protection reduced the mimic's success, positive
+    when it protects; the worst case is the purification with the smallest effect, chosen per resample. When
+    the clean images were purified too (``purify_clean``), ``effect_vs_purified_clean`` compares with the clean
+    images under the same purification: the protection's effect net of what the purification does by itself.
+    """
+    direction = SCORES[score][0]
+    estimates, samples = bootstrap_conditions(data, _statistic(score, reference), n_boot, seed)
+    columns = {name: i for i, name in enumerate(data)}
+    result: dict[str, Any] = {"conditions": {name: {"value": estimates[name], "ci95": _ci(samples[:, i], alpha)}
+                                             for name, i in columns.items()}}  # fmt: skip
+    baseline = Condition(CLEAN, NO_PURIFICATION).name
+    if score not in BASELINED or baseline not in columns:
+        return result
+    result["protection"] = {}
+    for label, conditions in protected_sets.items():
+        present = [c for c in conditions if c.name in columns]
+        if not present:
+            continue
+        effects = np.stack([direction * (samples[:, columns[baseline]] - samples[:, columns[c.name]]) for c in present], axis=1)
+        point = [direction * (estimates[baseline] - estimates[c.name]) for c in present]
+        worst_per_sample = effects.min(axis=1)
+        worst = int(np.argmin(point))
+        per = {}
+        for j, c in enumerate(present):
+            entry = {"value": estimates[c.name], "ci95": result["conditions"][c.name]["ci95"], "effect": point[j],
+                     "effect_ci95": _ci(effects[:, j], alpha)}  # fmt: skip
+            purified_clean = Condition(CLEAN, c.purification).name
+            if c.purification != NO_PURIFICATION and purified_clean in columns:
+                column = columns[purified_clean]
+                entry["effect_vs_purified_clean"] = direction * (estimates[purified_clean] - estimates[c.name])
+                entry["effect_vs_purified_clean_ci95"] = _ci(direction * (samples[:, column] - samples[:, columns[c.name]]), alpha)
+            per[c.purification] = entry
+        worst_ci = _ci(worst_per_sample, alpha)
+        result["protection"][label] = {
+            "per_purification": per,
+            "worst_case": {"purification": present[worst].purification, "value": estimates[present[worst].name],
+                           "ci95": result["conditions"][present[worst].name]["ci95"], "effect": point[worst],
+                           "effect_ci95": worst_ci, "protects": bool(worst_ci[0] > 0)},
+        }  # fmt: skip
+        # Net of each purification's own effect (needs the clean images under every purification).
+        paired = [columns.get(Condition(CLEAN, c.purification).name) for c in present]
+        if all(column is not None for column in paired):
+            net = np.stack([direction * (samples[:, k] - samples[:, columns[c.name]]) for k, c in zip(paired, present, strict=True)], axis=1)
+            net_point = [direction * (estimates[Condition(CLEAN, c.purification).name] - estimates[c.name]) for c in present]
+            j = int(np.argmin(net_point))
+            net_ci = _ci(net.min(axis=1), alpha)
+            result["protection"][label]["worst_case_vs_purified_clean"] = {
+                "purification": present[j].purification, "effect": net_point[j], "effect_ci95": net_ci,
+                "protects": bool(net_ci[0] > 0)}  # fmt: skip
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ the run
+@dataclass
+class EvaluationSettings:
+    """What to run. ``mimicries`` are configured attack objects; ``purifications`` specs or objects."""
+
+    mimicries: list[Mimicry]
+    purifications: list[str | Purification] = field(default_factory=lambda: [NO_PURIFICATION])
+    purify_clean: bool = False
+    style_metric: Any = None
+    use_clip: bool = True
+    headline: str | None = None
+    bootstrap: int = 1000
+    alpha: float = 0.05
+    seed: int = 0
+    grid_columns: int = 8
+
+
+def image_quality(sets: ImageSets) -> dict[str, Any]:
+    """PSNR, SSIM, LPIPS and L∞ of every protected image against its clean original: per image and summarised."""
+    from .stats import bootstrap_ci
+
+    quality: dict[str, Any] = {}
+    for label, images in sets.protected.items():
+        rows = []
+        for name, clean, protected in zip(sets.names, sets.clean, images, strict=True):
+            report = image_report(clean[None], protected[None])
+            rows.append({"image": name, **{k: report[k] for k in ("linf_255", "psnr_db", "ssim", "lpips")}})
+        summary: dict[str, Any] = {"linf_255_max": max(r["linf_255"] for r in rows)}
+        for key in ("psnr_db", "ssim", "lpips"):
+            values = [r[key] for r in rows if r[key] is not None]
+            if values:
+                mean, low, high = bootstrap_ci(np.array(values), np.mean, n=1000, seed=0)
+                summary[key] = {"mean": mean, "ci95": [low, high]}
+            else:
+                summary[key] = None
+        quality[label] = {"summary": summary, "per_image": rows}
+    return quality
+
+
+def _progress(total: int, quiet: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="evaluate", unit="cell", disable=quiet)
+
+
+def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Path, *, purification_model=None,
+             quiet: bool = False, command: str | None = None) -> dict[str, Any]:
+    """Run every mimicry on every condition, score, compare, and write ``report.json`` and ``report.html``."""
+    from .report import write_report
+
+    if not settings.mimicries:
+        raise InvalidArgumentError("choose at least one mimicry attack.")
+    if len(sets.names) < 2:
+        raise InvalidArgumentError("evaluation needs at least two clean images (bootstrap intervals and KID need pairs).")
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    # Each purification is labelled as the user wrote it ("jpeg75"), or by its spec when given as an object.
+    by_label: dict[str, Purification] = {}
+    for item in settings.purifications:
+        purification = get_purification(item, model=purification_model)
+        label = NO_PURIFICATION if purification.name == NO_PURIFICATION else (
+            item.strip() if isinstance(item, str) else purification.spec)
+        if label in by_label or any(p.spec == purification.spec for p in by_label.values()):
+            raise InvalidArgumentError(f"purification {label!r} is listed twice.")
+        by_label[label] = purification
+    if NO_PURIFICATION not in by_label:
+        by_label = {NO_PURIFICATION: get_purification(NO_PURIFICATION), **by_label}
+    specs = list(by_label)
+
+    conditions = [Condition(CLEAN, NO_PURIFICATION)]
+    if settings.purify_clean:
+        conditions += [Condition(CLEAN, label) for label in specs if label != NO_PURIFICATION]
+    for label in sets.protected:
+        conditions += [Condition(label, spec) for spec in specs]
+
+    scorer = Scorer(sets.clean, settings.style_metric, settings.use_clip)
+    started = time.perf_counter()
+    inputs: dict[str, list[torch.Tensor]] = {}
+    for condition in conditions:
+        images = sets.clean if condition.image_set == CLEAN else sets.protected[condition.image_set]
+        if condition.purification == NO_PURIFICATION:
+            inputs[condition.name] = images
+        else:
+            inputs[condition.name] = purified_inputs(images, sets.names, by_label[condition.purification],
+                                                     output / "inputs" / condition.folder, settings.seed)
+
+    report: dict[str, Any] = {
+        "artshield": __version__,
+        "command": command,
+        "seed": settings.seed,
+        "bootstrap": {"resamples": settings.bootstrap, "alpha": settings.alpha,
+                      "paired": "the same resampled output items (same prompt/seed/mask) for every condition"},
+        "images": {"names": sets.names, "folders": sets.folders},
+        "purifications": specs,
+        "purification_settings": {label: p.config for label, p in by_label.items()},
+        "conditions": [c.name for c in conditions],
+        "scores": {name: {"direction": "higher = closer mimicry" if d > 0 else "lower = closer mimicry",
+                          "kind": kind, "description": desc} for name, (d, kind, desc) in SCORES.items()},
+        "notes": scorer.notes,
+        "quality": image_quality(sets),
+        "mimicry": {},
+    }
+    protected_conditions = {label: [c for c in conditions if c.image_set == label] for label in sets.protected}
+    progress = _progress(len(conditions) * len(settings.mimicries), quiet)
+    for mimicry in settings.mimicries:
+        outputs: dict[str, MimicryOutput] = {}
+        cells: dict[str, Any] = {}
+        for condition in conditions:
+            progress.set_postfix_str(f"{mimicry.name} on {condition.name}")
+            cell_dir = output / "cells" / mimicry.name / condition.folder
+            start = time.perf_counter()
+            out, reused = run_cell(mimicry, inputs[condition.name], cell_dir)
+            outputs[condition.name] = out
+            cells[condition.name] = {"image_set": condition.image_set, "purification": condition.purification,
+                                     "outputs": len(out.images), "folder": str(cell_dir.relative_to(output)),
+                                     "reused": reused, "seconds": round(time.perf_counter() - start, 1), "info": out.info}  # fmt: skip
+            progress.update(1)
+        keys = outputs[conditions[0].name].keys
+        for name, out in outputs.items():
+            if out.keys != keys:
+                raise RuntimeError(f"{mimicry.name}: condition {name} produced different items than the clean run.")
+        clean_out = outputs[conditions[0].name] if mimicry.name != "lora" else None
+        per_item: dict[str, dict[str, np.ndarray]] = {
+            name: scorer.item_scores(out, None if name == conditions[0].name else clean_out) for name, out in outputs.items()
+        }
+        features = {name: scorer.features(out.images) for name, out in outputs.items()}
+        summaries: dict[str, Any] = {}
+        for score in SCORES:
+            if score in ("kid", "fd"):
+                if score in scorer.notes:
+                    continue
+                data = features
+            else:
+                data = {name: values[score] for name, values in per_item.items() if score in values}
+                if not data:
+                    continue
+            summaries[score] = summarise_score(score, data, scorer.reference_features, protected_conditions,
+                                               settings.bootstrap, settings.alpha, settings.seed)
+        for name in cells:
+            cells[name]["scores"] = {s: summaries[s]["conditions"][name] for s in summaries if name in summaries[s]["conditions"]}
+            cells[name]["per_item"] = {s: [float(v) for v in per_item[name][s]] for s in per_item[name]}
+        report["mimicry"][mimicry.name] = {"config": mimicry.config, "summary": mimicry.summary, "keys": keys,
+                                           "prompts": outputs[conditions[0].name].prompts, "conditions": cells,
+                                           "scores": summaries}  # fmt: skip
+    progress.close()
+
+    headline = settings.headline or ("artist_score" if settings.style_metric is not None else "kid")
+    if headline not in BASELINED:
+        raise InvalidArgumentError(f"the headline score must be one of {', '.join(BASELINED)}, but is {headline!r}.")
+    report["headline_score"] = headline
+    report["headline"] = []
+    for name, entry in report["mimicry"].items():
+        summary = entry["scores"].get(headline)
+        if summary is None:
+            continue
+        clean = summary["conditions"][Condition(CLEAN, NO_PURIFICATION).name]
+        for label, protection in summary.get("protection", {}).items():
+            row = {"mimicry": name, "protected": label, "score": headline, "clean": clean, **protection["worst_case"]}
+            if "worst_case_vs_purified_clean" in protection:
+                row["vs_purified_clean"] = protection["worst_case_vs_purified_clean"]
+            report["headline"].append(row)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    write_report(report, inputs, output, settings.grid_columns)
+    write_json_atomic(output / "report.json", report)
+    return report
+
+
+__all__ = ["CLEAN", "SCORES", "Condition", "EvaluationSettings", "ImageSets", "bootstrap_conditions", "evaluate",
+           "load_image_sets", "purified_inputs", "run_cell", "summarise_score"]

@@ -1,0 +1,341 @@
+"""Mimicry attacks: what someone who wants to copy an artist does with the artist's (protected) images.
+
+Each attack is a small object configured once and called on a set of images; it returns what the mimic
+obtains, so the evaluation harness can score it. Randomness is fixed per output item (one seeded generator
+per generated image), so the same attack called on clean and on protected images produces *paired*
+outputs — same prompts, same seeds, same masks — and the difference between them is the protection's
+effect alone.
+
+=========  ===================================================================================================
+name       what the mimic does
+=========  ===================================================================================================
+``lora``   fine-tunes a LoRA on the images (artshield's trainer, DreamBooth style with an instance prompt), then
+           generates ``samples`` images for each prompt with the LoRA loaded the stock-diffusers way.
+``sdedit`` img2img (SDEdit, Meng et al. 2022): noise each image to ``strength`` of the schedule and denoise with
+           a prompt, ``samples`` seeds per image.
+``inpaint`` repaints part of each image with an inpainting model (white mask = repainted), for each of the masks
+           (by default the surroundings of a centred ellipse — DiffusionGuard's default editable region — and a
+           seeded random rectangle), ``samples`` seeds each.
+=========  ===================================================================================================
+
+Images are cropped (never resized: resampling is itself a purification) to a multiple of the model's pixel
+multiple before an image-to-image attack; LoRA training sees them at ``resolution`` as the trainer's data
+pipeline prepares them (resize of the short side and centre crop, as diffusers' examples do).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import InvalidArgumentError
+from ..imageio import write_png
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MimicryOutput:
+    """What a mimicry attack produced.
+
+    Attributes:
+        images: the outputs, float (3, H, W) in [0, 1] each (sizes may differ between items).
+        prompts: the prompt behind each output.
+        sources: for image-to-image attacks, the index of the input image each output was made from.
+        keys: a stable name per output ("p0-s1", "img3-mask1-s0"): outputs with the same key, made from clean
+            and from protected images, are paired.
+        info: what else a report should say (training time, LoRA location, ...).
+    """
+
+    images: list[torch.Tensor]
+    prompts: list[str]
+    keys: list[str]
+    sources: list[int | None] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def item_generator(seed: int, key: str) -> torch.Generator:
+    """A CPU generator for one output item, from the run's seed and the item's key (as purifications seed files)."""
+    from .purify import image_seed
+
+    return torch.Generator().manual_seed(image_seed(seed, key))
+
+
+def crop_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Centre-crop (C, H, W) so H and W are multiples of `multiple` (cropping keeps every pixel's value)."""
+    h, w = image.shape[-2:]
+    nh, nw = h - h % multiple, w - w % multiple
+    if nh == 0 or nw == 0:
+        raise InvalidArgumentError(f"an image of {h}×{w} px is smaller than the model's pixel multiple {multiple}.")
+    top, left = (h - nh) // 2, (w - nw) // 2
+    return image[..., top : top + nh, left : left + nw]
+
+
+class Mimicry:
+    """Base class: ``attack(images, workdir) -> MimicryOutput``; ``config`` is what identifies a run."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+
+    def __init__(self, model, *, prompts: list[str] | None = None, samples: int = 1, num_inference_steps: int = 20,
+                 guidance_scale: float = 5.0, seed: int = 0, progress: bool = False):
+        if int(samples) < 1:
+            raise InvalidArgumentError(f"`samples` must be at least 1, but is {samples!r}.")
+        if int(num_inference_steps) < 1:
+            raise InvalidArgumentError(f"`num_inference_steps` must be at least 1, but is {num_inference_steps!r}.")
+        self.model = model
+        self.prompts = list(prompts) if prompts else [""]
+        self.samples = int(samples)
+        self.num_inference_steps = int(num_inference_steps)
+        self.guidance_scale = float(guidance_scale)
+        self.seed = int(seed)
+        self.progress = bool(progress)  # show long inner loops' progress (the LoRA trainer's); not part of `config`
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "model": str(self.model.source), "prompts": self.prompts, "samples": self.samples,
+                "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
+                "seed": self.seed}  # fmt: skip
+
+    def __call__(self, images: list[torch.Tensor], workdir: Path) -> MimicryOutput:
+        if not images:
+            raise InvalidArgumentError(f"{self.name} mimicry needs at least one image.")
+        return self._attack([im.float().cpu() for im in images], Path(workdir))
+
+    def _attack(self, images: list[torch.Tensor], workdir: Path) -> MimicryOutput:
+        raise NotImplementedError
+
+
+@contextlib.contextmanager
+def _tqdm_disabled(disabled: bool):
+    """Silence the trainer's progress bar (tqdm reads ``TQDM_DISABLE`` when a bar is created)."""
+    previous = os.environ.get("TQDM_DISABLE")
+    if disabled:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if disabled:
+            if previous is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = previous
+
+
+def _as_rgb(image: torch.Tensor) -> torch.Tensor:
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+
+class LoraMimicry(Mimicry):
+    """LoRA fine-tuning on the images, then text-to-image generation (the main style-mimicry threat).
+
+    Args:
+        model: the base :class:`DiffusionModel` (its ``source`` is what the trainer loads).
+        instance_prompt: the prompt the images are captioned with (default ``"a painting in sks style"``).
+        prompts: generation prompts (default: the instance prompt); ``samples`` seeds each.
+        steps, learning_rate, rank, batch_size, train_text_encoder, resolution: the LoRA recipe. Defaults are
+            the recipe measured to learn the demo world's artist (``examples/lora_artist_mimicry.py``); for
+            Stable Diffusion at 512 px the usual recipe is lr 1e-4, rank 4-16, 400-1000 steps.
+    """
+
+    name = "lora"
+    summary = "fine-tune a LoRA on the images (DreamBooth style), then generate from prompts"
+
+    def __init__(self, model, *, instance_prompt: str = "a painting in sks style", steps: int = 800,
+                 learning_rate: float = 1e-3, rank: int = 16, batch_size: int = 4, train_text_encoder: bool = True,
+                 resolution: int | None = None, **settings):
+        super().__init__(model, **settings)
+        if settings.get("prompts") is None:
+            self.prompts = [instance_prompt]
+        self.instance_prompt = instance_prompt
+        self.steps, self.learning_rate, self.rank, self.batch_size = int(steps), float(learning_rate), int(rank), int(batch_size)
+        self.train_text_encoder = bool(train_text_encoder)
+        self.resolution = int(resolution or model.native_resolution)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**super().config, "instance_prompt": self.instance_prompt, "steps": self.steps,
+                "learning_rate": self.learning_rate, "rank": self.rank, "batch_size": self.batch_size,
+                "train_text_encoder": self.train_text_encoder, "resolution": self.resolution}  # fmt: skip
+
+    def trainer_argv(self, data_dir: Path, output_dir: Path) -> list[str]:
+        argv = [
+            "--method", "lora", "--pretrained_model_name_or_path", str(self.model.source),
+            "--instance_data_dir", str(data_dir), "--instance_prompt", self.instance_prompt,
+            "--output_dir", str(output_dir), "--resolution", str(self.resolution), "--random_flip",
+            "--train_batch_size", str(self.batch_size), "--max_train_steps", str(self.steps),
+            "--learning_rate", str(self.learning_rate), "--rank", str(self.rank), "--lr_scheduler", "constant",
+            "--checkpointing_steps", str(max(100, self.steps // 4)), "--checkpoints_total_limit", "1",
+            "--resume_from_checkpoint", "latest", "--seed", str(self.seed), "--report_to", "none",
+        ]  # fmt: skip
+        return argv + (["--train_text_encoder"] if self.train_text_encoder else [])
+
+    def _attack(self, images: list[torch.Tensor], workdir: Path) -> MimicryOutput:
+        import time
+
+        from ..finetune.train import parse_args, train
+
+        data_dir, lora_dir = workdir / "training_images", workdir / "lora"
+        for i, image in enumerate(images):
+            write_png(data_dir / f"{i:03d}.png", image)
+        argv = self.trainer_argv(data_dir, lora_dir)
+        logger.info("lora mimicry: training %d steps on %d images in %s", self.steps, len(images), workdir)
+        start = time.perf_counter()
+        with _tqdm_disabled(not self.progress):
+            summary = train(parse_args(argv))
+        seconds = time.perf_counter() - start
+        pipe = self.model.pipeline("text2img")
+        pipe.load_lora_weights(str(lora_dir))
+        try:
+            outputs, prompts, keys = [], [], []
+            for p, prompt in enumerate(self.prompts):
+                for s in range(self.samples):
+                    key = f"p{p}-s{s}"
+                    image = pipe(prompt=prompt, height=self.resolution, width=self.resolution,
+                                 num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                                 generator=item_generator(self.seed, key), output_type="pt").images[0]
+                    outputs.append(image.float().clamp(0, 1).cpu())
+                    prompts.append(prompt)
+                    keys.append(key)
+        finally:
+            # The pipeline shares the handle's UNet and text encoder: take the adapters out again.
+            pipe.unload_lora_weights()
+        info = {"training_seconds": round(seconds, 1), "final_loss": summary.get("loss"),
+                "steps": summary.get("global_step"), "lora": str(lora_dir),
+                "command": "python -m artshield.finetune.train " + shlex.join(argv)}  # fmt: skip
+        return MimicryOutput(outputs, prompts, keys, [None] * len(outputs), info)
+
+
+class SDEditMimicry(Mimicry):
+    """Img2img (SDEdit): partial noising to ``strength`` and denoising with a prompt; ``samples`` seeds per image."""
+
+    name = "sdedit"
+    summary = "img2img (SDEdit) each image at a strength, with a prompt"
+
+    def __init__(self, model, *, strength: float = 0.5, **settings):
+        super().__init__(model, **settings)
+        if not 0.0 < float(strength) <= 1.0:
+            raise InvalidArgumentError(f"`strength` must be in (0, 1], but is {strength!r}.")
+        self.strength = float(strength)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {**super().config, "strength": self.strength}
+
+    def _attack(self, images: list[torch.Tensor], workdir: Path) -> MimicryOutput:
+        pipe = self.model.pipeline("img2img")
+        out = MimicryOutput([], [], [], [])
+        for i, image in enumerate(images):
+            source = crop_to_multiple(_as_rgb(image), self.model.pixel_multiple)
+            for s in range(self.samples):
+                prompt = self.prompts[(i * self.samples + s) % len(self.prompts)]
+                key = f"img{i}-s{s}"
+                result = pipe(prompt=prompt, image=source[None].to(self.model.device), strength=self.strength,
+                              num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                              generator=item_generator(self.seed, key), output_type="pt").images[0]
+                out.images.append(result.float().clamp(0, 1).cpu())
+                out.prompts.append(prompt)
+                out.keys.append(key)
+                out.sources.append(i)
+        return out
+
+
+def default_masks(height: int, width: int, count: int, seed: int) -> list[torch.Tensor]:
+    """Inpainting masks (1, H, W), white = repainted: the outside of a centred ellipse (semi-axes 3/8 of the
+    sides, DiffusionGuard's default), then seeded random rectangles covering 25-50 % of the image."""
+    from ..protect.masks import centre_ellipse_mask
+
+    masks = [centre_ellipse_mask(torch.zeros(1, 3, height, width))[0]]
+    generator = torch.Generator().manual_seed(int(seed))
+    while len(masks) < count:
+        area = 0.25 + 0.25 * float(torch.rand((), generator=generator))
+        aspect = math.exp(float(torch.empty(()).uniform_(-0.7, 0.7, generator=generator)))
+        h = min(height, max(1, round(math.sqrt(area * height * width / aspect))))
+        w = min(width, max(1, round(area * height * width / h)))
+        top = int(torch.randint(0, height - h + 1, (), generator=generator))
+        left = int(torch.randint(0, width - w + 1, (), generator=generator))
+        mask = torch.zeros(1, height, width)
+        mask[:, top : top + h, left : left + w] = 1.0
+        masks.append(mask)
+    return masks[:count]
+
+
+class InpaintMimicry(Mimicry):
+    """Inpainting: repaint the white part of each mask, keeping the rest of the image.
+
+    Args:
+        model: an inpainting (9-channel) :class:`DiffusionModel` (``demo-inpaint`` for the demo world).
+        masks (*optional*): one list of (1, H, W) masks per image (white = repainted); default
+            :func:`default_masks` with ``num_masks`` masks per image.
+        strength: 1.0 repaints from pure noise, as the inpainting pipeline does by default.
+    """
+
+    name = "inpaint"
+    summary = "repaint masked regions with an inpainting model (varied masks)"
+
+    def __init__(self, model, *, masks: list[list[torch.Tensor]] | None = None, num_masks: int = 2,
+                 strength: float = 1.0, **settings):
+        if not model.is_inpainting:
+            raise InvalidArgumentError(
+                f"inpaint mimicry needs an inpainting model, but {model.source} is text-to-image; pass --inpaint-model "
+                "(demo-inpaint for the demo model, e.g. runwayml/stable-diffusion-inpainting for SD 1.5)."
+            )
+        super().__init__(model, **settings)
+        if int(num_masks) < 1:
+            raise InvalidArgumentError(f"`num_masks` must be at least 1, but is {num_masks!r}.")
+        self.masks, self.num_masks, self.strength = masks, int(num_masks), float(strength)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        masks = "given" if self.masks is not None else f"default x{self.num_masks}"
+        return {**super().config, "masks": masks, "strength": self.strength}
+
+    def _attack(self, images: list[torch.Tensor], workdir: Path) -> MimicryOutput:
+        pipe = self.model.pipeline("inpaint")
+        multiple = self.model.pixel_multiple
+        out = MimicryOutput([], [], [], [])
+        for i, image in enumerate(images):
+            source = crop_to_multiple(_as_rgb(image), multiple)
+            h, w = source.shape[-2:]
+            if self.masks is not None:
+                masks = [crop_to_multiple(m, multiple) for m in self.masks[i]]
+                if any(m.shape[-2:] != (h, w) for m in masks):
+                    raise InvalidArgumentError(f"inpaint mimicry: the masks of image {i} do not match its size {w}×{h}.")
+            else:
+                masks = default_masks(h, w, self.num_masks, self.seed + i)
+            for k, mask in enumerate(masks):
+                for s in range(self.samples):
+                    prompt = self.prompts[(k * self.samples + s) % len(self.prompts)]
+                    key = f"img{i}-mask{k}-s{s}"
+                    result = pipe(prompt=prompt, image=source[None].to(self.model.device),
+                                  mask_image=mask[None].to(self.model.device), height=h, width=w,
+                                  strength=self.strength, num_inference_steps=self.num_inference_steps,
+                                  guidance_scale=self.guidance_scale, generator=item_generator(self.seed, key),
+                                  output_type="pt").images[0]
+                    out.images.append(result.float().clamp(0, 1).cpu())
+                    out.prompts.append(prompt)
+                    out.keys.append(key)
+                    out.sources.append(i)
+        return out
+
+
+MIMICRIES: dict[str, type[Mimicry]] = {cls.name: cls for cls in (LoraMimicry, SDEditMimicry, InpaintMimicry)}
+
+
+def get_mimicry(name: str) -> type[Mimicry]:
+    key = name.strip().lower()
+    if key not in MIMICRIES:
+        raise InvalidArgumentError(f"unknown mimicry {name!r}; choose from {', '.join(MIMICRIES)}.")
+    return MIMICRIES[key]
+
+
+__all__ = ["MIMICRIES", "InpaintMimicry", "LoraMimicry", "Mimicry", "MimicryOutput", "SDEditMimicry",
+           "crop_to_multiple", "default_masks", "get_mimicry", "item_generator"]
