@@ -270,3 +270,12 @@ def test_cli_runs_end_to_end(tmp_path, tiny_model_dir, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["conditions"] == ["clean+none", "mine+none", "mine+blur"]
     assert report["command"].startswith("artshield evaluate --clean")
+
+
+def test_a_headline_that_cannot_be_computed_is_refused_before_any_work(tmp_path, tiny_model):
+    clean, protected = _write_sets(tmp_path, count=2, size=(32, 32))
+    sets = load_image_sets(clean, {"p": protected})
+    settings = EvaluationSettings(mimicries=[SDEditMimicry(tiny_model, num_inference_steps=1)], headline="artist_score")
+    with pytest.raises(InvalidArgumentError, match="needs a style metric"):
+        evaluate(sets, settings, tmp_path / "out", quiet=True)
+    assert not (tmp_path / "out").exists()

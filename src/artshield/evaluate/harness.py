@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +51,7 @@ from .clip_score import clip_score, clip_unavailable_reason
 from .metrics import image_report, lpips_distance, lpips_unavailable_reason, psnr, ssim
 from .mimicry import Mimicry, MimicryOutput
 from .purify import Purification, get_purification, image_seed
+from .report import safe_name, write_report
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class Condition:
 
     @property
     def folder(self) -> str:
-        return re.sub(r"[^A-Za-z0-9._+-]", "_", self.name)
+        return safe_name(self.name)
 
 
 @dataclass
@@ -414,12 +414,15 @@ def _progress(total: int, quiet: bool):
 def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Path, *, purification_model=None,
              quiet: bool = False, command: str | None = None) -> dict[str, Any]:
     """Run every mimicry on every condition, score, compare, and write ``report.json`` and ``report.html``."""
-    from .report import write_report
-
     if not settings.mimicries:
         raise InvalidArgumentError("choose at least one mimicry attack.")
     if len(sets.names) < 2:
         raise InvalidArgumentError("evaluation needs at least two clean images (bootstrap intervals and KID need pairs).")
+    headline = settings.headline or ("artist_score" if settings.style_metric is not None else "kid")
+    if headline not in BASELINED:
+        raise InvalidArgumentError(f"the headline score must be one of {', '.join(BASELINED)}, but is {headline!r}.")
+    if headline == "artist_score" and settings.style_metric is None:
+        raise InvalidArgumentError("the headline score artist_score needs a style metric (--style-metric).")
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     # Each purification is labelled as the user wrote it ("jpeg75"), or by its spec when given as an object.
@@ -487,7 +490,7 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
         for name, out in outputs.items():
             if out.keys != keys:
                 raise RuntimeError(f"{mimicry.name}: condition {name} produced different items than the clean run.")
-        clean_out = outputs[conditions[0].name] if mimicry.name != "lora" else None
+        clean_out = outputs[conditions[0].name] if mimicry.edits_inputs else None
         per_item: dict[str, dict[str, np.ndarray]] = {
             name: scorer.item_scores(out, None if name == conditions[0].name else clean_out) for name, out in outputs.items()
         }
@@ -512,9 +515,6 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
                                            "scores": summaries}  # fmt: skip
     progress.close()
 
-    headline = settings.headline or ("artist_score" if settings.style_metric is not None else "kid")
-    if headline not in BASELINED:
-        raise InvalidArgumentError(f"the headline score must be one of {', '.join(BASELINED)}, but is {headline!r}.")
     report["headline_score"] = headline
     report["headline"] = []
     for name, entry in report["mimicry"].items():

@@ -84,6 +84,8 @@ class Mimicry:
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    #: True when each output is an edit of one input (scored against the edit of the clean image with the same key).
+    edits_inputs: ClassVar[bool] = False
 
     def __init__(self, model, *, prompts: list[str] | None = None, samples: int = 1, num_inference_steps: int = 20,
                  guidance_scale: float = 5.0, seed: int = 0, progress: bool = False):
@@ -219,6 +221,7 @@ class SDEditMimicry(Mimicry):
 
     name = "sdedit"
     summary = "img2img (SDEdit) each image at a strength, with a prompt"
+    edits_inputs = True
 
     def __init__(self, model, *, strength: float = 0.5, **settings):
         super().__init__(model, **settings)
@@ -280,6 +283,7 @@ class InpaintMimicry(Mimicry):
 
     name = "inpaint"
     summary = "repaint masked regions with an inpainting model (varied masks)"
+    edits_inputs = True
 
     def __init__(self, model, *, masks: list[list[torch.Tensor]] | None = None, num_masks: int = 2,
                  strength: float = 1.0, **settings):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -102,15 +103,15 @@ def write_report(report: dict[str, Any], inputs: dict[str, list[torch.Tensor]], 
     """Write the grids, plots and ``report.html``; adds each grid's relative path to `report` (before it is saved)."""
     output = Path(output)
     for condition, images in inputs.items():
-        write_png(output / "grids" / "inputs" / f"{_safe(condition)}.png", strip(images, columns))
+        write_png(output / "grids" / "inputs" / f"{safe_name(condition)}.png", strip(images, columns))
     for name, entry in report["mimicry"].items():
         for condition, cell in entry["conditions"].items():
             folder = output / cell["folder"] / "images"
             images = [read_image(folder / f"{i:04d}.png").rgb[0] for i in range(min(columns, cell["outputs"]))]
-            relative = Path("grids") / name / f"{_safe(condition)}.png"
+            relative = Path("grids") / name / f"{safe_name(condition)}.png"
             write_png(output / relative, strip(images, columns))
             cell["grid"] = relative.as_posix()
-            cell["input_grid"] = (Path("grids") / "inputs" / f"{_safe(condition)}.png").as_posix()
+            cell["input_grid"] = (Path("grids") / "inputs" / f"{safe_name(condition)}.png").as_posix()
     score = report["headline_score"]
     plots = {}
     for name, entry in report["mimicry"].items():
@@ -127,9 +128,8 @@ def _verdict(protects: bool) -> str:
     return "<span class=yes>yes</span>" if protects else "<span class=no>no</span>"
 
 
-def _safe(name: str) -> str:
-    import re
-
+def safe_name(name: str) -> str:
+    """`name` with every character but letters, digits and ``._+-`` replaced by ``_`` (a portable file name)."""
     return re.sub(r"[^A-Za-z0-9._+-]", "_", name)
 
 
@@ -201,4 +201,4 @@ def _html(report: dict[str, Any], plots: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-__all__ = ["plot_svg", "strip", "write_report"]
+__all__ = ["plot_svg", "safe_name", "strip", "write_report"]

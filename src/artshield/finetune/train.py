@@ -688,25 +688,13 @@ def train(args: argparse.Namespace) -> dict:
     if args.method == "lora":
         from peft import LoraConfig
 
-        unet.add_adapter(
-            LoraConfig(
-                r=args.rank,
-                lora_alpha=args.rank,
-                lora_dropout=args.lora_dropout,
-                init_lora_weights="gaussian",
-                target_modules=UNET_LORA_TARGETS,
-            )
-        )
+        def lora_config(targets) -> LoraConfig:  # as diffusers' train_dreambooth_lora.py
+            return LoraConfig(r=args.rank, lora_alpha=args.rank, lora_dropout=args.lora_dropout,
+                              init_lora_weights="gaussian", target_modules=targets)
+
+        unet.add_adapter(lora_config(UNET_LORA_TARGETS))
         if args.train_text_encoder:
-            text_encoder.add_adapter(
-                LoraConfig(
-                    r=args.rank,
-                    lora_alpha=args.rank,
-                    lora_dropout=args.lora_dropout,
-                    init_lora_weights="gaussian",
-                    target_modules=TEXT_ENCODER_LORA_TARGETS,
-                )
-            )
+            text_encoder.add_adapter(lora_config(TEXT_ENCODER_LORA_TARGETS))
     else:
         unet.requires_grad_(True)
         if args.train_text_encoder:
