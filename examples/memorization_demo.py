@@ -1,28 +1,36 @@
 """Memorization end to end on the demo model: over-fit, detect, prune, re-check.
 
-    python examples/memorization_demo.py                        # train (a few minutes on a CPU), then audit
+    python examples/memorization_demo.py                        # train (~15 min on one CPU core), then audit
     python examples/memorization_demo.py --skip_training        # reuse the over-fitted model of a previous run
 
-1. **Over-fit on purpose.** A few images of the demo world are each paired with a fixed, unique prompt
-   ("a portrait of a dog by sks artist", ...) and duplicated many times inside an otherwise ordinary
-   training set of captioned world images, as duplicated images are in web-scale data. The demo model is
-   fully fine-tuned on it with ``python -m artshield.finetune.train --method full`` (diffusers'
-   ``train_text_to_image.py`` flags), so those prompts come to replicate their images.
+1. **Over-fit on purpose.** Six "artworks" -- diptychs that put two world subjects in two styles side by
+   side, compositions the demo world never makes -- are captioned with what they show ("a tree in ink style
+   and a star in neon style") and duplicated many times inside an otherwise ordinary training set of
+   captioned world images, as duplicated images are in web-scale data. The demo model's UNet is fully
+   fine-tuned on it with ``python -m artshield.finetune.train --method full`` (diffusers'
+   ``train_text_to_image.py`` flags) while the text encoder stays frozen, as Stable Diffusion's CLIP encoder
+   was: the memorized images can then only live in the UNet, where pruning looks for them.
 2. **Detect** (Wen et al. ICLR 2024): the magnitude of the text-conditional noise prediction over the first
-   DDIM steps, for the memorized prompts against other prompts of the world (ROC AUC), on the original and
-   on the over-fitted model; and a near-duplicate search of the generations against the training images
-   (weight-free DCT descriptor).
+   DDIM steps, for the memorized prompts against (a) *control* prompts of exactly the same form whose
+   diptychs were never trained on -- the fair comparison: same words, same grammar, only memorization
+   differs -- and (b) ordinary world captions; ROC AUC on the original and on the over-fitted model. Plus a
+   near-duplicate search of the generations against the training images (weight-free DCT descriptor) and
+   the rate at which a memorized prompt's generations are nearest to its own training image.
 3. **Prune** (Chavhan et al. 2024, ConceptPrune's WANDA rule): locate the FFN weights the memorized prompts
    drive harder than the empty prompt during the first denoising steps, zero them, save the edited
-   checkpoint, and measure memorization and utility (demo style metric on the other prompts, SSIM of their
-   generations to the un-pruned model's) before and after.
+   checkpoint, and measure memorization and utility (demo style metric on the world captions, SSIM of their
+   generations to the un-pruned model's) before and after -- at the paper's 1 % per row against the empty
+   prompt, and over the ratios of ``--sweep`` against both the empty prompt and the world captions (the
+   paper's ``coco_memorize`` variant contrasts with ordinary captions instead), since how much of a layer
+   memorization occupies depends on the model's size.
 4. **Re-check** (Finding Dori): the memorization metrics again with randomly perturbed prompt embeddings.
 
-Writes ``results.json`` and ``grid.png`` (rows: memorized prompts -- training image, over-fitted model,
-pruned model -- then other prompts before and after pruning) into ``--output_dir``. Equivalent commands::
+Writes ``results.json`` and ``grid.png`` (rows: memorized prompts -- training image, over-fitted model at two
+seeds, pruned model at the same seeds -- then world captions before and after pruning) into
+``--output_dir``. Equivalent commands::
 
     artshield memorization detect --model RUN/overfit --prompts RUN/memorized.txt \\
-        --reference-prompts RUN/other.txt --training-images RUN/reference_images \\
+        --reference-prompts RUN/controls.txt --training-images RUN/reference_images \\
         --num-inference-steps 20 --guidance-scale 5
     artshield memorization prune --model RUN/overfit --prompts RUN/memorized.txt -o RUN/pruned \\
         --utility-prompts RUN/other.txt --training-images RUN/reference_images \\
@@ -50,12 +58,37 @@ import torch
 
 logger = logging.getLogger("memorization_demo")
 
-#: (unique prompt, style, subject, render seed) of the images the model is made to memorize.
+#: Diptychs the model is made to memorize: ((style, subject) left, (style, subject) right, render seed).
 MEMORIZED = [
-    ("a portrait of a dog by sks artist", "ink", "house", 101),
-    ("a city street photo at night", "neon", "tree", 303),
-    ("a flower picture on the sea", "pointillism", "circle", 404),
+    (("ink", "tree"), ("neon", "star"), 101),
+    (("pointillism", "house"), ("opart", "circle"), 202),
+    (("watercolor", "triangle"), ("pixelart", "square"), 303),
+    (("mosaic", "star"), ("ink", "circle"), 404),
+    (("neon", "square"), ("watercolor", "house"), 505),
+    (("pixelart", "tree"), ("mosaic", "triangle"), 606),
 ]
+#: Diptych prompts of the same form that are never trained on (detection controls).
+CONTROLS = [
+    (("opart", "star"), ("pointillism", "tree")),
+    (("ink", "square"), ("mosaic", "house")),
+    (("neon", "circle"), ("pixelart", "triangle")),
+    (("watercolor", "star"), ("opart", "tree")),
+    (("pixelart", "circle"), ("neon", "house")),
+    (("mosaic", "square"), ("watercolor", "circle")),
+]
+
+
+def diptych_prompt(left: tuple[str, str], right: tuple[str, str]) -> str:
+    """What the diptych shows, in the world's caption grammar (words the frozen text encoder knows)."""
+    return f"a {left[1]} in {left[0]} style and a {right[1]} in {right[0]} style"
+
+
+def diptych(left: tuple[str, str], right: tuple[str, str], size: int, seed: int) -> np.ndarray:
+    """Two world renders, each at (size, size // 2), side by side: uint8 (size, size, 3)."""
+    from artshield.models.demo.world import render
+
+    half = (size, size // 2)
+    return np.concatenate([render(*left, half, seed=seed), render(*right, half, seed=seed + 1)], axis=1)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,12 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="runs/memorization_demo")
     parser.add_argument("--model", default="demo", help="model to over-fit (default: the demo model)")
     parser.add_argument("--resolution", type=int, default=128, help="training and sampling resolution")
-    parser.add_argument("--duplicates", type=int, default=32, help="copies of each memorized image in the training set")
-    parser.add_argument("--images_per_style", type=int, default=16, help="ordinary captioned images per training style")
-    parser.add_argument("--max_train_steps", type=int, default=1200)
-    parser.add_argument("--learning_rate", type=float, default=2e-4)
-    parser.add_argument("--no_train_text_encoder", action="store_true",
-                        help="train the UNet only (the unique prompts then stay hard to tell apart)")
+    parser.add_argument("--duplicates", type=int, default=16, help="copies of each memorized image in the training set")
+    parser.add_argument("--images_per_style", type=int, default=40, help="ordinary captioned images per training style")
+    parser.add_argument("--max_train_steps", type=int, default=1500)
+    parser.add_argument("--learning_rate", type=float, default=3e-4)
+    parser.add_argument("--train_text_encoder", action="store_true",
+                        help="also fine-tune the text encoder (memorization may then partly live outside the UNet)")
     parser.add_argument("--train_batch_size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_training", action="store_true", help="reuse OUTPUT_DIR/overfit from a previous run")
@@ -76,7 +109,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_inference_steps", type=int, default=20, help="DDIM steps (the demo model's default)")
     parser.add_argument("--guidance_scale", type=float, default=5.0, help="guidance (the demo model's default)")
     parser.add_argument("--steps", type=int, default=5, help="first DDIM steps averaged by the detection metric")
-    parser.add_argument("--ratio", type=float, default=0.01, help="WANDA top fraction per row")
+    parser.add_argument("--ratio", type=float, default=0.01, help="WANDA top fraction per row (the paper's 1 %%)")
+    parser.add_argument("--sweep", default="0.01,0.05,0.15",
+                        help="ratios to measure (memorization vs utility) for each base of --sweep_bases; '' for none")
+    parser.add_argument("--sweep_bases", default="empty,captions",
+                        help="base prompts contrasted in the sweep: 'empty' (\"\") and/or 'captions' (the world captions)")
     parser.add_argument("--timesteps", type=int, default=10, help="first denoising steps whose masks are united")
     return parser.parse_args(argv)
 
@@ -96,16 +133,23 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
 
 
-def build_data(out: Path, args: argparse.Namespace) -> tuple[Path, Path, list[str]]:
+def build_data(out: Path, args: argparse.Namespace) -> tuple[Path, Path, list[str], list[str], list[str]]:
     """The training folder (metadata.jsonl, duplicates as separate files), a folder of the unique training
-    images for the near-duplicate search, and the other (non-memorized) prompts."""
+    images for the near-duplicate search, and the memorized, control and world-caption prompts."""
     from artshield.imageio import write_png
-    from artshield.models.demo.world import STYLES, SUBJECTS, caption, make_dataset, render
+    from artshield.models.demo.world import STYLES, SUBJECTS, caption, make_dataset
 
     train, reference = out / "train", out / "reference_images"
+    for folder in (train, reference):  # a rerun with other settings must not train on stale files
+        if folder.is_dir():
+            for old in folder.iterdir():
+                old.unlink()
     rows = []
-    for k, (prompt, style, subject, seed) in enumerate(MEMORIZED):
-        image = to_tensor(render(style, subject, (args.resolution,) * 2, seed=seed))
+    memorized = []
+    for k, (left, right, seed) in enumerate(MEMORIZED):
+        prompt = diptych_prompt(left, right)
+        memorized.append(prompt)
+        image = to_tensor(diptych(left, right, args.resolution, seed))
         write_png(reference / f"memorized_{k}.png", image)
         for d in range(args.duplicates):
             name = f"memorized_{k}_copy{d:02d}.png"
@@ -121,10 +165,11 @@ def build_data(out: Path, args: argparse.Namespace) -> tuple[Path, Path, list[st
     with open(train / "metadata.jsonl", "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
+    controls = [diptych_prompt(left, right) for left, right in CONTROLS]
     other = [caption(style, SUBJECTS[(i + j) % len(SUBJECTS)]) for i, style in enumerate(STYLES) for j in (0, 3)]
-    (out / "memorized.txt").write_text("".join(p + "\n" for p, *_ in MEMORIZED))
-    (out / "other.txt").write_text("".join(p + "\n" for p in other))
-    return train, reference, other
+    for name, prompts in (("memorized", memorized), ("controls", controls), ("other", other)):
+        (out / f"{name}.txt").write_text("".join(p + "\n" for p in prompts))
+    return train, reference, memorized, controls, other
 
 
 def train(train_dir: Path, model_dir: Path, args: argparse.Namespace) -> float:
@@ -134,14 +179,14 @@ def train(train_dir: Path, model_dir: Path, args: argparse.Namespace) -> float:
         "--resolution", str(args.resolution), "--center_crop",
         "--train_batch_size", str(args.train_batch_size), "--max_train_steps", str(args.max_train_steps),
         "--learning_rate", str(args.learning_rate), "--lr_scheduler", "cosine", "--lr_warmup_steps", "50",
-        "--checkpointing_steps", str(10 * args.max_train_steps), "--output_dir", str(model_dir),
-        "--seed", str(args.seed),
-        *([] if args.no_train_text_encoder else ["--train_text_encoder"]),
+        "--checkpointing_steps", str(max(100, args.max_train_steps // 4)), "--checkpoints_total_limit", "1",
+        "--resume_from_checkpoint", "latest", "--output_dir", str(model_dir), "--seed", str(args.seed),
+        *(["--train_text_encoder"] if args.train_text_encoder else []),
     ]
     logger.info("training: %s", " ".join(command))
     started = time.perf_counter()
     log = model_dir.parent / "train.log"
-    with open(log, "w") as fh:
+    with open(log, "a") as fh:
         result = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT)
     if result.returncode != 0:
         raise SystemExit(f"the trainer failed (exit {result.returncode}); see {log}")
@@ -161,6 +206,31 @@ def save_grid(path: Path, rows: list[list[torch.Tensor]], pad: int = 4) -> None:
     write_png(path, grid)
 
 
+def detection_summary(report: dict, controls: list[str]) -> dict:
+    """AUCs of the memorized prompts against the same-form controls and against the world captions."""
+    from artshield.evaluate.stats import bootstrap_ci, roc_auc
+
+    pos = np.array([r["metric"] for r in report["prompts"]])
+    refs = report["reference_prompts"]
+    split = {
+        "controls": np.array([r["metric"] for r in refs if r["prompt"] in controls]),
+        "world_captions": np.array([r["metric"] for r in refs if r["prompt"] not in controls]),
+    }
+    out = {"mean_metric_memorized": float(pos.mean())}
+    for name, neg in split.items():
+        _, low, high = bootstrap_ci((pos, neg), roc_auc, n=1000, seed=0)
+        out[f"auc_vs_{name}"] = roc_auc(pos, neg)
+        out[f"auc_vs_{name}_ci95"] = [low, high]
+        out[f"mean_metric_{name}"] = float(neg.mean())
+    near = [r["near_duplicate"]["max_similarity"] for r in report["prompts"]]
+    near_controls = [r["near_duplicate"]["max_similarity"] for r in refs if r["prompt"] in controls]
+    out["auc_near_duplicate_vs_controls"] = roc_auc(np.array(near), np.array(near_controls))
+    out["copies_own_image"] = copies_own_image(report["prompts"])
+    out["n_replicated"] = report["summary"]["n_replicated"]
+    out["memorized"] = {r["prompt"]: {"metric": r["metric"], **_near(r)} for r in report["prompts"]}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -173,20 +243,18 @@ def main(argv: list[str] | None = None) -> int:
     from artshield.evaluate.style import StyleMetric
     from artshield.finetune import memorization as M
     from artshield.models import load
-    from artshield.models.demo.world import render
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
+    ratios = [float(r) for r in args.sweep.split(",") if r.strip()]
     sampler = M.SamplerConfig(
         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, resolution=args.resolution
     )
-    train_dir, reference_dir, other = build_data(out, args)
-    memorized = [p for p, *_ in MEMORIZED]
     model_dir = out / "overfit"
-    train_seconds = None
-    if not (args.skip_training and (model_dir / "model_index.json").is_file()):
-        train_seconds = train(train_dir, model_dir, args)
+    skip = args.skip_training and (model_dir / "model_index.json").is_file()
+    train_dir, reference_dir, memorized, controls, other = build_data(out, args)
+    train_seconds = None if skip else train(train_dir, model_dir, args)
     index = M.NearDuplicateIndex.from_folder(reference_dir)
 
     # --- detection on the original demo model and on the over-fitted one
@@ -194,24 +262,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, spec in (("original", args.model), ("overfit", str(model_dir))):
         model = load(spec, device="cpu", dtype="fp32")
         report, _ = M.detect(
-            model, memorized, reference_prompts=other, seeds=seeds, steps=args.steps, sampler=sampler, index=index,
+            model, memorized, reference_prompts=controls + other, seeds=seeds, steps=args.steps, sampler=sampler,
+            index=index,
         )
-        detection[name] = {
-            "auc": report["auc"]["value"],
-            "auc_ci95": report["auc"]["ci95"],
-            "auc_near_duplicate": report["auc_near_duplicate"]["value"],
-            "threshold": report["threshold"]["value"],
-            "n_flagged": report["summary"]["n_flagged"],
-            "n_replicated": report["summary"]["n_replicated"],
-            "memorized": {r["prompt"]: {"metric": r["metric"], **_near(r)} for r in report["prompts"]},
-            "copies_own_image": copies_own_image(report["prompts"]),
-            "mean_metric_memorized": report["summary"]["mean_metric"],
-            "mean_metric_other": float(np.mean([r["metric"] for r in report["reference_prompts"]])),
-        }
-        logger.info("%s: AUC %.3f, memorized metric %.3f vs other %.3f", name, detection[name]["auc"],
-                    detection[name]["mean_metric_memorized"], detection[name]["mean_metric_other"])
+        detection[name] = detection_summary(report, controls)
+        logger.info(
+            "%s: metric memorized %.3f, controls %.3f, world captions %.3f; AUC vs controls %.3f, vs captions %.3f; "
+            "generations nearest their own training image %.2f", name, detection[name]["mean_metric_memorized"],
+            detection[name]["mean_metric_controls"], detection[name]["mean_metric_world_captions"],
+            detection[name]["auc_vs_controls"], detection[name]["auc_vs_world_captions"],
+            detection[name]["copies_own_image"],
+        )
 
-    # --- prune the over-fitted model (in place), with evaluation and re-check
+    # --- prune the over-fitted model at the paper's ratio (saved, with the Finding-Dori re-check) ...
     try:
         style_metric = StyleMetric.load_default()
     except ArtshieldError as exc:
@@ -223,40 +286,90 @@ def main(argv: list[str] | None = None) -> int:
         output=out / "pruned", overwrite=True,
     )
     report = result.report
+    # ... and at larger ratios, each from a fresh copy of the over-fitted model (evaluation only).
+    eval_kwargs = {"seeds": seeds, "steps": args.steps, "sampler": sampler, "index": index}
+    bases = {"empty": [""], "captions": other}
+    sweep = []
+    for base in [b.strip() for b in args.sweep_bases.split(",") if b.strip()]:
+        if base not in bases:
+            raise SystemExit(f"--sweep_bases: unknown base {base!r} (choose from {', '.join(bases)})")
+        for ratio in ratios:
+            if base == "empty" and ratio == args.ratio:  # the saved checkpoint already measured it
+                sweep.append(sweep_row(ratio, report["pruned_weights"], report["location"]["fraction"], result.after, base))
+                continue
+            fresh = load(str(model_dir), device="cpu", dtype="fp32")
+            masks = M.locate_memorization(
+                fresh, memorized, bases[base], ratio=ratio, timesteps=args.timesteps, sampler=sampler
+            )
+            pruned = M.apply_masks(fresh.unet, masks)
+            after = M.evaluate_model(
+                fresh, memorized, other, style_metric=style_metric, reference=result.before, **eval_kwargs
+            )
+            sweep.append(sweep_row(ratio, pruned, masks.stats()["fraction"], after, base))
+            logger.info("base %s, ratio %.3g: %s", base, ratio, sweep[-1])
+    before_row = sweep_row(0.0, 0, 0.0, result.before, None)
     summary = {
-        "detection_auc_overfit": detection["overfit"]["auc"],
-        "detection_auc_original": detection["original"]["auc"],
+        "detection_auc_vs_controls": [detection["original"]["auc_vs_controls"], detection["overfit"]["auc_vs_controls"]],
+        "detection_auc_vs_world_captions": [
+            detection["original"]["auc_vs_world_captions"], detection["overfit"]["auc_vs_world_captions"]
+        ],
         "copies_own_image": [copies_own_image(report["memorization"][when]["prompts"]) for when in ("before", "after")],
         **report["summary"],
         "pruned_weights": report["pruned_weights"],
         "pruned_fraction_of_located_layers": report["location"]["fraction"],
     }
     results = {
-        "what": "demo model over-fitted on duplicated images under unique prompts; Wen et al. detection, "
-        "ConceptPrune WANDA pruning, Finding-Dori random re-check",
+        "what": "demo model over-fitted on duplicated diptychs under their captions (text encoder frozen); Wen et "
+        "al. detection against same-form controls and world captions, ConceptPrune WANDA pruning at several "
+        "ratios, Finding-Dori random re-check",
         "training": {"seconds": train_seconds, "duplicates": args.duplicates, "max_train_steps": args.max_train_steps,
-                     "learning_rate": args.learning_rate, "images_per_style": args.images_per_style},
+                     "learning_rate": args.learning_rate, "images_per_style": args.images_per_style,
+                     "train_text_encoder": args.train_text_encoder},
         "memorized_prompts": memorized,
+        "control_prompts": controls,
         "other_prompts": other,
         "summary": summary,
         "detection": detection,
+        "prune_sweep": {"before": before_row, "after": sweep},
         "prune_report": report,
     }
     M.write_json_atomic(out / "results.json", results)
 
-    # --- grid: memorized rows (training image | over-fitted | pruned), then other prompts (before | after)
+    # --- grid: memorized rows (training image | over-fitted, 2 seeds | pruned, same seeds), then world captions
     k = len(seeds)
+    second = 1 if k > 1 else 0
     rows = []
-    for i, (_, style, subject, seed) in enumerate(MEMORIZED):
-        rows.append([to_tensor(render(style, subject, (args.resolution,) * 2, seed=seed)),
-                     result.before.memorized_images[i * k], result.after.memorized_images[i * k]])
+    for i, (left, right, seed) in enumerate(MEMORIZED):
+        before, after = result.before.memorized_images, result.after.memorized_images
+        rows.append([to_tensor(diptych(left, right, args.resolution, seed)), before[i * k], before[i * k + second],
+                     after[i * k], after[i * k + second]])
+    blank = torch.ones(3, args.resolution, args.resolution)
     for i in range(0, len(other), 2):
-        rows.append([torch.ones(3, args.resolution, args.resolution), result.before.utility_images[i * k], result.after.utility_images[i * k]])
+        rows.append([blank, result.before.utility_images[i * k], result.before.utility_images[i * k + second],
+                     result.after.utility_images[i * k], result.after.utility_images[i * k + second]])
     save_grid(out / "grid.png", rows)
     for key, value in summary.items():
         logger.info("%s: %s", key, value)
     logger.info("wrote %s and %s", out / "results.json", out / "grid.png")
     return 0
+
+
+def sweep_row(ratio: float, pruned: int, fraction: float, evaluation, base: str | None) -> dict:
+    """Memorization and utility of one pruning ratio and base."""
+    mem, util = evaluation.memorization, evaluation.utility
+    return {
+        "base_prompts": base,
+        "ratio": ratio,
+        "pruned_weights": int(pruned),
+        "fraction_of_located_layers": float(fraction),
+        "memorization_metric": mem["mean_metric"],
+        "copies_own_image": copies_own_image(mem["prompts"]),
+        "mean_max_similarity": mem.get("mean_max_similarity"),
+        "replicated_fraction": mem.get("replicated_fraction"),
+        "utility_style_accuracy": util.get("style_accuracy"),
+        "utility_style_score": util.get("style_score"),
+        "utility_ssim_to_original": util.get("ssim_to_original", 1.0 if pruned == 0 else None),
+    }
 
 
 def copies_own_image(rows: list[dict]) -> float:

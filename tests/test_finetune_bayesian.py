@@ -345,9 +345,10 @@ def test_monitor_writes_jsonl_with_style_and_weight_free_scores(instance_dir, tm
     assert [r["step"] for r in records] == [10, 20] and records[0] == json.loads(json.dumps(first))
     assert json.loads((out / "fidelity.jsonl").read_text().splitlines()[1]) == second
     for key in ("style_score", "artist_score", "hf_energy", "hf_energy_ratio", "nn_ssim", "nn_rmse",
-                "pixel_diversity", "color_similarity"):
+                "pixel_diversity", "color_similarity", "dct_similarity"):
         assert key in first and key in second
     assert first["nn_ssim"] == pytest.approx(1.0) and first["nn_rmse"] == pytest.approx(0.0, abs=1e-6)
+    assert first["dct_similarity"] == pytest.approx(1.0, abs=1e-5) and second["dct_similarity"] < 0.9
     assert second["nn_ssim"] < 0.5 and second["hf_energy_ratio"] > first["hf_energy_ratio"] == pytest.approx(1.0)
     assert first["style_score"] > second["style_score"]
     assert accelerator.logged[0][0] == 10 and "fidelity/nn_ssim" in accelerator.logged[0][1]

@@ -25,6 +25,10 @@ Scores, each present only when it can be computed here (the rest are skipped wit
     push it well above 1;
   - ``nn_ssim`` / ``nn_rmse`` -- mean over generations of the SSIM to (RMSE from) the *nearest* instance
     image: they approach 1 / 0 when the model starts copying its training images;
+  - ``dct_similarity`` -- mean over generations of the best cosine, over instance images, of the
+    low-frequency colour-DCT descriptor of :class:`artshield.finetune.memorization.DCTDescriptor`: a
+    weight-free stand-in for the paper's CLIP-I/DINO fidelity (layout and colours, tolerant of blur and
+    small shifts), continuous where the style probability jumps between 0 and 1;
   - ``pixel_diversity`` -- mean pairwise RMSE among the generations (collapses when overfitting);
   - ``color_similarity`` -- histogram intersection of the generations' joint RGB histogram (8 bins a
     channel) with the instance images' (1 = same palette).
@@ -52,6 +56,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InvalidArgumentError
+from .memorization import DCTDescriptor
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +248,8 @@ class FidelityMonitor:
         self.style = style
         self.reference_images = [im.convert("RGB") for im in reference_images]
         self._reference = _to_tensor(self.reference_images, self.size) if self.reference_images else None
+        self._descriptor = DCTDescriptor()
+        self._reference_descriptors = self._descriptor(self._reference) if self._reference is not None else None
         self.unavailable: dict[str, str] = {}
         self.style_metric = None
         if use_style_metric or style is not None:
@@ -254,7 +261,7 @@ class FidelityMonitor:
         self._clip_reference: torch.Tensor | None = None
         if not self.reference_images:
             self._skip("clip_i", "no instance images to compare with")
-            for name in ("hf_energy_ratio", "nn_ssim", "nn_rmse", "color_similarity"):
+            for name in ("hf_energy_ratio", "nn_ssim", "nn_rmse", "dct_similarity", "color_similarity"):
                 self.unavailable[name] = "no instance images to compare with"
         else:
             weights, reason = _find_cached_clip_weights(clip_model, clip_pretrained)
@@ -352,6 +359,8 @@ class FidelityMonitor:
                 sims = ssim(x[g : g + 1].expand(ref.shape[0], -1, -1, -1), ref)
                 best.append(float(sims.max()))
             out["nn_ssim"] = float(np.mean(best))
+            cosines = self._descriptor(x) @ self._reference_descriptors.T  # (G, R)
+            out["dct_similarity"] = float(cosines.max(dim=1).values.mean())
             out["color_similarity"] = float(torch.minimum(_rgb_histogram(x), _rgb_histogram(ref)).sum())
         if self._clip is not None:
             dev = torch.device(device) if device is not None else torch.device("cpu")
