@@ -1,6 +1,6 @@
 """Memorization end to end on the demo model: over-fit, detect, prune, re-check.
 
-    python examples/memorization_demo.py                        # train (~15 min on one CPU core), then audit
+    python examples/memorization_demo.py                        # train (~14 min on one CPU core), audit (~7 min)
     python examples/memorization_demo.py --skip_training        # reuse the over-fitted model of a previous run
 
 1. **Over-fit on purpose.** Six "artworks" -- diptychs that put two world subjects in two styles side by
