@@ -60,7 +60,7 @@ PLOTTED = {
 }
 MODES = ("plain", "bayesian")
 COLOURS = {"plain": (31, 119, 180), "bayesian": (214, 39, 40)}
-#: (instance prompt, default learning rate of DreamBooth/full; LoRA uses 1e-3) per target.
+#: The instance (and validation) prompt of each target.
 TARGETS = {
     "subject": "a sks house in watercolor style",
     "artist": "a painting in velmora style",

@@ -76,6 +76,8 @@ CONTROLS = [
     (("pixelart", "circle"), ("neon", "house")),
     (("mosaic", "square"), ("watercolor", "circle")),
 ]
+#: Base prompts the pruning sweep can contrast the memorized prompts with.
+SWEEP_BASES = ("empty", "captions")
 
 
 def diptych_prompt(left: tuple[str, str], right: tuple[str, str]) -> str:
@@ -115,7 +117,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep_bases", default="empty,captions",
                         help="base prompts contrasted in the sweep: 'empty' (\"\") and/or 'captions' (the world captions)")
     parser.add_argument("--timesteps", type=int, default=10, help="first denoising steps whose masks are united")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Checked here, not after minutes of training: a typo must not cost the run.
+    try:
+        args.sweep = [float(r) for r in args.sweep.split(",") if r.strip()]
+    except ValueError:
+        parser.error(f"--sweep must be comma-separated numbers, not {args.sweep!r}")
+    args.sweep_bases = [b.strip() for b in args.sweep_bases.split(",") if b.strip()]
+    unknown = [b for b in args.sweep_bases if b not in SWEEP_BASES]
+    if unknown:
+        parser.error(f"--sweep_bases: unknown base {unknown[0]!r} (choose from {', '.join(SWEEP_BASES)})")
+    return args
 
 
 def prerequisites(model: str) -> str | None:
@@ -247,7 +259,6 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     seeds = [int(s) for s in args.seeds.split(",")]
-    ratios = [float(r) for r in args.sweep.split(",") if r.strip()]
     sampler = M.SamplerConfig(
         num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale, resolution=args.resolution
     )
@@ -290,10 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_kwargs = {"seeds": seeds, "steps": args.steps, "sampler": sampler, "index": index}
     bases = {"empty": [""], "captions": other}
     sweep = []
-    for base in [b.strip() for b in args.sweep_bases.split(",") if b.strip()]:
-        if base not in bases:
-            raise SystemExit(f"--sweep_bases: unknown base {base!r} (choose from {', '.join(bases)})")
-        for ratio in ratios:
+    for base in args.sweep_bases:
+        for ratio in args.sweep:
             if base == "empty" and ratio == args.ratio:  # the saved checkpoint already measured it
                 sweep.append(sweep_row(ratio, report["pruned_weights"], report["location"]["fraction"], result.after, base))
                 continue

@@ -73,6 +73,16 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def log_progress(phase: str, step: int, total: int, losses: list[float], start: float, what: str = "loss") -> None:
+    """Every 50 steps and at the last: the mean of the last 50 losses, time per step and the time left."""
+    done = step + 1
+    if done % 50 and done != total:
+        return
+    per_step = (time.time() - start) / done
+    log(f"{phase} step {done}/{total} {what} {np.mean(losses[-50:]):.4f} "
+        f"({per_step:.2f} s/step, eta {per_step * (total - done):.0f} s)")
+
+
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
@@ -135,10 +145,7 @@ def train_vae(vae, images: torch.Tensor, args, generator: torch.Generator) -> li
         optimizer.step()
         schedule.step()
         losses.append(float(recon.detach()))
-        if (step + 1) % 50 == 0 or step + 1 == args.vae_steps:
-            elapsed = time.time() - start
-            log(f"vae step {step + 1}/{args.vae_steps} recon {np.mean(losses[-50:]):.4f} "
-                f"({elapsed / (step + 1):.2f} s/step, eta {elapsed / (step + 1) * (args.vae_steps - step - 1):.0f} s)")
+        log_progress("vae", step, args.vae_steps, losses, start, what="recon")
     vae.eval().requires_grad_(False)
     return losses
 
@@ -183,10 +190,7 @@ def train_unet(model, means, stds, captions: list[str], args, generator: torch.G
         schedule.step()
         ema.step(params)
         losses.append(float(loss.detach()))
-        if (step + 1) % 50 == 0 or step + 1 == args.unet_steps:
-            elapsed = time.time() - start
-            log(f"unet step {step + 1}/{args.unet_steps} loss {np.mean(losses[-50:]):.4f} "
-                f"({elapsed / (step + 1):.2f} s/step, eta {elapsed / (step + 1) * (args.unet_steps - step - 1):.0f} s)")
+        log_progress("unet", step, args.unet_steps, losses, start)
     if args.unet_steps:
         ema.copy_to(params)
     for module in (model.unet, model.text_encoder):

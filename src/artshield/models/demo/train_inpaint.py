@@ -72,6 +72,7 @@ from .train import (
     environment_info,
     folder_size,
     log,
+    log_progress,
     round_to_fp16,
     run_script,
     save_grid,
@@ -278,10 +279,7 @@ def train_inpaint_unet(model, data: dict, args, generator: torch.Generator) -> l
         schedule.step()
         ema.step(params)
         losses.append(float(loss.detach()))
-        if (step + 1) % 50 == 0 or step + 1 == args.steps:
-            elapsed = time.time() - start
-            log(f"inpaint unet step {step + 1}/{args.steps} loss {np.mean(losses[-50:]):.4f} "
-                f"({elapsed / (step + 1):.2f} s/step, eta {elapsed / (step + 1) * (args.steps - step - 1):.0f} s)")
+        log_progress("inpaint unet", step, args.steps, losses, start)
     if args.steps:
         ema.copy_to(params)
     unet.eval().requires_grad_(False)
