@@ -42,13 +42,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from artshield.evaluate.stats import bootstrap_ci
-from artshield.evaluate.style import StyleMetric
 from artshield.finetune.train import parse_args as trainer_args
 from artshield.finetune.train import train
 from artshield.imageio import write_png
 from artshield.models import load
+from artshield.models.demo.style import StyleMetric
 from artshield.models.demo.world import ARTIST_STYLE, caption, make_dataset
+from artshield.stats import bootstrap_ci
 
 logger = logging.getLogger("lora_artist_mimicry")
 

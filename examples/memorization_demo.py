@@ -220,7 +220,7 @@ def save_grid(path: Path, rows: list[list[torch.Tensor]], pad: int = 4) -> None:
 
 def detection_summary(report: dict, controls: list[str]) -> dict:
     """AUCs of the memorized prompts against the same-form controls and against the world captions."""
-    from artshield.evaluate.stats import bootstrap_ci, roc_auc
+    from artshield.stats import bootstrap_ci, roc_auc
 
     pos = np.array([r["metric"] for r in report["prompts"]])
     refs = report["reference_prompts"]
@@ -252,9 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.manual_seed(args.seed)
     from artshield.errors import ArtshieldError
-    from artshield.evaluate.style import StyleMetric
     from artshield.finetune import memorization as M
     from artshield.models import load
+    from artshield.models.demo.style import StyleMetric
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ def test_training_info_records_how_the_weights_were_made(trained_tiny):
 
 
 def test_training_output_includes_a_working_style_metric(trained_tiny):
-    from artshield.evaluate.style import StyleMetric
+    from artshield.models.demo.style import StyleMetric
 
     out, _ = trained_tiny
     metric = StyleMetric.load(out / "style_metric")

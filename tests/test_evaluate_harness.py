@@ -26,9 +26,9 @@ from artshield.evaluate.mimicry import (
     crop_to_multiple,
     default_masks,
 )
-from artshield.evaluate.style import StyleMetric
 from artshield.imageio import write_png
 from artshield.models import load
+from artshield.models.demo.style import StyleMetric
 from artshield.models.demo.world import make_dataset
 
 

@@ -1,4 +1,4 @@
-"""artshield.evaluate.metrics: SSIM matches scikit-image, PSNR known values, LPIPS degrades cleanly."""
+"""artshield.metrics: SSIM matches scikit-image, PSNR known values, LPIPS degrades cleanly."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from skimage.metrics import structural_similarity
 
+from artshield import metrics
 from artshield.errors import InvalidArgumentError
-from artshield.evaluate import metrics
-from artshield.evaluate.metrics import (
+from artshield.metrics import (
     available_metrics,
     clear_lpips_cache,
     finite_psnr,
@@ -120,7 +120,7 @@ def test_linf_l2() -> None:
 
 def test_lpips_offline_returns_none_with_one_message(offline_lpips, caplog) -> None:
     a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
-    with caplog.at_level(logging.WARNING, logger="artshield.evaluate.metrics"):
+    with caplog.at_level(logging.WARNING, logger="artshield.metrics"):
         assert lpips_distance(a, b) is None
         assert lpips_distance(a, b) is None
     messages = [r.getMessage() for r in caplog.records if "LPIPS" in r.getMessage()]

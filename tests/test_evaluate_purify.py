@@ -284,7 +284,7 @@ def test_impress_runs_on_the_engine(tiny_model, images, monkeypatch):
 
 
 def test_impress_defaults_and_lpips_fallback(tiny_model, monkeypatch, caplog):
-    from artshield.evaluate.metrics import lpips_unavailable_reason
+    from artshield.metrics import lpips_unavailable_reason
 
     impress = Impress(tiny_model)
     assert (impress.steps, impress.lr, impress.alpha, impress.delta, impress.start_noise) == (Impress.CPU_STEPS, 0.005, 0.1, 0.1, 0.05)

@@ -322,7 +322,7 @@ class _FakeAccelerator:
 
 
 def test_monitor_writes_jsonl_with_style_and_weight_free_scores(instance_dir, tmp_path, monkeypatch):
-    from artshield.evaluate.style import StyleMetric
+    from artshield.models.demo.style import StyleMetric
     from artshield.models.demo.world import ALL_STYLES, make_dataset
 
     images, _, labels = make_dataset(2, ALL_STYLES, size=(32, 32))
@@ -355,7 +355,7 @@ def test_monitor_writes_jsonl_with_style_and_weight_free_scores(instance_dir, tm
 
 
 def test_monitor_skips_missing_optional_metrics(tmp_path, monkeypatch, caplog):
-    from artshield.evaluate.style import StyleMetric
+    from artshield.models.demo.style import StyleMetric
 
     def missing(cls):
         raise ModelNotFoundError("the demo style metric is missing from /nowhere")

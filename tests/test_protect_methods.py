@@ -16,6 +16,7 @@ from PIL import Image
 
 from artshield.engine import norm_of
 from artshield.errors import InvalidArgumentError, MaskError
+from artshield.masks import centre_ellipse_mask, contour_shrink, distance_to_editable
 from artshield.models import load
 from artshield.protect import (
     ALIASES,
@@ -32,7 +33,6 @@ from artshield.protect import surrogate as surrogate_module
 from artshield.protect.assets.make_target import make_pattern
 from artshield.protect.base import _ConditionedObjective
 from artshield.protect.cli import main as protect_main
-from artshield.protect.masks import centre_ellipse_mask, contour_shrink, distance_to_editable
 from artshield.protect.targets import PATTERN_PATH
 
 INPAINTING = {"diffusionguard", "photoguard-diffusion"}  # tested on the inpainting model (their setting)

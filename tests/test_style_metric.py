@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from artshield.errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError
-from artshield.evaluate.stats import average_ranks, bootstrap_ci, roc_auc
-from artshield.evaluate.style import FEATURE_NAMES, StyleMetric, image_features
+from artshield.models.demo.style import FEATURE_NAMES, StyleMetric, image_features
 from artshield.models.demo.world import ALL_STYLES, ARTIST_STYLE, make_dataset, render
+from artshield.stats import average_ranks, bootstrap_ci, roc_auc
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:

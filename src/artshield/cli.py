@@ -37,6 +37,12 @@ def _memorization(argv: list[str]) -> int:
     return memorization_main(argv)
 
 
+def _finetune(argv: list[str]) -> int:
+    from .finetune.train import main as train_main
+
+    return train_main(argv)
+
+
 def _evaluate(argv: list[str]) -> int:
     from .evaluate.cli import main as evaluate_main
 
@@ -51,6 +57,7 @@ def _purify(argv: list[str]) -> int:
 
 COMMANDS = {
     "protect": ("protect an image or a folder (same as the `protect` command)", None),
+    "finetune": ("fine-tune with LoRA, DreamBooth or full training (as `accelerate launch -m artshield.finetune.train`)", _finetune),
     "memorization": ("detect memorized prompts and prune the memorization subspace", _memorization),
     "purify": ("apply a purification attack (jpeg, resize, noise, diffpure, impress, ...) to a folder", _purify),
     "evaluate": ("run mimicry (LoRA, SDEdit, inpainting) on clean vs protected+purified images; JSON + HTML report", _evaluate),

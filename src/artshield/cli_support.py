@@ -8,14 +8,83 @@ keeps its traceback.
 
 from __future__ import annotations
 
+import argparse
 import logging
+import math
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .errors import ArtshieldError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+#: Names ``--dtype`` accepts (the model layer maps them to torch dtypes).
+DTYPE_CHOICES = ("auto", "fp32", "float32", "fp16", "float16", "half", "bf16", "bfloat16")
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``<prog>: error: <message> (see <prog> --help)``, exit status 2,
+    like every other user error (no usage block). Sub-parsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind: type, text: str):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a {'whole ' if kind is int else ''}number, not {text!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
+    return value
+
+
+def bounded(kind: type = int, minimum: float | None = None, maximum: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type=`` that accepts a finite int/float within [minimum, maximum], checked at parse time
+    (before any model loads)."""
+
+    def parse(text: str):
+        value = _number(kind, text)
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, not {text}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, not {text}")
+        return value
+
+    parse.__name__ = f"{kind.__name__} in [{minimum}, {maximum}]"
+    return parse
+
+
+positive_int = bounded(int, 1)
+non_negative_int = bounded(int, 0)
+finite_float = bounded(float)
+positive_float = bounded(float, 1e-300)
+
+
+def device_name(text: str) -> str:
+    """``--device``: auto, cpu, cuda, cuda:N or mps (checked before anything loads)."""
+    if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text.strip().lower()):
+        return text.strip().lower()
+    raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda, cuda:N or mps, not {text!r}")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str, default: str | None = "demo") -> None:
+    """``--model``, ``--device`` and ``--dtype``, the same in every command that loads a diffusion model."""
+    parser.add_argument("--model", default=default, help=model_help)
+    parser.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, metavar="{auto,fp32,fp16,bf16}",
+                        help="the model weights' precision (default auto: fp32 on CPU, bf16/fp16 on GPUs)")
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, version: str) -> None:
+    """``--seed``, ``-q``, ``-v`` and ``--version``, the same in every command."""
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0: reruns are identical)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    parser.add_argument("--version", action="version", version=f"artshield {version}")
 
 
 def configure_logging(prog: str, verbose: bool) -> None:
@@ -23,7 +92,7 @@ def configure_logging(prog: str, verbose: bool) -> None:
     printed (reports carry those reasons in their notes)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=f"{prog}: %(message)s")
     if not verbose:
-        for name in ("artshield.evaluate.metrics", "artshield.evaluate.clip_score"):
+        for name in ("artshield.metrics", "artshield.evaluate.clip_score"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
@@ -32,11 +101,49 @@ def run_command(prog: str, body: Callable[[], int], kept_on_interrupt: str) -> i
     try:
         return body()
     except ArtshieldError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {kept_on_interrupt}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
-__all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "configure_logging", "run_command"]
+def run_cli(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    body: Callable[[argparse.Namespace], int],
+    kept_on_interrupt: str = "nothing half-written was left.",
+) -> int:
+    """The whole life of a command: parse `argv` (one-line errors), set up logging (``args.verbose``), run
+    ``body(args)``; a user error or Ctrl-C at any point, start-up included, is one line on stderr."""
+    try:
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {kept_on_interrupt}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    configure_logging(prog, getattr(args, "verbose", False))
+    return run_command(prog, lambda: body(args), kept_on_interrupt)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+__all__ = [
+    "DTYPE_CHOICES",
+    "EXIT_INTERRUPTED",
+    "EXIT_USER_ERROR",
+    "ArgumentParser",
+    "add_common_arguments",
+    "add_model_arguments",
+    "bounded",
+    "configure_logging",
+    "device_name",
+    "finite_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "run_cli",
+    "run_command",
+]

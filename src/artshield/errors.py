@@ -20,8 +20,12 @@ class ImageReadError(ArtshieldError):
     """An input image is missing, unreadable, or of a kind artshield cannot protect."""
 
 
-class ImageWriteError(ArtshieldError):
-    """An output could not be written (or would overwrite an original)."""
+class OutputWriteError(ArtshieldError):
+    """An output (image, report, folder, checkpoint) could not be written, or would replace an input."""
+
+
+#: The name this error had when only images were written; kept so existing ``except`` clauses still work.
+ImageWriteError = OutputWriteError
 
 
 class MaskError(ArtshieldError):
@@ -46,3 +50,7 @@ class UntrustedCheckpointError(ModelLoadError):
 
 class ObjectiveError(ArtshieldError):
     """An objective handed to the engine broke its contract (shape, finiteness, autograd graph)."""
+
+
+class DependencyError(ArtshieldError):
+    """Installed packages do not work together (e.g. a transformers release that needs a newer peft)."""

@@ -32,11 +32,10 @@ import io
 import logging
 import os
 import struct
-import tempfile
 import threading
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Union
@@ -46,6 +45,7 @@ import torch
 from PIL import Image, ImageOps, PngImagePlugin
 
 from .errors import ArtshieldError, ImageReadError, ImageWriteError, InvalidArgumentError
+from .fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -599,7 +599,7 @@ def write_png(
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ImageWriteError(f"{dest}: cannot create the folder {dest.parent} ({exc.strerror or exc}).") from exc
-    _atomic_write(dest, writer)
+    atomic_write(dest, writer, what="image")
     return dest
 
 
@@ -664,66 +664,13 @@ def _encode_png16(q: np.ndarray, text_items: list[tuple[str, str]], icc_profile:
     return b"".join(out)
 
 
-def _default_file_mode() -> int:
-    """0o666 minus the process umask, read without changing it (os.umask would race other threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o644
+def read_mask(path: PathLike) -> torch.Tensor:
+    """A mask image as a (1, 1, H, W) float tensor in [0, 1]: **white = the region an editor may repaint**
+    (left unprotected), black = protected. Colours are averaged; transparent pixels count as black."""
+    loaded = read_image(path)
+    mask = loaded.rgb.mean(dim=1, keepdim=True)
+    return mask * loaded.alpha if loaded.alpha is not None else mask
 
-
-def _atomic_write(dest: Path, writer: Callable[[IO[bytes]], None]) -> None:
-    """Write through ``writer`` to a temporary file beside ``dest``, fsync, then rename over ``dest``.
-
-    On any failure (including KeyboardInterrupt) the temporary file is removed and ``dest`` is untouched.
-    """
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    except OSError as exc:
-        raise ImageWriteError(f"{dest}: cannot create a file in {dest.parent} ({exc.strerror or exc}).") from exc
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        # mkstemp creates 0600 files; give the output the permissions a normal new file would have (or
-        # those of the file it replaces).
-        try:
-            mode = dest.stat().st_mode & 0o7777 if dest.exists() else _default_file_mode()
-            os.chmod(tmp, mode)
-        except OSError:
-            pass
-        os.replace(tmp, dest)
-    except BaseException as exc:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError:
-            logger.warning("could not remove the temporary file %s", tmp)
-        if isinstance(exc, OSError):
-            raise ImageWriteError(f"{dest}: could not write the image ({exc.strerror or exc}).") from exc
-        raise
-    _fsync_dir(dest.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (POSIX); best effort, silently skipped where directories can't be opened."""
-    try:
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -818,6 +765,7 @@ __all__ = [
     "iter_images",
     "quantize",
     "read_image",
+    "read_mask",
     "to_pil",
     "write_png",
 ]

@@ -75,6 +75,7 @@ __all__ = [
     "quantization_tables",
     "default_robust_transforms",
     "transform_from_config",
+    "pad_to_multiple",
     "parse_transforms",
     "TRANSFORMS",
 ]
@@ -276,12 +277,19 @@ def _from_blocks(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 1, 2, 4, 3, 5).reshape(b, c, nh * 8, nw * 8)
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    # libjpeg extends partial MCUs by replicating the last row/column; do the same so the blocks on
-    # the right/bottom edge are coded as a real encoder codes them.
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+def pad_to_multiple(images: torch.Tensor, multiple: int, mode: str = "reflect") -> torch.Tensor:
+    """Pad H and W (at the bottom and right) up to a multiple of `multiple`.
+
+    ``mode="reflect"`` (falling back to replication when a side is too small to reflect) is what models
+    see; ``mode="replicate"`` is what libjpeg does to partial MCUs, so the edge blocks are coded as a real
+    encoder codes them."""
+    height, width = images.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if pad_h == 0 and pad_w == 0:
+        return images
+    if mode == "reflect" and not (pad_h < height and pad_w < width):
+        mode = "replicate"
+    return F.pad(images, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def _round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -391,12 +399,12 @@ class DiffJPEG(_BaseTransform):
 
         x = images * 255.0
         if c == 1:
-            y = code(_pad_to_multiple(x, 8) - 128.0, luma_q) + 128.0
+            y = code(pad_to_multiple(x, 8, mode="replicate") - 128.0, luma_q) + 128.0
             out = y.clamp(0.0, 255.0)[..., :h, :w]
         else:
             subsample = self.subsampling == "4:2:0"
             # 16x16 MCUs with 4:2:0: the 2x2-averaged chroma planes must also be whole 8x8 blocks.
-            ycc = _color_matrix(_RGB_TO_YCBCR, _pad_to_multiple(x, 16 if subsample else 8))
+            ycc = _color_matrix(_RGB_TO_YCBCR, pad_to_multiple(x, 16 if subsample else 8, mode="replicate"))
             # The encoder stores YCbCr as 8-bit samples. Rounding here (straight-through, so the
             # gradient is untouched) brings the output ~2.5 dB closer to libjpeg's; rounding at the
             # later integer stages of libjpeg made no measurable difference, so they are left out.

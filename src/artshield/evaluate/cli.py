@@ -90,7 +90,7 @@ def _protected_sets(values: list[str]) -> dict[str, str]:
 
 
 def _masks(folder: str, names: list[str]):
-    from ..protect.files import read_mask
+    from ..imageio import read_mask
 
     root = Path(folder).expanduser()
     masks = []
@@ -103,7 +103,7 @@ def _masks(folder: str, names: list[str]):
 
 
 def _style_metric(args):
-    from .style import StyleMetric
+    from ..models.demo.style import StyleMetric
 
     choice = args.style_metric or ("demo" if args.model in ("demo", "demo-inpaint") else "none")
     if choice == "none":

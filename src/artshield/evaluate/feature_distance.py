@@ -3,7 +3,7 @@
 FID compares Inception-v3 features of generated and reference images; Inception's weights cannot be
 downloaded here, and with the 8-50 images a mimicry evaluation produces, FID is badly biased anyway
 (Bińkowski et al., "Demystifying MMD GANs", ICLR 2018). So the harness reports, in the demo style metric's
-handcrafted colour-and-texture feature space (:func:`artshield.evaluate.style.image_features`, defined for
+handcrafted colour-and-texture feature space (:func:`artshield.models.demo.style.image_features`, defined for
 any image of at least 16 px, standardised by fixed statistics so distances are comparable across runs):
 
 * ``kid``: the kernel inception distance's estimator — the unbiased MMD² with the cubic polynomial kernel
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidArgumentError
-from .style import image_features
+from ..models.demo.style import image_features
 
 
 def features(images: torch.Tensor | list[torch.Tensor], mean: torch.Tensor | None = None,

@@ -44,11 +44,11 @@ import torch
 
 from .. import __version__
 from ..errors import ImageReadError, InvalidArgumentError
+from ..fileio import write_json_atomic
 from ..imageio import iter_images, quantize, read_image, write_png
-from ..protect.files import write_json_atomic
+from ..metrics import image_report, lpips_distance, lpips_unavailable_reason, psnr, ssim
 from . import feature_distance as fdist
 from .clip_score import clip_score, clip_unavailable_reason
-from .metrics import image_report, lpips_distance, lpips_unavailable_reason, psnr, ssim
 from .mimicry import Mimicry, MimicryOutput
 from .purify import Purification, get_purification, image_seed
 from .report import safe_name, write_report
@@ -385,7 +385,7 @@ class EvaluationSettings:
 
 def image_quality(sets: ImageSets) -> dict[str, Any]:
     """PSNR, SSIM, LPIPS and L∞ of every protected image against its clean original: per image and summarised."""
-    from .stats import bootstrap_ci
+    from ..stats import bootstrap_ci
 
     quality: dict[str, Any] = {}
     for label, images in sets.protected.items():

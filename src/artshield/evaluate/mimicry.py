@@ -254,7 +254,7 @@ class SDEditMimicry(Mimicry):
 def default_masks(height: int, width: int, count: int, seed: int) -> list[torch.Tensor]:
     """Inpainting masks (1, H, W), white = repainted: the outside of a centred ellipse (semi-axes 3/8 of the
     sides, DiffusionGuard's default), then seeded random rectangles covering 25-50 % of the image."""
-    from ..protect.masks import centre_ellipse_mask
+    from ..masks import centre_ellipse_mask
 
     masks = [centre_ellipse_mask(torch.zeros(1, 3, height, width))[0]]
     generator = torch.Generator().manual_seed(int(seed))

@@ -82,7 +82,7 @@ from ..cli_support import EXIT_INTERRUPTED, EXIT_USER_ERROR, configure_logging, 
 from ..engine import PerturbConfig, Perturber
 from ..engine import transforms as T
 from ..errors import ArtshieldError, ImageReadError, InvalidArgumentError
-from ..protect.files import write_json_atomic  # one atomic JSON writer for every report
+from ..fileio import write_json_atomic
 from .purify_diffusion import (
     UPSCALER_ALIASES,
     as_rgb,
@@ -687,7 +687,7 @@ class Impress(Purification):
         self.alpha = _number(alpha, "alpha", 0.0, 1e6)
         self.delta = _number(delta, "delta", 0.0, 1e6)
         self.start_noise = _number(start_noise, "start_noise", 0.0, 1.0)
-        from .metrics import LPIPS_BACKBONE_FILES, lpips_unavailable_reason
+        from ..metrics import LPIPS_BACKBONE_FILES, lpips_unavailable_reason
 
         if lpips_net not in LPIPS_BACKBONE_FILES:
             raise InvalidArgumentError(f"`lpips_net` must be one of {sorted(LPIPS_BACKBONE_FILES)}, but is {lpips_net!r}.")
@@ -732,13 +732,13 @@ class Impress(Purification):
 
     def _distance(self, images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         if self.perceptual == "lpips":
-            from .metrics import lpips_distance
+            from ..metrics import lpips_distance
 
             dist = lpips_distance(images, reference, net=self.lpips_net)
             if dist is None:  # weights vanished mid-run
                 raise InvalidArgumentError(f"LPIPS ({self.lpips_net}) became unavailable during IMPRESS.")
             return dist.float()
-        from .metrics import ssim
+        from ..metrics import ssim
 
         return 1.0 - ssim(images, reference)
 
@@ -940,7 +940,7 @@ def _output_names(sources: Sequence[Path]) -> list[str]:
 
 def _change_metrics(original: torch.Tensor, purified: torch.Tensor) -> dict[str, float | None]:
     """How far the purification moved the image: L-inf in grey levels, PSNR (capped) and SSIM (None if too small)."""
-    from .metrics import finite_psnr, linf, ssim
+    from ..metrics import finite_psnr, linf, ssim
 
     with torch.no_grad():
         a, b = original.double(), purified.double()

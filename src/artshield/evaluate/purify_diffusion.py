@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ..engine.transforms import pad_to_multiple
 from ..errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError
 from ..models.handle import randn_like
-from ..protect.tiling import pad_to_multiple  # one implementation for the whole toolkit
 
 logger = logging.getLogger(__name__)
 

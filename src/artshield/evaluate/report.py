@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..fileio import write_text_atomic
 from ..imageio import read_image, write_png
-from ..protect.files import write_text_atomic
 
 THUMB = 96  # thumbnail height in pixels
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22")

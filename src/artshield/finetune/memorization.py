@@ -43,7 +43,7 @@ perturbation; random directions are a cheaper and weaker probe, so a clean re-ch
 robustness.
 
 Utility before and after pruning is measured on other prompts: on the demo world with its style metric
-(:class:`artshield.evaluate.style.StyleMetric`) when the prompts are world captions; on any model by how
+(:class:`artshield.models.demo.style.StyleMetric`) when the prompts are world captions; on any model by how
 close the pruned model's generations stay to the original's at the same seeds (SSIM, PSNR, LPIPS when its
 weights exist), by the strength of text conditioning on those prompts, and by CLIP score when open_clip
 weights are given.
@@ -630,7 +630,7 @@ def detect(
     Returns:
         (report, images): images of `prompts` (prompt-major, seeds inner) when decoded, else None.
     """
-    from ..evaluate.stats import bootstrap_ci, roc_auc
+    from ..stats import bootstrap_ci, roc_auc
 
     check_text_to_image(model)
     sampler = sampler or SamplerConfig()
@@ -1206,7 +1206,7 @@ def evaluate_model(
     demo-world caption and `style_metric` is given; CLIP score with `clip`; and with `reference` (the
     evaluation before pruning, same seeds) SSIM / PSNR / LPIPS of each generation to the original one.
     """
-    from ..evaluate.metrics import finite_psnr, lpips_distance, ssim
+    from ..metrics import finite_psnr, lpips_distance, ssim
 
     seeds = check_seeds(seeds)
     mem_scores, mem_images = score_prompts(

@@ -297,7 +297,7 @@ def _prune(args: argparse.Namespace) -> int:
 
         candidates = utility if utility is not None else default_utility_prompts(model)
         if all(parse_world_caption(p) for p in candidates):
-            from ..evaluate.style import StyleMetric
+            from ..models.demo.style import StyleMetric
 
             try:
                 style_metric = StyleMetric.load_default()

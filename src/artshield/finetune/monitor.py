@@ -10,14 +10,14 @@ per validation: ``{"step": ..., "n_images": ..., <score>: ...}``) and to the acc
 
 Scores, each present only when it can be computed here (the rest are skipped with one logged reason):
 
-* ``style_score`` / ``artist_score`` -- the demo world's :class:`~artshield.evaluate.style.StyleMetric`:
+* ``style_score`` / ``artist_score`` -- the demo world's :class:`~artshield.models.demo.style.StyleMetric`:
   mean probability of the style named in the prompt / of the held-out artist style. Only for the demo model
   or a prompt that names a demo-world style (elsewhere its probabilities are meaningless).
 * ``clip_i`` -- mean CLIP image-embedding cosine between generations and the instance images (the paper's
   CLIP-I; ViT-B-32 ``openai`` through open_clip), when the weights are already in the local Hugging Face
   cache as safetensors. Nothing is downloaded; pickle checkpoints are not loaded.
 * ``lpips_diversity`` -- mean pairwise LPIPS among the generations (the paper's diversity measure), via
-  :func:`artshield.evaluate.metrics.lpips_distance`, when its backbone weights are present.
+  :func:`artshield.metrics.lpips_distance`, when its backbone weights are present.
 * Weight-free scores, always available (instance images needed for the relative ones):
 
   - ``hf_energy`` -- mean squared 3x3 Laplacian response of the luminance (fine-grain noise energy), and
@@ -274,7 +274,7 @@ class FidelityMonitor:
                     self._skip("clip_i", f"building CLIP {clip_model} from {weights} failed ({type(exc).__name__}: {exc})")
         self.use_lpips = False
         if use_lpips:
-            from ..evaluate.metrics import lpips_unavailable_reason
+            from ..metrics import lpips_unavailable_reason
 
             reason = lpips_unavailable_reason("alex")  # logs its own reason (with how to enable) once
             if reason is None:
@@ -291,7 +291,7 @@ class FidelityMonitor:
 
     def _load_style_metric(self, style: str | None) -> None:
         from ..errors import ModelLoadError
-        from ..evaluate.style import StyleMetric
+        from ..models.demo.style import StyleMetric
 
         try:
             self.style_metric = StyleMetric.load_default()
@@ -347,7 +347,7 @@ class FidelityMonitor:
         pairs = list(itertools.combinations(range(x.shape[0]), 2))
         out["pixel_diversity"] = _mean_pairwise([float((x[i] - x[j]).square().mean().sqrt()) for i, j in pairs])
         if self._reference is not None:
-            from ..evaluate.metrics import ssim
+            from ..metrics import ssim
 
             ref = self._reference
             ref_hf = float(high_frequency_energy(ref).mean())
@@ -369,7 +369,7 @@ class FidelityMonitor:
             gen = self._clip.embed(images, dev)
             out["clip_i"] = float((gen @ self._clip_reference.T).mean())
         if self.use_lpips and pairs:
-            from ..evaluate.metrics import lpips_distance
+            from ..metrics import lpips_distance
 
             a = torch.stack([x[i] for i, _ in pairs])
             b = torch.stack([x[j] for _, j in pairs])

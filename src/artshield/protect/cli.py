@@ -163,7 +163,9 @@ def _report_path(args, jobs) -> Path:
 
 
 def _protect_all(method, jobs, args, report, report_path, started) -> int:
-    from .files import fingerprint, protect_file, read_mask, run_settings, skip_reason, write_json_atomic
+    from ..fileio import write_json_atomic
+    from ..imageio import read_mask
+    from .files import fingerprint, protect_file, run_settings, skip_reason
 
     single = len(jobs) == 1 and Path(args.input).is_file()
     mask = read_mask(args.mask) if args.mask else None

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
+from ..masks import centre_ellipse_mask, contour_shrink, distance_to_editable
 from ..models import randn_like
 from .base import ProtectionMethod
-from .masks import centre_ellipse_mask, contour_shrink, distance_to_editable
 
 
 def ddim_scheduler(model):

@@ -7,18 +7,17 @@ settings in a PNG text chunk (``artshield``), which is also how already-protecte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..errors import ImageWriteError, InvalidArgumentError, MaskError
+from ..errors import InvalidArgumentError, MaskError
+from ..fileio import sha256_file
 from ..imageio import iter_images, read_image, write_png
 
 logger = logging.getLogger(__name__)
@@ -75,13 +74,8 @@ def plan_jobs(target: str | os.PathLike, output: str | os.PathLike | None = None
     return jobs, [(Path(p), reason) for p, reason in skipped]
 
 
-def fingerprint(path: Path) -> str:
-    """SHA-256 of a file's bytes (identifies the source an output was made from)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+#: SHA-256 of a file's bytes (identifies the source an output was made from).
+fingerprint = sha256_file
 
 
 def read_metadata(info: dict) -> dict | None:
@@ -113,14 +107,6 @@ def skip_reason(job: Job, settings: dict, source_hash: str, overwrite: bool) -> 
     return None
 
 
-def read_mask(path: str | os.PathLike) -> torch.Tensor:
-    """A mask image as a (1, 1, H, W) float tensor in [0, 1]: **white = the region an editor may repaint**
-    (left unprotected), black = protected. Colours are averaged; transparent pixels count as black."""
-    loaded = read_image(path)
-    mask = loaded.rgb.mean(dim=1, keepdim=True)
-    return mask * loaded.alpha if loaded.alpha is not None else mask
-
-
 def run_settings(method, mask_path: str | os.PathLike | None = None) -> dict:
     """What an output's metadata records as its settings: the method's config, plus the mask's SHA-256."""
     settings = method.config
@@ -140,7 +126,7 @@ def protect_file(
 ) -> dict:
     """Protect one file and return its report entry (sizes, budget, image metrics, objective, time).
     `mask` (from :func:`read_mask` of `mask_path`) must have the image's size."""
-    from ..evaluate.metrics import image_report
+    from ..metrics import image_report
 
     started = time.perf_counter()
     loaded = read_image(job.source)
@@ -192,27 +178,3 @@ def protect_file(
         "seconds": round(time.perf_counter() - started, 3),
     }
     return entry
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write text to a temporary file in the same folder, then rename it into place (no half-written files)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False,
-                                         encoding="utf-8")
-    try:
-        with handle:
-            handle.write(text)
-        os.replace(handle.name, path)
-    except OSError as exc:
-        Path(handle.name).unlink(missing_ok=True)
-        raise ImageWriteError(f"report {str(path)!r} could not be written: {exc}") from exc
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it into place."""
-    try:
-        text = json.dumps(data, indent=2, sort_keys=False, allow_nan=False) + "\n"
-    except ValueError as exc:
-        raise ImageWriteError(f"report {str(path)!r} could not be written: {exc}") from exc
-    write_text_atomic(path, text)

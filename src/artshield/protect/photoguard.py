@@ -16,10 +16,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ..masks import centre_ellipse_mask
 from ..models import randn_like
 from .base import ProtectionMethod
 from .diffusionguard import ddim_scheduler
-from .masks import centre_ellipse_mask
 from .targets import TargetImage
 
 

@@ -16,7 +16,7 @@ d. train the VAE (L1 + gradient-L1 reconstruction + a small KL) on random crops 
 e. cache the VAE posterior of every training image and train the UNet and the text encoder jointly
    with :meth:`DiffusionModel.training_loss` (10% of captions dropped to ``""`` so classifier-free
    guidance works), AdamW with warmup and cosine decay, plus an EMA of the weights;
-f. fit the style metric (:mod:`artshield.evaluate.style`) on clean images and VAE reconstructions of
+f. fit the style metric (:mod:`artshield.models.demo.style`) on clean images and VAE reconstructions of
    all styles including the artist's, and measure it on held-out images (artist-vs-rest ROC AUC) and on
    images the trained model generates for every training-style prompt;
 g. write the diffusers folder (weights in fp16), ``style_metric/`` and ``training_info.json`` into a
@@ -225,7 +225,7 @@ def generate(model, prompts: list[str], resolution: int, seed: int) -> torch.Ten
 
 
 def artist_auc(metric, images: torch.Tensor, labels: list[str]) -> float:
-    from ...evaluate.stats import roc_auc
+    from ...stats import roc_auc
 
     with torch.no_grad():
         scores = torch.cat([metric.artist_score(images[i : i + 64]) for i in range(0, len(images), 64)]).numpy()
@@ -269,9 +269,9 @@ def train(args: argparse.Namespace) -> dict:
     """Run every phase and write the output folder; returns the training info."""
     import diffusers
 
-    from ...evaluate.style import StyleMetric
     from ..handle import DiffusionModel
     from .architecture import ARCHITECTURES, build_components, save_components
+    from .style import StyleMetric
     from .tokenizer import build_tokenizer
     from .world import ALL_STYLES
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
+from .errors import InvalidArgumentError
 
 
 def _as_scores(values, name: str) -> np.ndarray:

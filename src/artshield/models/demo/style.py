@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError
+from ...errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError
 
 FEATURE_VERSION = 1  # bump when the feature definitions change: saved metrics then refuse to load
 WEIGHTS_FILE = "style_metric.safetensors"
@@ -295,7 +295,7 @@ class StyleMetric(torch.nn.Module):
         is deterministic (`seed` fixes torch's RNG for completeness). `styles` defaults to the world's
         :data:`ALL_STYLES` and `artist` to its :data:`ARTIST_STYLE`.
         """
-        from ..models.demo.world import ALL_STYLES, ARTIST_STYLE
+        from .world import ALL_STYLES, ARTIST_STYLE
 
         styles = tuple(styles) if styles is not None else ALL_STYLES
         metric = cls(styles, artist if artist is not None else ARTIST_STYLE)
@@ -381,7 +381,7 @@ class StyleMetric(torch.nn.Module):
     @classmethod
     def load_default(cls) -> StyleMetric:
         """The metric shipped with the demo model (``DEMO_WEIGHTS / "style_metric"``)."""
-        from ..models.demo import DEMO_WEIGHTS
+        from . import DEMO_WEIGHTS
 
         folder = DEMO_WEIGHTS / "style_metric"
         if not folder.is_dir():

@@ -1,4 +1,4 @@
-"""Masks for inpainting-aware protections: the default editable region, an exact distance transform and
+"""Mask operations (no OpenCV): the default editable region, an exact distance transform and
 DiffusionGuard's mask augmentation — in plain torch (OpenCV is not a dependency).
 
 Convention: a mask is (B or 1, 1, H, W) with **1 = editable** (an editor may repaint it) and 0 = protected.

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidArgumentError
+from .errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def _as_image_tensor(x: Any, name: str) -> torch.Tensor:
     else:
         from PIL import Image
 
-        from ..imageio import from_pil, read_image
+        from .imageio import from_pil, read_image
 
         if isinstance(x, Image.Image):
             t = from_pil(x).rgb
