@@ -664,6 +664,18 @@ def _encode_png16(q: np.ndarray, text_items: list[tuple[str, str]], icc_profile:
     return b"".join(out)
 
 
+def as_rgb(images: torch.Tensor) -> torch.Tensor:
+    """A (B, 1 or 3, H, W) or (1 or 3, H, W) image tensor with greyscale repeated to three channels (models
+    only take RGB); RGB is returned as it is. Anything else is an InvalidArgumentError naming the shape."""
+    if images.dim() not in (3, 4) or images.shape[-3] not in (1, 3):
+        raise InvalidArgumentError(
+            f"images must be (B, 3, H, W) or (B, 1, H, W) (or one image without B), but are {tuple(images.shape)}."
+        )
+    if images.shape[-3] == 3:
+        return images
+    return images.expand(*images.shape[:-3], 3, *images.shape[-2:])
+
+
 def read_mask(path: PathLike) -> torch.Tensor:
     """A mask image as a (1, 1, H, W) float tensor in [0, 1]: **white = the region an editor may repaint**
     (left unprotected), black = protected. Colours are averaged; transparent pixels count as black."""
@@ -758,6 +770,7 @@ def iter_images(folder: PathLike, recursive: bool = False) -> ImageListing:
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "as_rgb",
     "ImageListing",
     "LoadedImage",
     "from_pil",
