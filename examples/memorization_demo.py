@@ -252,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.manual_seed(args.seed)
     from artshield.errors import ArtshieldError
+    from artshield.fileio import write_json_atomic
     from artshield.finetune import memorization as M
     from artshield.models import load
     from artshield.models.demo.style import StyleMetric
@@ -342,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "prune_sweep": {"before": before_row, "after": sweep},
         "prune_report": report,
     }
-    M.write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "results.json", results)
 
     # --- grid: memorized rows (training image | over-fitted, 2 seeds | pruned, same seeds), then world captions
     k = len(seeds)

@@ -64,8 +64,12 @@ def evaluated(tmp_path_factory, tiny_model_dir, tiny_inpaint_dir):
                                   style_metric=StyleMetric.load_default(), bootstrap=200)
 
     out = root / "out"
-    first = evaluate(sets, settings(), out, purification_model=model, quiet=True)
-    second = evaluate(sets, settings(), out, purification_model=model, quiet=True)
+    with pytest.MonkeyPatch.context() as patch:  # an empty CLIP cache, whatever this machine holds
+        from huggingface_hub import constants
+
+        patch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty_hub")))
+        first = evaluate(sets, settings(), out, purification_model=model, quiet=True)
+        second = evaluate(sets, settings(), out, purification_model=model, quiet=True)
     return out, first, second
 
 
@@ -236,7 +240,10 @@ def test_inpaint_mimicry_needs_an_inpainting_model(tiny_model):
         InpaintMimicry(tiny_model)
 
 
-def test_clip_score_is_none_with_a_reason_when_weights_are_missing():
+def test_clip_score_is_none_with_a_reason_when_weights_are_missing(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty cache, whatever this machine holds
     assert clip_score(torch.rand(1, 3, 32, 32), ["a tree"]) is None
     reason = clip_unavailable_reason()
     assert "not on disk" in reason or "cannot be imported" in reason

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from artshield.errors import ImageWriteError, InvalidArgumentError
+from artshield.errors import ImageWriteError, IncompatibleModelError, InvalidArgumentError
 from artshield.finetune import memorization as M
 from artshield.finetune.memorization_cli import main as memorization_main
 from artshield.imageio import read_image, write_png
@@ -68,6 +68,35 @@ def test_detect_calibrates_threshold_and_reports_auc(tiny_model):
         M.detect(tiny_model, ["x"], sampler=M.SamplerConfig(4, guidance_scale=1.0))
 
 
+def test_resolution_zero_is_refused_not_replaced_by_the_native_one(tiny_model):
+    # An explicit 0 used to fall back to the model's native resolution (``resolution or native``).
+    for bad in (0, -8, tiny_model.pixel_multiple + 1):
+        with pytest.raises(InvalidArgumentError, match="resolution"):
+            M.SamplerConfig(4, 5.0, resolution=bad).check(tiny_model)
+    assert M.SamplerConfig(4, 5.0).check(tiny_model) == tiny_model.native_resolution
+    assert M.SamplerConfig(4, 5.0, resolution=2 * tiny_model.pixel_multiple).check(tiny_model) == 2 * tiny_model.pixel_multiple
+
+
+def test_cli_layer_names_match_the_layer_choices():
+    from artshield.finetune.memorization_cli import LAYER_NAMES
+
+    assert LAYER_NAMES == tuple(M.LAYER_CHOICES)
+
+
+def test_demo_world_captions_are_read_by_the_demo_world():
+    from artshield.models.demo.world import STYLES, caption, find_style, parse_world_caption, style_captions
+
+    assert parse_world_caption("a tree in ink style") == ("tree", "ink")
+    assert parse_world_caption(" a star in velmora style ") == ("star", "velmora")
+    for other in ("an tree in ink style", "a tree in ink", "a dog in ink style", "a tree in oil style", ""):
+        assert parse_world_caption(other) is None, other
+    captions = style_captions()
+    assert [parse_world_caption(c)[1] for c in captions] == list(STYLES)
+    assert captions[0] == caption(STYLES[0], "circle")
+    assert find_style("A Tree in Velmora style") == "velmora" and find_style(None, "a photo of sks dog") is None
+    assert M.parse_world_caption is parse_world_caption  # still importable from the memorization package
+
+
 def test_zero_perturbation_recheck_equals_plain_metric(tiny_model):
     plain, _ = M.score_prompts(tiny_model, ["a painting of a circle"], seeds=[0], steps=2, sampler=FAST)
     rows = M.robustness_check(tiny_model, ["a painting of a circle"], [0.0, 0.5], seeds=[0], steps=2, sampler=FAST)
@@ -98,6 +127,10 @@ def test_near_duplicate_descriptor_finds_exact_copy(tmp_path):
     for match in matches:
         assert Path(match.path).name == f"train_{target}.png"
         assert match.similarity > M.DCT_REPLICATION_THRESHOLD
+    # One image without a batch axis, and a greyscale copy, are described like their RGB batch.
+    assert torch.allclose(index.descriptor(images[target]), index.descriptor(images[target][None]))
+    grey = images[target].mean(dim=0, keepdim=True)
+    assert torch.allclose(index.descriptor(grey[None]), index.descriptor(grey.expand(3, -1, -1)[None]), atol=1e-6)
     sims = index.similarities(images[target][None])[0]
     others = torch.cat([sims[:target], sims[target + 1 :]])
     assert sims[target] == pytest.approx(1.0, abs=1e-5) and float(others.max()) < 0.9
@@ -170,7 +203,7 @@ def test_pruning_changes_exactly_the_selected_weights(fresh_model):
     assert zeroed == masks.total
     # Masks that do not fit are refused before anything changes.
     name = next(iter(masks.masks))
-    with pytest.raises(M.IncompatibleModelError):
+    with pytest.raises(IncompatibleModelError):
         M.apply_masks(fresh_model.unet, {name: torch.ones(3, 3, dtype=torch.bool)})
 
 
@@ -208,7 +241,10 @@ def test_saved_checkpoint_loads_with_artshield_and_diffusers(fresh_model, tmp_pa
 
 # ------------------------------------------------------------------------------------------------ CLI
 def run_cli(argv, capsys):
-    rc = memorization_main([str(a) for a in argv])
+    try:
+        rc = memorization_main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse refuses bad flags at parse time
+        rc = exc.code
     captured = capsys.readouterr()
     return rc, captured.out, captured.err
 
@@ -226,11 +262,11 @@ def test_cli_user_errors_are_one_line(tiny_model_dir, tmp_path, capsys):
         (["prune", "--model", tiny_model_dir, "--prompts", prompts], "--output"),
         (["prune", "--model", tiny_model_dir, "--prompts", prompts, "-o", tmp_path / "o", "--layers", "fc9"], "fc9"),
         (["detect", "--model", tiny_model_dir, "--prompts", prompts, "--seeds", "a,b"], "--seeds"),
-        (["detect", "--model", tiny_model_dir, "--prompts", prompts, "--guidance-scale", "1"], "guidance_scale"),
+        (["detect", "--model", tiny_model_dir, "--prompts", prompts, "--guidance-scale", "1"], "--guidance-scale"),
     ]
     for argv, needle in cases:
         rc, out, err = run_cli(argv, capsys)
-        assert rc != 0, argv
+        assert rc == 2, argv
         lines = err.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in err, (argv, err)
     assert not (tmp_path / "o").exists()

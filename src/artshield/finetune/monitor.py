@@ -14,8 +14,9 @@ Scores, each present only when it can be computed here (the rest are skipped wit
   mean probability of the style named in the prompt / of the held-out artist style. Only for the demo model
   or a prompt that names a demo-world style (elsewhere its probabilities are meaningless).
 * ``clip_i`` -- mean CLIP image-embedding cosine between generations and the instance images (the paper's
-  CLIP-I; ViT-B-32 ``openai`` through open_clip), when the weights are already in the local Hugging Face
-  cache as safetensors. Nothing is downloaded; pickle checkpoints are not loaded.
+  CLIP-I; ViT-B-32 ``openai`` through open_clip), when :func:`artshield.models.clip.load_clip` finds the
+  weights on disk (the local Hugging Face cache, or a given file). Nothing is downloaded; a ``.bin`` is
+  read only with ``torch.load(weights_only=True)``.
 * ``lpips_diversity`` -- mean pairwise LPIPS among the generations (the paper's diversity measure), via
   :func:`artshield.metrics.lpips_distance`, when its backbone weights are present.
 * Weight-free scores, always available (instance images needed for the relative ones):
@@ -45,10 +46,9 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -56,7 +56,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InvalidArgumentError
+from ..models.demo.world import find_style as find_demo_style  # the demo world reads its own captions
 from .memorization import DCTDescriptor
+
+if TYPE_CHECKING:
+    from ..models.clip import ClipModel
 
 logger = logging.getLogger(__name__)
 
@@ -112,19 +116,6 @@ def _mean_pairwise(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def find_demo_style(*prompts: str | None) -> str | None:
-    """The first demo-world style name (:data:`~artshield.models.demo.world.ALL_STYLES`) in the prompts."""
-    from ..models.demo.world import ALL_STYLES
-
-    for prompt in prompts:
-        if not prompt:
-            continue
-        for word in re.findall(r"[a-z]+", prompt.lower()):
-            if word in ALL_STYLES:
-                return word
-    return None
-
-
 def _is_demo_model(spec: Any) -> bool:
     if spec is None:
         return False
@@ -158,55 +149,6 @@ def load_reference_images(folder: str | os.PathLike | None, limit: int = MAX_REF
 
 
 # --------------------------------------------------------------------------------------------------
-# optional scorers
-# --------------------------------------------------------------------------------------------------
-
-
-def _find_cached_clip_weights(model: str, pretrained: str) -> tuple[str | None, str]:
-    """(path of locally cached safetensors weights, reason when None). Never touches the network."""
-    if os.path.isfile(pretrained):
-        if not pretrained.endswith(".safetensors"):
-            return None, f"CLIP weights {pretrained} are not a .safetensors file (pickles are not loaded)"
-        return pretrained, ""
-    try:
-        import open_clip
-    except Exception as exc:  # noqa: BLE001 - ImportError or a broken torchvision underneath it
-        return None, f"open_clip cannot be imported ({exc}); pip install 'artshield[metrics]'"
-    cfg = open_clip.get_pretrained_cfg(model, pretrained)
-    repo = (cfg or {}).get("hf_hub", "").strip("/")
-    if not repo:
-        return None, f"open_clip knows no Hugging Face weights for {model}/{pretrained}"
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError as exc:
-        return None, f"huggingface_hub cannot be imported ({exc})"
-    found = try_to_load_from_cache(repo, "open_clip_model.safetensors")
-    if isinstance(found, str) and os.path.isfile(found):
-        return found, ""
-    return None, (
-        f"the CLIP {model}/{pretrained} weights (open_clip_model.safetensors of {repo}) are not in the local "
-        "Hugging Face cache and artshield does not download them; fetch them once with "
-        f"`huggingface-cli download {repo} open_clip_model.safetensors` where there is network"
-    )
-
-
-class _ClipScorer:
-    """CLIP image embeddings through open_clip from a local safetensors file."""
-
-    def __init__(self, model: str, weights: str) -> None:
-        import open_clip
-
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=weights)
-        self.model.eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def embed(self, images: Sequence[Image.Image], device: torch.device) -> torch.Tensor:
-        self.model.to(device)
-        batch = torch.stack([self.preprocess(im.convert("RGB")) for im in images]).to(device)
-        return F.normalize(self.model.encode_image(batch).float(), dim=-1).cpu()
-
-
-# --------------------------------------------------------------------------------------------------
 # the monitor
 # --------------------------------------------------------------------------------------------------
 
@@ -220,8 +162,8 @@ class FidelityMonitor:
         style: a demo-world style to score (``style_score``), or None.
         use_style_metric: whether to load the demo style metric at all (demo model or a demo style prompt).
         size: side of the square every image is brought to before scoring.
-        clip_model, clip_pretrained: the open_clip model and tag (or a local ``.safetensors`` file) for
-            ``clip_i``; only used when the weights are already on disk.
+        clip_model, clip_pretrained: the open_clip model and tag (or a local weights file) for ``clip_i``;
+            only used when the weights are already on disk (:func:`artshield.models.clip.load_clip`).
         use_lpips: whether to try LPIPS diversity.
 
     Attributes:
@@ -257,21 +199,18 @@ class FidelityMonitor:
         else:
             self._skip("style_score", "the model is not the demo model and the prompt names no demo-world style")
             self.unavailable["artist_score"] = self.unavailable["style_score"]
-        self._clip: _ClipScorer | None = None
+        self._clip: ClipModel | None = None
         self._clip_reference: torch.Tensor | None = None
         if not self.reference_images:
             self._skip("clip_i", "no instance images to compare with")
             for name in ("hf_energy_ratio", "nn_ssim", "nn_rmse", "dct_similarity", "color_similarity"):
                 self.unavailable[name] = "no instance images to compare with"
         else:
-            weights, reason = _find_cached_clip_weights(clip_model, clip_pretrained)
-            if weights is None:
+            from ..models.clip import load_clip
+
+            self._clip, reason = load_clip(clip_model, clip_pretrained)
+            if self._clip is None:
                 self._skip("clip_i", reason)
-            else:
-                try:
-                    self._clip = _ClipScorer(clip_model, weights)
-                except Exception as exc:  # noqa: BLE001 - a corrupt or mismatched weights file
-                    self._skip("clip_i", f"building CLIP {clip_model} from {weights} failed ({type(exc).__name__}: {exc})")
         self.use_lpips = False
         if use_lpips:
             from ..metrics import lpips_unavailable_reason
@@ -364,9 +303,10 @@ class FidelityMonitor:
             out["color_similarity"] = float(torch.minimum(_rgb_histogram(x), _rgb_histogram(ref)).sum())
         if self._clip is not None:
             dev = torch.device(device) if device is not None else torch.device("cpu")
+            self._clip.to(dev)
             if self._clip_reference is None:
-                self._clip_reference = self._clip.embed(self.reference_images, dev)
-            gen = self._clip.embed(images, dev)
+                self._clip_reference = self._clip.embed_pil(self.reference_images)
+            gen = self._clip.embed_pil(images)
             out["clip_i"] = float((gen @ self._clip_reference.T).mean())
         if self.use_lpips and pairs:
             from ..metrics import lpips_distance

@@ -23,6 +23,7 @@ against a real Stable Diffusion checkpoint on real paintings.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -474,3 +475,42 @@ __all__ = [
     "make_dataset",
     "render",
 ]
+
+
+# ----------------------------------------------------------------------------------- reading captions
+_CAPTION_RE = re.compile(r"^an? (?P<subject>[a-z]+) in (?P<style>[a-z]+) style$")
+
+
+def parse_world_caption(prompt: str) -> tuple[str, str] | None:
+    """``(subject, style)`` when `prompt` is exactly a world caption (:func:`caption`), such as
+    ``"a tree in ink style"``; None for anything else."""
+    text = prompt.strip()
+    match = _CAPTION_RE.match(text)
+    if not match:
+        return None
+    subject, style = match["subject"], match["style"]
+    if subject not in SUBJECTS or style not in ALL_STYLES or caption(style, subject) != text:
+        return None
+    return subject, style
+
+
+def find_style(*prompts: str | None) -> str | None:
+    """The first style name of the world (:data:`ALL_STYLES`) that appears as a word in `prompts`, or None."""
+    for prompt in prompts:
+        if not prompt:
+            continue
+        for word in re.findall(r"[a-z]+", prompt.lower()):
+            if word in ALL_STYLES:
+                return word
+    return None
+
+
+def style_captions(styles: Sequence[str] = STYLES) -> list[str]:
+    """One caption per style (subjects in turn): the demo model's default "other prompts" whose quality an
+    edit of the model must keep (e.g. the utility prompts of memorization pruning)."""
+    for style in styles:
+        _check_style(style)
+    return [caption(style, SUBJECTS[i % len(SUBJECTS)]) for i, style in enumerate(styles)]
+
+
+__all__ += ["find_style", "parse_world_caption", "style_captions"]  # noqa: PLE0605
