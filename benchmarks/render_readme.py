@@ -17,7 +17,13 @@ Blocks and their sources:
 * ``protect-methods-diffusionguard``: ``benchmarks/results/protect_methods_diffusionguard.json``
   (``benchmarks/protect_methods.py --methods advdm diffusionguard``: DiffusionGuard on ``demo-inpaint``);
 * ``proof-sdedit``, ``proof-lora``, ``proof-inpaint``: ``benchmarks/results/protection_proof.json``, the
-  ``results.json`` that ``examples/protection_proof.py`` writes (copy it there to commit it).
+  ``results.json`` that ``examples/protection_proof.py`` writes (copy it there to commit it);
+* ``lora-mimicry``: ``benchmarks/results/lora_artist_mimicry.json`` (``examples/lora_artist_mimicry.py``'s
+  ``results.json``);
+* ``memorization-detection``, ``memorization-prune``: ``benchmarks/results/memorization_demo.json``
+  (``examples/memorization_demo.py``'s ``results.json``).
+
+A block whose result file is not committed cannot be in the README (the test refuses it).
 """
 
 from __future__ import annotations
@@ -121,6 +127,67 @@ def proof_table(results: dict, mimicry: str) -> str:
     return "\n".join(lines)
 
 
+def lora_mimicry_table(data: dict) -> str:
+    """``examples/lora_artist_mimicry.py``'s ``results.json``: artist score before and after the LoRA."""
+    scores, training = data["artist_score"], data["training"]
+
+    def cell(entry: dict) -> str:
+        return f"{entry['mean']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
+
+    return "\n".join([
+        f"LoRA on {training['images']} {data['artist_style']} images, rank {training['rank']}"
+        f"{' + text-encoder LoRA' * bool(training['train_text_encoder'])}, {training['steps']} steps at lr "
+        f"{training['learning_rate']:g}, {training['wall_seconds']:.0f} s; artist score (mean [95 % bootstrap]):",
+        "",
+        "| prompts | images | before | after |",
+        "|---|---|---|---|",
+        f"| the artist's | {scores['artist_prompts_after']['n']} | {cell(scores['artist_prompts_before'])} | "
+        f"{cell(scores['artist_prompts_after'])} |",
+        f"| control (other styles) | {scores['control_prompts_after']['n']} | {cell(scores['control_prompts_before'])} | "
+        f"{cell(scores['control_prompts_after'])} |",
+    ])  # fmt: skip
+
+
+def memorization_detection_table(data: dict) -> str:
+    """``examples/memorization_demo.py``'s ``results.json``: detection on the original and over-fitted model."""
+    columns = [data["detection"][name] for name in ("original", "overfit")]
+
+    def auc(d: dict) -> str:
+        low, high = d["auc_vs_controls_ci95"]
+        return f"{d['auc_vs_controls']:.2f} [{low:.2f}, {high:.2f}] / {d['auc_vs_world_captions']:.2f}"
+
+    rows = [
+        ("memorized prompts' generations nearest their own training image", lambda d: f"{d['copies_own_image']:.2f}"),
+        ("Wen et al. metric: memorized / controls / world captions", lambda d: " / ".join(
+            f"{d[k]:.2f}" for k in ("mean_metric_memorized", "mean_metric_controls", "mean_metric_world_captions"))),
+        ("detection AUC vs controls [95 % bootstrap] / vs world captions", auc),
+    ]  # fmt: skip
+    lines = ["| | original demo model | over-fitted |", "|---|---|---|"]
+    lines += [f"| {label} | " + " | ".join(fmt(d) for d in columns) + " |" for label, fmt in rows]
+    return "\n".join(lines)
+
+
+def memorization_prune_table(data: dict) -> str:
+    """``examples/memorization_demo.py``'s ``results.json``: memorization and utility at each pruning ratio."""
+
+    def weights(row: dict) -> str:
+        count = f"{row['pruned_weights']:,}".replace(",", " ")
+        return count if not row["pruned_weights"] else f"{count} ({100 * row['fraction_of_located_layers']:.2g} %)"
+
+    lines = ["| base | ratio | weights zeroed | metric | own-image rate | style accuracy | SSIM to original |",
+             "|---|---|---|---|---|---|---|"]
+    sweep = data["prune_sweep"]
+    for row in [sweep["before"], *sweep["after"]]:
+        ssim, ratio = row["utility_ssim_to_original"], row["ratio"]
+        ssim_text = "–" if ssim is None else "1" if ssim == 1 else f"{ssim:.2f}"
+        lines.append(
+            f"| {row['base_prompts'] or '—'} | {f'{100 * ratio:g} %' if ratio else '0'} | {weights(row)} | "
+            f"{row['memorization_metric']:.2f} | {row['copies_own_image']:.2f} | {row['utility_style_accuracy']:.2f} | "
+            f"{ssim_text} |"
+        )
+    return "\n".join(lines)
+
+
 #: Block name -> (result file relative to the repository root, formatter).
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "engine-overhead": ("benchmarks/results/engine_overhead.json", engine_overhead_table),
@@ -129,6 +196,9 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "proof-sdedit": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "sdedit")),
     "proof-lora": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "lora")),
     "proof-inpaint": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "inpaint")),
+    "lora-mimicry": ("benchmarks/results/lora_artist_mimicry.json", lora_mimicry_table),
+    "memorization-detection": ("benchmarks/results/memorization_demo.json", memorization_detection_table),
+    "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),
 }
 
 

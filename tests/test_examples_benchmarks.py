@@ -168,6 +168,8 @@ def test_lora_artist_mimicry_smoke(tmp_path):
                                             "control_prompts_before", "control_prompts_after"}
     assert results["artist_score"]["artist_prompts_after"]["n"] == 4
     assert (tmp_path / "grid.png").is_file() and (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    table = script("benchmarks/render_readme.py").lora_mimicry_table(results)
+    assert "| the artist's | 4 |" in table and "2 steps" in table
 
 
 @pytest.mark.slow
@@ -195,3 +197,6 @@ def test_memorization_demo_smoke(tmp_path):
     assert {"detection_auc_vs_controls", "copies_own_image", "pruned_weights"} <= set(results["summary"])
     assert results["prune_sweep"]["before"]["ratio"] == 0.0 and results["prune_sweep"]["after"] == []
     assert (tmp_path / "grid.png").is_file() and (tmp_path / "pruned").is_dir()
+    renderer = script("benchmarks/render_readme.py")
+    assert renderer.memorization_detection_table(results).count("\n") == 4
+    assert renderer.memorization_prune_table(results).splitlines()[2].startswith("| — | 0 | 0 |")
