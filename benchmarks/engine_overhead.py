@@ -5,14 +5,15 @@ noise draw, UNet prediction, MSE, gradient with respect to the input, a signed s
 clamp to [0, 1]). Runs alternate between the two (A B A B ...) so drift of the machine hits both alike;
 the ratio of medians is printed and saved to ``benchmarks/results/engine_overhead.json``. Target: <= 1.05.
 
-    python benchmarks/engine_overhead.py [--model demo] [--resolutions 128 256] [--steps 10] [--repeats 5]
+    python benchmarks/engine_overhead.py [--model demo] [--resolutions 128 256] [--steps 10] [--repeats 5] \
+        [--note "conditions of the run"] [--output FILE]
 
+A smoke run takes seconds: ``--model PATH_TO_A_TINY_MODEL --resolutions 64 --steps 1 --repeats 1 --output x.json``.
 Also prints the demo model's training time and style-metric AUC from its own training_info.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -26,6 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from artshield.cli_support import ArgumentParser, positive_int  # noqa: E402
+from artshield.fileio import write_json_atomic  # noqa: E402
 from artshield.models import load  # noqa: E402
 from artshield.protect import AdvDM  # noqa: E402
 
@@ -71,16 +74,17 @@ def time_once(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="engine_overhead.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[128, 256])
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--resolutions", type=positive_int, nargs="+", default=[128, 256])
+    parser.add_argument("--steps", type=positive_int, default=10)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--note", help="conditions of the run worth knowing (e.g. other jobs on the machine), saved as 'note'")
     parser.add_argument("--output", default=str(RESULTS / "engine_overhead.json"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     model = load(args.model, device=args.device, dtype=args.dtype)
     eps, step_size = 8 / 255, 1 / 255
@@ -136,8 +140,10 @@ def main() -> int:
                 "style_auc_vae_reconstructed": evaluation.get("auc_artist_vae_reconstructed"),
             }
             print("demo model training:", json.dumps(result["demo_training"], default=str))
+    if args.note:
+        result["note"] = args.note
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.output, result, what="benchmark result")
     print(f"saved {args.output}")
     return 0
 

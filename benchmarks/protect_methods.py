@@ -27,9 +27,13 @@ depend on the weights); otherwise pass ``--inpaint-model``. ``--model arch:demo`
 built-in architecture with random weights. With a text-to-image model PhotoGuard's diffusion attack runs in
 its img2img mode (4 DDIM steps).
 
-    python benchmarks/protect_methods.py [--model demo|arch:demo|tiny|PATH] [--steps 10] [--repeats 3] [--rounds 3]
+    python benchmarks/protect_methods.py [--model demo|arch:demo|tiny|PATH] [--steps 10] [--repeats 3] [--rounds 3] \
+        [--methods advdm sds+ ...] [--note "conditions of the run"] [--output FILE]
 
-Results: printed, and saved to ``benchmarks/results/protect_methods.json``.
+Results: printed, and saved to ``benchmarks/results/protect_methods.json`` (``--output``). ``--in-process`` runs
+the workers in this process instead of fresh subprocesses: a quick smoke run of the whole script (``--model tiny
+--methods advdm sds+ --steps 1 --repeats 1 --rounds 1 --in-process``), not a clean measurement (the output
+says ``"in_process": true``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from artshield.cli_support import ArgumentParser, positive_int  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INPAINTING_ONLY = {"diffusionguard"}
@@ -188,6 +194,11 @@ def worker(args) -> dict:
 
 
 def _run_worker(args, name: str, phase: str) -> dict:
+    if args.in_process:
+        try:
+            return worker(argparse.Namespace(**{**vars(args), "worker": name, "phase": phase}))
+        except Exception as exc:  # reported in the row, as a failed subprocess is
+            return {"method": name, "error": f"{type(exc).__name__}: {exc}"}
     command = [sys.executable, __file__, "--worker", name, "--phase", phase, "--model", args.model,
                "--device", args.device, "--dtype", args.dtype, "--steps", str(args.steps), "--repeats", str(args.repeats)]
     if args.resolution:
@@ -203,22 +214,25 @@ def _run_worker(args, name: str, phase: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="protect_methods.py", description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="demo",
                         help="demo, a model spec, or arch:demo / arch:tiny (= tiny): random weights, built-in architecture")
     parser.add_argument("--inpaint-model", help="an inpainting model for DiffusionGuard (other specs than demo/tiny)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
-    parser.add_argument("--resolution", type=int)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of AdvDM and the method, alternating")
-    parser.add_argument("--rounds", type=int, default=3, help="times every method is measured (medians reported)")
+    parser.add_argument("--resolution", type=positive_int)
+    parser.add_argument("--steps", type=positive_int, default=10)
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs of AdvDM and the method, alternating")
+    parser.add_argument("--rounds", type=positive_int, default=3, help="times every method is measured (medians reported)")
     parser.add_argument("--methods", nargs="+", help="default: every registered method")
+    parser.add_argument("--note", help="conditions of the run worth knowing (e.g. other jobs on the machine), saved as 'note'")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the workers in this process (a quick smoke run, not a clean measurement)")
     parser.add_argument("--output", default=str(RESULTS / "protect_methods.json"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--phase", choices=("memory", "time"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
@@ -241,6 +255,7 @@ def main() -> int:
         row = dict(good[0])
         for key in ("s_per_step", "advdm_s_per_step", "time_ratio", "peak_rss_mb", "peak_above_baseline_mb"):
             row[key] = statistics.median(r[key] for r in good)
+        row["s_per_step_rounds"] = [r["s_per_step"] for r in good]
         row["time_ratio_rounds"] = [round(r["time_ratio"], 3) for r in good]
         row["peak_above_baseline_mb_rounds"] = [round(r["peak_above_baseline_mb"], 1) for r in good]
         rows.append(row)
@@ -273,8 +288,14 @@ def main() -> int:
         "rows": rows,
         "targets": {"sds": {"time_ratio_max": 0.5, "memory_ratio_max": 0.5}},
     }
+    if args.in_process:
+        result["in_process"] = True
+    if args.note:
+        result["note"] = args.note
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    from artshield.fileio import write_json_atomic
+
+    write_json_atomic(args.output, result, what="benchmark result")
     print(f"saved {args.output}")
     return 0
 

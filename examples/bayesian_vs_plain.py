@@ -3,6 +3,9 @@
     python examples/bayesian_vs_plain.py                                   # DreamBooth on one object, 3 seeds
     python examples/bayesian_vs_plain.py --target artist --method lora     # LoRA on the held-out artist style
     python examples/bayesian_vs_plain.py --plot_only                       # re-plot the runs in --output_dir
+    python examples/bayesian_vs_plain.py --output_dir /tmp/smoke --train_seeds 0 --max_train_steps 2 \
+        --validation_steps 1 --num_validation_images 1 --num_instance_images 2 --resolution 64 --in_process
+                                                                           # a smoke run: seconds
 
 Wu et al. (arXiv 2405.19931) report that during few-shot fine-tuning the fidelity of generations first rises,
 then drops while noisy patterns appear (the "corruption stage"), then recovers into overfitting, and that
@@ -46,6 +49,9 @@ from pathlib import Path
 
 import numpy as np
 
+from artshield.cli_support import ArgumentParser, positive_int
+from artshield.fileio import write_text_atomic
+
 logger = logging.getLogger("bayesian_vs_plain")
 
 #: Scores plotted (when present) and what they mean.
@@ -68,25 +74,28 @@ TARGETS = {
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="bayesian_vs_plain.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", choices=tuple(TARGETS), default="subject")
     parser.add_argument("--method", choices=("lora", "dreambooth", "full"), default="dreambooth")
     parser.add_argument("--model", default="demo", help="--pretrained_model_name_or_path for the trainer.")
     parser.add_argument("--output_dir", default="runs/bayesian_vs_plain")
     parser.add_argument("--train_seeds", default="0,1,2", help="one plain and one Bayesian run per seed")
-    parser.add_argument("--num_instance_images", type=int, default=4)
+    parser.add_argument("--num_instance_images", type=positive_int, default=4)
     parser.add_argument("--instance_prompt", default=None, help="Default: the target's prompt.")
-    parser.add_argument("--num_validation_images", type=int, default=6)
-    parser.add_argument("--validation_steps", type=int, default=25)
-    parser.add_argument("--max_train_steps", type=int, default=500)
+    parser.add_argument("--num_validation_images", type=positive_int, default=6)
+    parser.add_argument("--validation_steps", type=positive_int, default=25)
+    parser.add_argument("--max_train_steps", type=positive_int, default=500)
     parser.add_argument("--learning_rate", type=float, default=None, help="Default: 1e-3 (LoRA) / 2e-4 (others).")
-    parser.add_argument("--rank", type=int, default=4)
-    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--rank", type=positive_int, default=4)
+    parser.add_argument("--resolution", type=positive_int, default=128)
     parser.add_argument("--bayes_init_sigma", type=float, default=None, help="Passed to the Bayesian runs if set.")
     parser.add_argument(
         "--extra", default="", help="Extra trainer flags for every run, as one string (e.g. '--train_batch_size 2')."
     )
     parser.add_argument("--plot_only", action="store_true", help="Only summarise and plot the runs in --output_dir.")
+    parser.add_argument("--in_process", action="store_true",
+                        help="Run the trainer in this process (its log still goes to each run's train.log): quicker "
+                        "for short runs; a trainer crash then ends this script too.")
     args = parser.parse_args(argv)
     try:
         args.train_seeds = [int(s) for s in args.train_seeds.split(",") if s.strip()]
@@ -196,8 +205,9 @@ def finished(run_dir: Path, max_train_steps: int) -> bool:
     return any(r.get("step") == max_train_steps for r in read_fidelity_log(run_dir))
 
 
-def run_trainer(cmd: list[str], run_dir: Path) -> float:
-    """Run one training job (output to ``<run_dir>/train.log``); returns its wall time in seconds."""
+def run_trainer(cmd: list[str], run_dir: Path, in_process: bool = False) -> float:
+    """Run one training job (output to ``<run_dir>/train.log``); returns its wall time in seconds. With
+    `in_process`, the trainer's ``main`` runs here: its log records go to ``train.log``, its progress bars do not."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fidelity = run_dir / "fidelity.jsonl"
     if fidelity.exists():
@@ -207,6 +217,19 @@ def run_trainer(cmd: list[str], run_dir: Path) -> float:
     env.setdefault("OMP_NUM_THREADS", "1")
     logger.info("running: %s", " ".join(cmd))
     start = time.perf_counter()
+    if in_process:
+        from artshield.finetune.train import main as train_main
+
+        handler = logging.FileHandler(run_dir / "train.log", mode="w", encoding="utf-8")
+        logging.getLogger().addHandler(handler)
+        try:
+            status = train_main(cmd[3:])  # without "python -m artshield.finetune.train"
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        if status != 0:
+            raise RuntimeError(f"the trainer failed (exit {status}); see {run_dir / 'train.log'}")
+        return time.perf_counter() - start
     with open(run_dir / "train.log", "w", encoding="utf-8") as log:
         result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
     elapsed = time.perf_counter() - start
@@ -379,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                 if finished(run_dirs[name], args.max_train_steps):
                     logger.info("%s: already finished, kept", name)
                     continue
-                timings[name] = run_trainer(commands[name], run_dirs[name])
+                timings[name] = run_trainer(commands[name], run_dirs[name], args.in_process)
                 logger.info("%s finished in %.0f s", name, timings[name])
 
     from artshield.finetune.monitor import read_fidelity_log
@@ -396,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {
         "description": f"few-shot {args.method} fine-tuning of {args.model} on the {args.target} target, plain vs "
         f"--bayesian, seeds {args.train_seeds}",
-        "settings": {k: v for k, v in vars(args).items() if k != "plot_only"},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("plot_only", "in_process")},
         "wall_time_s": timings,
         "commands": commands,
         "summary": {mode: aggregate([per_run[run_name(mode, s)] for s in args.train_seeds]) for mode in MODES},
@@ -405,9 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         "records": runs,
     }
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(out / "results.json")
+    # json.dumps, not write_json_atomic: a score can be NaN (e.g. no high-frequency energy), written as NaN.
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n", what="results")
     figure = plot(runs, means, out / "curves.png")
     validated = [r["step"] for r in means["plain"]]
     shown = validated[:: max(1, len(validated) // 8)]

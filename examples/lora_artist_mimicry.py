@@ -1,6 +1,8 @@
 """LoRA mimicry of an artist's style on the demo model: the attack artshield's protections are meant to spoil.
 
     python examples/lora_artist_mimicry.py results/lora_mimicry            # about 4 CPU minutes
+    python examples/lora_artist_mimicry.py /tmp/smoke --num_images 2 --steps 2 --batch_size 1 --rank 2 \
+        --resolution 64 --samples_per_prompt 1 --sampling_steps 2                 # a smoke run: seconds
 
 1. Render a handful of paintings in the demo world's held-out artist style (``velmora``), which the demo model
    never saw in training.
@@ -30,18 +32,17 @@ take on the artist's stroke texture but keep much of the demo model's own palett
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from artshield.cli_support import ArgumentParser, positive_int
+from artshield.fileio import write_json_atomic
 from artshield.finetune.train import parse_args as trainer_args
 from artshield.finetune.train import train
 from artshield.imageio import write_png
@@ -54,37 +55,39 @@ logger = logging.getLogger("lora_artist_mimicry")
 
 ARTIST_SUBJECTS = ("tree", "house", "star", "triangle")
 CONTROL_STYLE, CONTROL_SUBJECTS = "ink", ("tree", "house")
-SAMPLING_STEPS, GUIDANCE_SCALE = 20, 5.0  # as the demo model's own evaluation
+SAMPLING_STEPS, GUIDANCE_SCALE = 20, 5.0  # as the demo model's own evaluation (--sampling_steps)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="lora_artist_mimicry.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir", help="folder for results.json, grid.png and the LoRA")
     parser.add_argument("--model", default="demo", help="base model (default: the demo model)")
     parser.add_argument("--metric", default=None, help="style-metric folder (default: the demo model's)")
-    parser.add_argument("--num_images", type=int, default=8, help="paintings of the artist to fine-tune on")
-    parser.add_argument("--steps", type=int, default=800, help="LoRA optimisation steps")
+    parser.add_argument("--num_images", type=positive_int, default=8, help="paintings of the artist to fine-tune on")
+    parser.add_argument("--steps", type=positive_int, default=800, help="LoRA optimisation steps")
     parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--rank", type=positive_int, default=16)
+    parser.add_argument("--batch_size", type=positive_int, default=4)
     parser.add_argument(
         "--train_text_encoder", action=argparse.BooleanOptionalAction, default=True,
         help="also put LoRA on the text encoder (default; it binds the unseen artist name much faster)",
     )
-    parser.add_argument("--resolution", type=int, default=None, help="default: the model's native resolution")
-    parser.add_argument("--samples_per_prompt", type=int, default=4, help="seeds per evaluation prompt")
+    parser.add_argument("--resolution", type=positive_int, default=None, help="default: the model's native resolution")
+    parser.add_argument("--samples_per_prompt", type=positive_int, default=4, help="seeds per evaluation prompt")
+    parser.add_argument("--sampling_steps", type=positive_int, default=SAMPLING_STEPS,
+                        help=f"DDIM steps of the generations (default {SAMPLING_STEPS})")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], resolution: int, seed: int) -> torch.Tensor:
+def generate(pipe, prompts: list[str], resolution: int, seed: int, steps: int = SAMPLING_STEPS) -> torch.Tensor:
     """DDIM + classifier-free guidance, one seeded generator per batch; float (B, 3, H, W) in [0, 1]."""
     out = pipe(
         prompt=prompts,
         height=resolution,
         width=resolution,
-        num_inference_steps=SAMPLING_STEPS,
+        num_inference_steps=steps,
         guidance_scale=GUIDANCE_SCALE,
         generator=torch.Generator().manual_seed(seed),
         output_type="pt",
@@ -131,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     pipe = model.pipeline("text2img")
     artist_prompts = [caption(ARTIST_STYLE, s) for s in ARTIST_SUBJECTS for _ in range(args.samples_per_prompt)]
     control_prompts = [caption(CONTROL_STYLE, s) for s in CONTROL_SUBJECTS for _ in range(args.samples_per_prompt)]
-    before = {"artist": generate(pipe, artist_prompts, resolution, args.seed),
-              "control": generate(pipe, control_prompts, resolution, args.seed + 1)}  # fmt: skip
+    before = {"artist": generate(pipe, artist_prompts, resolution, args.seed, args.sampling_steps),
+              "control": generate(pipe, control_prompts, resolution, args.seed + 1, args.sampling_steps)}  # fmt: skip
 
     # 3. LoRA fine-tuning with the trainer (in process: the CPU time below is the trainer's alone).
     lora_dir = results / "lora"
@@ -152,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. The same prompts and seeds with the LoRA loaded the stock-diffusers way.
     pipe.load_lora_weights(str(lora_dir))
-    after = {"artist": generate(pipe, artist_prompts, resolution, args.seed),
-             "control": generate(pipe, control_prompts, resolution, args.seed + 1)}  # fmt: skip
+    after = {"artist": generate(pipe, artist_prompts, resolution, args.seed, args.sampling_steps),
+             "control": generate(pipe, control_prompts, resolution, args.seed + 1, args.sampling_steps)}  # fmt: skip
 
     report = {
         "what": "LoRA mimicry of the held-out demo-world artist; artist_score = P(artist style) by the demo style metric",
@@ -167,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             "final_loss": summary["loss"], "cpu_seconds": round(cpu_seconds, 1), "wall_seconds": round(wall_seconds, 1),
             "torch_threads": torch.get_num_threads(), "command": "python -m artshield.finetune.train " + shlex.join(trainer_argv),
         },  # fmt: skip
-        "generation": {"sampler": "DDIM", "steps": SAMPLING_STEPS, "guidance_scale": GUIDANCE_SCALE,
+        "generation": {"sampler": "DDIM", "steps": args.sampling_steps, "guidance_scale": GUIDANCE_SCALE,
                        "artist_prompts": sorted(set(artist_prompts)), "control_prompts": sorted(set(control_prompts)),
                        "samples_per_prompt": args.samples_per_prompt},  # fmt: skip
         "artist_score": {
@@ -181,9 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     first_seed = slice(None, None, args.samples_per_prompt)
     save_grid([training_images[: len(ARTIST_SUBJECTS) * 2], before["artist"][first_seed], after["artist"][first_seed]],
               results / "grid.png")
-    with tempfile.NamedTemporaryFile("w", dir=results, suffix=".tmp", delete=False) as fh:
-        json.dump(report, fh, indent=2)
-    os.replace(fh.name, results / "results.json")
+    write_json_atomic(results / "results.json", report, what="results")
 
     scores = report["artist_score"]
     for key, value in scores.items():

@@ -2,6 +2,9 @@
 
     python examples/memorization_demo.py                        # train (~14 min on one CPU core), audit (~7 min)
     python examples/memorization_demo.py --skip_training        # reuse the over-fitted model of a previous run
+    python examples/memorization_demo.py --output_dir /tmp/smoke --resolution 64 --duplicates 1 \
+        --images_per_style 1 --max_train_steps 2 --train_batch_size 2 --seeds 0 --num_inference_steps 2 \
+        --steps 1 --timesteps 1 --sweep "" --in_process              # a smoke run: seconds
 
 1. **Over-fit on purpose.** Six "artworks" -- diptychs that put two world subjects in two styles side by
    side, compositions the demo world never makes -- are captioned with what they show ("a tree in ink style
@@ -56,6 +59,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from artshield.cli_support import ArgumentParser, non_negative_int, positive_int
+
 logger = logging.getLogger("memorization_demo")
 
 #: Diptychs the model is made to memorize: ((style, subject) left, (style, subject) right, render seed).
@@ -94,29 +99,31 @@ def diptych(left: tuple[str, str], right: tuple[str, str], size: int, seed: int)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="memorization_demo.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="runs/memorization_demo")
     parser.add_argument("--model", default="demo", help="model to over-fit (default: the demo model)")
-    parser.add_argument("--resolution", type=int, default=128, help="training and sampling resolution")
-    parser.add_argument("--duplicates", type=int, default=16, help="copies of each memorized image in the training set")
-    parser.add_argument("--images_per_style", type=int, default=40, help="ordinary captioned images per training style")
-    parser.add_argument("--max_train_steps", type=int, default=1500)
+    parser.add_argument("--resolution", type=positive_int, default=128, help="training and sampling resolution")
+    parser.add_argument("--duplicates", type=positive_int, default=16, help="copies of each memorized image in the training set")
+    parser.add_argument("--images_per_style", type=positive_int, default=40, help="ordinary captioned images per training style")
+    parser.add_argument("--max_train_steps", type=positive_int, default=1500)
     parser.add_argument("--learning_rate", type=float, default=3e-4)
     parser.add_argument("--train_text_encoder", action="store_true",
                         help="also fine-tune the text encoder (memorization may then partly live outside the UNet)")
-    parser.add_argument("--train_batch_size", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train_batch_size", type=positive_int, default=8)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--skip_training", action="store_true", help="reuse OUTPUT_DIR/overfit from a previous run")
+    parser.add_argument("--in_process", action="store_true",
+                        help="run the trainer in this process (its log still goes to train.log): quicker for short runs")
     parser.add_argument("--seeds", default="0,1,2,3", help="generation seeds of every measurement")
-    parser.add_argument("--num_inference_steps", type=int, default=20, help="DDIM steps (the demo model's default)")
+    parser.add_argument("--num_inference_steps", type=positive_int, default=20, help="DDIM steps (the demo model's default)")
     parser.add_argument("--guidance_scale", type=float, default=5.0, help="guidance (the demo model's default)")
-    parser.add_argument("--steps", type=int, default=5, help="first DDIM steps averaged by the detection metric")
+    parser.add_argument("--steps", type=positive_int, default=5, help="first DDIM steps averaged by the detection metric")
     parser.add_argument("--ratio", type=float, default=0.01, help="WANDA top fraction per row (the paper's 1 %%)")
     parser.add_argument("--sweep", default="0.01,0.05,0.15",
                         help="ratios to measure (memorization vs utility) for each base of --sweep_bases; '' for none")
     parser.add_argument("--sweep_bases", default="empty,captions",
                         help="base prompts contrasted in the sweep: 'empty' (\"\") and/or 'captions' (the world captions)")
-    parser.add_argument("--timesteps", type=int, default=10, help="first denoising steps whose masks are united")
+    parser.add_argument("--timesteps", type=positive_int, default=10, help="first denoising steps whose masks are united")
     args = parser.parse_args(argv)
     # Checked here, not after minutes of training: a typo must not cost the run.
     try:
@@ -198,6 +205,19 @@ def train(train_dir: Path, model_dir: Path, args: argparse.Namespace) -> float:
     logger.info("training: %s", " ".join(command))
     started = time.perf_counter()
     log = model_dir.parent / "train.log"
+    if args.in_process:
+        from artshield.finetune.train import main as train_main
+
+        handler = logging.FileHandler(log, mode="a", encoding="utf-8")
+        logging.getLogger().addHandler(handler)
+        try:
+            status = train_main(command[3:])  # without "python -m artshield.finetune.train"
+        finally:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
+        if status != 0:
+            raise SystemExit(f"the trainer failed (exit {status}); see {log}")
+        return time.perf_counter() - started
     with open(log, "a") as fh:
         result = subprocess.run(command, stdout=fh, stderr=subprocess.STDOUT)
     if result.returncode != 0:

@@ -2,6 +2,8 @@
 
     python examples/protection_proof.py results/proof                     # all steps (about 2 CPU hours)
     python examples/protection_proof.py results/proof --lora-methods advdm,mist --skip-sdedit
+    python examples/protection_proof.py /tmp/smoke --images 2 --size 64 --steps 1 --methods advdm \
+        --purify none,jpeg75 --samples 1 --sampling-steps 2 --skip-inpaint --skip-lora   # a smoke run: seconds
 
 1. Render 8 paintings in the demo world's held-out artist style (``velmora``; the same seed as
    ``examples/lora_artist_mimicry.py``), 128 px.
@@ -22,7 +24,10 @@
 5. Evaluate LoRA mimicry (the main threat: 8 images, rank 16 + text-encoder LoRA, lr 1e-3, ``--lora-steps`` 800,
    generations for 4 artist prompts × 4 seeds) for the methods in ``--lora-methods`` under ``--lora-purify``
    (each cell is a LoRA training run, about 5 CPU minutes here).
-6. Print the Markdown tables the README and the issue note quote (``tables.md`` in the results folder).
+6. Write ``results.json`` (settings, and per mimicry attack the headline score's conditions, protection
+   effects and the protected images' quality: what the tables show) and print the Markdown tables the
+   README quotes (``tables.md``; ``benchmarks/render_readme.py`` renders the same tables from
+   ``results.json``). The protect and evaluate commands run in this process (``artshield.cli.main``).
 
 Every step reuses what a previous run already made (protected files are skipped when up to date, evaluation
 cells are fingerprinted), so an interrupted run continues where it stopped. The numbers describe the demo world
@@ -31,14 +36,17 @@ only (see the README); on a real checkpoint run the same commands with ``--model
 
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
-import subprocess
+import shlex
 import sys
 from pathlib import Path
 
 import torch
 
+from artshield.cli import main as artshield_main
+from artshield.cli_support import ArgumentParser, positive_int
+from artshield.fileio import write_text_atomic
 from artshield.imageio import write_png
 from artshield.models.demo import DEMO_WEIGHTS
 from artshield.models.demo.world import ARTIST_STYLE, caption, make_dataset
@@ -48,24 +56,36 @@ PURIFICATIONS = "none,jpeg75,resize0.5,noise0.05,diffpure"
 ARTIST_SUBJECTS = ("tree", "house", "star", "triangle")
 
 
-def run(command: list[str]) -> None:
-    print("$", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
+def _renderer():
+    """``benchmarks/render_readme.py`` (the one formatter of the README's tables), loaded by path."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "render_readme.py"
+    spec = importlib.util.spec_from_file_location("render_readme", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def protect_all(clean: Path, protected: Path, methods: list[str]) -> dict[str, Path]:
+def run(argv: list[str]) -> None:
+    """One ``artshield`` command, in this process; a failure stops the proof."""
+    print("$ artshield", shlex.join(argv), flush=True)
+    status = artshield_main(argv)
+    if status != 0:
+        raise SystemExit(f"protection_proof: `artshield {argv[0]}` failed (exit {status})")
+
+
+def protect_all(clean: Path, protected: Path, methods: list[str], strength: str, steps: int | None) -> dict[str, Path]:
     folders = {}
     for method in methods:
         model = "demo-inpaint" if method == "diffusionguard" else "demo"
         out = protected / method
-        run([sys.executable, "-m", "artshield", "protect", str(clean), "-o", str(out), "--method", method,
-             "--model", model, "--strength", "medium", "-q"])
+        run(["protect", str(clean), "-o", str(out), "--method", method, "--model", model, "--strength", strength, "-q",
+             *(["--steps", str(steps)] if steps else [])])
         folders[method] = out
     return folders
 
 
 def evaluate(clean: Path, folders: dict[str, Path], output: Path, mimicry: str, purify: str, extra: list[str]) -> dict:
-    command = [sys.executable, "-m", "artshield", "evaluate", "--clean", str(clean), "--model", "demo", "--output", str(output),
+    command = ["evaluate", "--clean", str(clean), "--model", "demo", "--output", str(output),
                "--mimicry", mimicry, "--purify", purify, "--purify-clean", "-q"]
     for method, folder in folders.items():
         command += ["--protected", f"{method}={folder}"]
@@ -73,42 +93,35 @@ def evaluate(clean: Path, folders: dict[str, Path], output: Path, mimicry: str, 
     return json.loads((output / "report.json").read_text())
 
 
-def table(report: dict, mimicry: str) -> str:
-    """Method × purification → headline score (interval); the worst case, plain and net of the purification."""
+def summary(report: dict, mimicry: str) -> dict:
+    """What the tables show of one mimicry attack's report: the headline score's conditions and protection
+    effects, the purifications, and the protected images' quality summaries."""
     score = report["headline_score"]
-    summary = report["mimicry"][mimicry]["scores"][score]
-    conditions = summary["conditions"]
-    specs = report["purifications"]
-    clean = conditions["clean+none"]
-    lines = [f"{mimicry}: {score} of the mimic's outputs (lower = mimicry spoiled); clean images **{clean['value']:.3f}** "
-             f"[{clean['ci95'][0]:.3f}, {clean['ci95'][1]:.3f}]", "",
-             "| images | PSNR | SSIM | " + " | ".join(specs) + " | worst-case effect | net of purification |",
-             "|---|---|---|" + "---|" * len(specs) + "---|---|",
-             "| clean | | | " + " | ".join(f"{conditions[f'clean+{p}']['value']:.3f}" if f"clean+{p}" in conditions else ""
-                                       for p in specs) + " | | |"]  # fmt: skip
-    for label, protection in summary["protection"].items():
-        quality = report["quality"][label]["summary"]
-        cells = [f"{p['value']:.3f} [{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}]" for p in protection["per_purification"].values()]
-        worst = protection["worst_case"]
-        net = protection.get("worst_case_vs_purified_clean")
-
-        def effect(entry: dict) -> str:
-            mark = " ✓" if entry["protects"] else ""
-            return (f"{entry['effect']:+.3f} [{entry['effect_ci95'][0]:+.3f}, {entry['effect_ci95'][1]:+.3f}] "
-                    f"({entry['purification']}){mark}")
-
-        lines.append(f"| {label} | {quality['psnr_db']['mean']:.1f} | {quality['ssim']['mean']:.3f} | " + " | ".join(cells)
-                     + f" | {effect(worst)} | {effect(net) if net else '–'} |")
-    return "\n".join(lines)
+    scores = report["mimicry"][mimicry]["scores"][score]
+    return {
+        "headline_score": score,
+        "purifications": report["purifications"],
+        "scores": scores,
+        "quality": {label: report["quality"][label]["summary"] for label in scores["protection"]},
+        "seconds": report.get("seconds"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="protection_proof.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir")
+    parser.add_argument("--images", type=positive_int, default=8, help="paintings of the artist (default 8)")
+    parser.add_argument("--size", type=positive_int, default=128, help="their side in pixels (default 128)")
+    parser.add_argument("--strength", choices=("low", "medium", "high"), default="medium")
+    parser.add_argument("--steps", type=positive_int, help="protection steps instead of the strength's")
+    parser.add_argument("--purify", default=PURIFICATIONS, help="purifications for the SDEdit evaluation")
+    parser.add_argument("--samples", type=positive_int, default=2,
+                        help="seeds per image for SDEdit and inpainting (LoRA: twice as many per prompt)")
+    parser.add_argument("--sampling-steps", type=positive_int, help="denoising steps of every mimicry attack (default: the harness's)")
     parser.add_argument("--methods", default=",".join(TEXT_TO_IMAGE_METHODS) + ",diffusionguard")
     parser.add_argument("--lora-methods", default="advdm,photoguard-diffusion,mist,sds+,aspl", help="methods evaluated with LoRA mimicry (slow)")
     parser.add_argument("--lora-purify", default="none,diffpure", help="purifications for the LoRA evaluation")
-    parser.add_argument("--lora-steps", type=int, default=800)
+    parser.add_argument("--lora-steps", type=positive_int, default=800)
     parser.add_argument("--inpaint-methods", default="diffusionguard,photoguard-diffusion,advdm",
                         help="methods evaluated with inpainting mimicry on demo-inpaint")
     parser.add_argument("--inpaint-purify", default="none,jpeg75,diffpure")
@@ -118,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = Path(args.results_dir)
     clean = results / "clean"
-    images, _, _ = make_dataset(8, styles=[ARTIST_STYLE], size=(128, 128), seed=1234)
+    images, _, _ = make_dataset(args.images, styles=[ARTIST_STYLE], size=(args.size, args.size), seed=1234)
     for i, image in enumerate(images):
         if not (clean / f"{i:02d}.png").is_file():
             write_png(clean / f"{i:02d}.png", torch.from_numpy(image).permute(2, 0, 1).float() / 255.0)
@@ -127,24 +140,32 @@ def main(argv: list[str] | None = None) -> int:
     if "diffusionguard" in methods and not (DEMO_WEIGHTS / "unet_inpaint").is_dir():
         print("skipping diffusionguard: the demo inpainting variant is not installed", file=sys.stderr)
         methods.remove("diffusionguard")
-    folders = protect_all(clean, results / "protected", methods)
-    tables = []
+    folders = protect_all(clean, results / "protected", methods, args.strength, args.steps)
+    samples = ["--samples", str(args.samples), *(["--sampling-steps", str(args.sampling_steps)] if args.sampling_steps else [])]
+    out = {"settings": {k: v for k, v in vars(args).items() if k != "results_dir"}, "methods": methods, "mimicry": {}}
     if not args.skip_sdedit:
-        report = evaluate(clean, folders, results / "eval_sdedit", "sdedit", PURIFICATIONS, ["--samples", "2"])
-        tables.append(table(report, "sdedit"))
+        report = evaluate(clean, folders, results / "eval_sdedit", "sdedit", args.purify, samples)
+        out["mimicry"]["sdedit"] = summary(report, "sdedit")
     if not args.skip_inpaint and (DEMO_WEIGHTS / "unet_inpaint").is_dir():
         inpaint_folders = {m: folders[m] for m in args.inpaint_methods.split(",") if m in folders}
-        report = evaluate(clean, inpaint_folders, results / "eval_inpaint", "inpaint", args.inpaint_purify, ["--samples", "2"])
-        tables.append(table(report, "inpaint"))
+        if inpaint_folders:
+            report = evaluate(clean, inpaint_folders, results / "eval_inpaint", "inpaint", args.inpaint_purify, samples)
+            out["mimicry"]["inpaint"] = summary(report, "inpaint")
     if not args.skip_lora:
         lora_folders = {m: folders[m] for m in args.lora_methods.split(",") if m in folders}
-        prompts = [arg for s in ARTIST_SUBJECTS for arg in ("--prompt", caption(ARTIST_STYLE, s))]
-        report = evaluate(clean, lora_folders, results / "eval_lora", "lora", args.lora_purify,
-                          ["--instance-prompt", f"a painting in {ARTIST_STYLE} style", *prompts, "--samples", "4",
-                           "--lora-steps", str(args.lora_steps)])  # fmt: skip
-        tables.append(table(report, "lora"))
-    text = "\n\n".join(tables) + "\n"
-    (results / "tables.md").write_text(text)
+        if lora_folders:
+            prompts = [arg for s in ARTIST_SUBJECTS for arg in ("--prompt", caption(ARTIST_STYLE, s))]
+            report = evaluate(clean, lora_folders, results / "eval_lora", "lora", args.lora_purify,
+                              ["--instance-prompt", f"a painting in {ARTIST_STYLE} style", *prompts,
+                               "--lora-steps", str(args.lora_steps), *samples[2:],
+                               "--samples", str(2 * args.samples)])  # fmt: skip
+            out["mimicry"]["lora"] = summary(report, "lora")
+    # As the harness's report.json, which may hold NaN (e.g. a score undefined for a condition).
+    write_text_atomic(results / "results.json", json.dumps(out, indent=2) + "\n", what="proof results")
+    renderer = _renderer()
+    # The README's order: SDEdit, LoRA, inpainting.
+    text = "\n\n".join(renderer.proof_table(out, m) for m in ("sdedit", "lora", "inpaint") if m in out["mimicry"]) + "\n"
+    write_text_atomic(results / "tables.md", text, what="tables")
     print(text)
     return 0
 

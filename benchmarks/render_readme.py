@@ -1,0 +1,268 @@
+"""Render the README's tables of measured numbers from the committed result files, so they cannot drift.
+
+Every table of figures in README.md sits between ``<!-- table:NAME -->`` and ``<!-- /table -->``; NAME is a
+key of :data:`BLOCKS`, which names the result file (written by a benchmark or example script, never by hand)
+and the function that formats it::
+
+    python benchmarks/render_readme.py                  # print every block whose result file is committed
+    python benchmarks/render_readme.py engine-overhead  # print one block
+    python benchmarks/render_readme.py proof-sdedit --source results/proof/results.json
+    python benchmarks/render_readme.py --check          # exit 1 when a README block differs from its rendering
+    python benchmarks/render_readme.py --write          # rewrite the README's blocks in place
+
+Blocks and their sources:
+
+* ``engine-overhead``: ``benchmarks/results/engine_overhead.json`` (``benchmarks/engine_overhead.py``);
+* ``protect-methods``: ``benchmarks/results/protect_methods.json`` (``benchmarks/protect_methods.py``);
+* ``protect-methods-diffusionguard``: ``benchmarks/results/protect_methods_diffusionguard.json``
+  (``benchmarks/protect_methods.py --methods advdm diffusionguard``: DiffusionGuard on ``demo-inpaint``);
+* ``proof-sdedit``, ``proof-lora``, ``proof-inpaint``: ``benchmarks/results/protection_proof.json``, the
+  ``results.json`` that ``examples/protection_proof.py`` writes (copy it there to commit it);
+* ``lora-mimicry``: ``benchmarks/results/lora_artist_mimicry.json`` (``examples/lora_artist_mimicry.py``'s
+  ``results.json``);
+* ``memorization-detection``, ``memorization-prune``: ``benchmarks/results/memorization_demo.json``
+  (``examples/memorization_demo.py``'s ``results.json``).
+
+A block whose result file is not committed cannot be in the README (the test refuses it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from artshield.cli_support import ArgumentParser
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BLOCK = re.compile(r"(<!-- table:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+# --------------------------------------------------------------------------------------------------
+# formatting, one function per kind of result file
+# --------------------------------------------------------------------------------------------------
+
+
+def engine_overhead_table(data: dict) -> str:
+    """``benchmarks/engine_overhead.py``'s JSON: ms per step through artshield and a bare loop, and the ratio."""
+    lines = [
+        f"Model `{data['model']}` on {data['device']} ({data['dtype']}, torch {data['torch']}, {data['threads']} "
+        f"thread{'s' * (data['threads'] != 1)}), median of {data['repeats']} alternating runs; target ratio "
+        f"≤ {data['target_ratio']:.2f}.",
+        "",
+        "| resolution | steps | artshield ms/step | bare PyTorch ms/step | ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        lines.append(f"| {row['resolution']}² | {row['steps']} | {row['artshield_s_per_step'] * 1000:.1f} | "
+                     f"{row['bare_s_per_step'] * 1000:.1f} | {row['ratio']:.3f} |")
+    if data.get("note"):
+        lines += ["", f"Note: {data['note']}."]
+    return "\n".join(lines)
+
+
+def protect_methods_table(data: dict) -> str:
+    """``benchmarks/protect_methods.py``'s JSON: time per step and memory of each method, as ratios to AdvDM."""
+    rows = data["rows"]
+    alternating = any("advdm_s_per_step" in row for row in rows)
+    timing = ("AdvDM and the method alternating in one process" if alternating
+              else "each method in its own processes (the script's earlier timing)")
+    budget = data["budget"]
+    lines = [
+        f"Model `{data['model']}`, torch {data['torch']}, OMP_NUM_THREADS={data.get('omp_num_threads') or 'unset'}; "
+        f"{data['steps']} steps of {budget['norm']} {budget['eps'] * 255:.0f}/255, step {budget['step_size'] * 255:g}/255, "
+        f"{budget['samples_per_step']} sample per step; medians over {data['rounds']} rounds of {data['repeats']} "
+        f"timed runs; time ratio: {timing}.",
+        "",
+        "| method | model | resolution | ms/step | time / AdvDM | peak RSS MB | MB above baseline | memory / AdvDM |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def ratio(row: dict, key: str) -> str:
+        return f"{row[key]:.2f}" if key in row else "–"
+
+    for row in rows:
+        if "s_per_step" not in row:
+            reason = row.get("skipped") or row.get("error") or "no measurement"
+            lines.append(f"| {row['method']} | {row.get('model', '')} | | {reason} | | | | |")
+            continue
+        lines.append(
+            f"| {row['method']} | {row['model']} | {row['resolution']}² | {row['s_per_step'] * 1000:.1f} | "
+            f"{ratio(row, 'time_ratio')} | {row['peak_rss_mb']:.0f} | {row['peak_above_baseline_mb']:.1f} | "
+            f"{ratio(row, 'memory_ratio')} |"
+        )
+    if data.get("note"):
+        lines += ["", f"Note: {data['note']}."]
+    return "\n".join(lines)
+
+
+def proof_table(results: dict, mimicry: str) -> str:
+    """One mimicry attack of ``examples/protection_proof.py``'s ``results.json``: method × purification →
+    headline score (interval); the worst case, plain and net of the purification."""
+    entry = results["mimicry"][mimicry]
+    score, summary, specs = entry["headline_score"], entry["scores"], entry["purifications"]
+    conditions = summary["conditions"]
+    clean = conditions["clean+none"]
+    lines = [f"{mimicry}: {score} of the mimic's outputs (lower = mimicry spoiled); clean images **{clean['value']:.3f}** "
+             f"[{clean['ci95'][0]:.3f}, {clean['ci95'][1]:.3f}]", "",
+             "| images | PSNR | SSIM | " + " | ".join(specs) + " | worst-case effect | net of purification |",
+             "|---|---|---|" + "---|" * len(specs) + "---|---|",
+             "| clean | | | " + " | ".join(f"{conditions[f'clean+{p}']['value']:.3f}" if f"clean+{p}" in conditions else ""
+                                       for p in specs) + " | | |"]  # fmt: skip
+
+    def effect(cell: dict) -> str:
+        mark = " ✓" if cell["protects"] else ""
+        return (f"{cell['effect']:+.3f} [{cell['effect_ci95'][0]:+.3f}, {cell['effect_ci95'][1]:+.3f}] "
+                f"({cell['purification']}){mark}")
+
+    for label, protection in summary["protection"].items():
+        quality = entry["quality"][label]
+        cells = [f"{p['value']:.3f} [{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}]" for p in protection["per_purification"].values()]
+        net = protection.get("worst_case_vs_purified_clean")
+        lines.append(f"| {label} | {quality['psnr_db']['mean']:.1f} | {quality['ssim']['mean']:.3f} | " + " | ".join(cells)
+                     + f" | {effect(protection['worst_case'])} | {effect(net) if net else '–'} |")
+    return "\n".join(lines)
+
+
+def lora_mimicry_table(data: dict) -> str:
+    """``examples/lora_artist_mimicry.py``'s ``results.json``: artist score before and after the LoRA."""
+    scores, training = data["artist_score"], data["training"]
+
+    def cell(entry: dict) -> str:
+        return f"{entry['mean']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
+
+    return "\n".join([
+        f"LoRA on {training['images']} {data['artist_style']} images, rank {training['rank']}"
+        f"{' + text-encoder LoRA' * bool(training['train_text_encoder'])}, {training['steps']} steps at lr "
+        f"{training['learning_rate']:g}, {training['wall_seconds']:.0f} s; artist score (mean [95 % bootstrap]):",
+        "",
+        "| prompts | images | before | after |",
+        "|---|---|---|---|",
+        f"| the artist's | {scores['artist_prompts_after']['n']} | {cell(scores['artist_prompts_before'])} | "
+        f"{cell(scores['artist_prompts_after'])} |",
+        f"| control (other styles) | {scores['control_prompts_after']['n']} | {cell(scores['control_prompts_before'])} | "
+        f"{cell(scores['control_prompts_after'])} |",
+    ])  # fmt: skip
+
+
+def memorization_detection_table(data: dict) -> str:
+    """``examples/memorization_demo.py``'s ``results.json``: detection on the original and over-fitted model."""
+    columns = [data["detection"][name] for name in ("original", "overfit")]
+
+    def auc(d: dict) -> str:
+        low, high = d["auc_vs_controls_ci95"]
+        return f"{d['auc_vs_controls']:.2f} [{low:.2f}, {high:.2f}] / {d['auc_vs_world_captions']:.2f}"
+
+    rows = [
+        ("memorized prompts' generations nearest their own training image", lambda d: f"{d['copies_own_image']:.2f}"),
+        ("Wen et al. metric: memorized / controls / world captions", lambda d: " / ".join(
+            f"{d[k]:.2f}" for k in ("mean_metric_memorized", "mean_metric_controls", "mean_metric_world_captions"))),
+        ("detection AUC vs controls [95 % bootstrap] / vs world captions", auc),
+    ]  # fmt: skip
+    lines = ["| | original demo model | over-fitted |", "|---|---|---|"]
+    lines += [f"| {label} | " + " | ".join(fmt(d) for d in columns) + " |" for label, fmt in rows]
+    return "\n".join(lines)
+
+
+def memorization_prune_table(data: dict) -> str:
+    """``examples/memorization_demo.py``'s ``results.json``: memorization and utility at each pruning ratio."""
+
+    def weights(row: dict) -> str:
+        count = f"{row['pruned_weights']:,}".replace(",", " ")
+        return count if not row["pruned_weights"] else f"{count} ({100 * row['fraction_of_located_layers']:.2g} %)"
+
+    lines = ["| base | ratio | weights zeroed | metric | own-image rate | style accuracy | SSIM to original |",
+             "|---|---|---|---|---|---|---|"]
+    sweep = data["prune_sweep"]
+    for row in [sweep["before"], *sweep["after"]]:
+        ssim, ratio = row["utility_ssim_to_original"], row["ratio"]
+        ssim_text = "–" if ssim is None else "1" if ssim == 1 else f"{ssim:.2f}"
+        lines.append(
+            f"| {row['base_prompts'] or '—'} | {f'{100 * ratio:g} %' if ratio else '0'} | {weights(row)} | "
+            f"{row['memorization_metric']:.2f} | {row['copies_own_image']:.2f} | {row['utility_style_accuracy']:.2f} | "
+            f"{ssim_text} |"
+        )
+    return "\n".join(lines)
+
+
+#: Block name -> (result file relative to the repository root, formatter).
+BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "engine-overhead": ("benchmarks/results/engine_overhead.json", engine_overhead_table),
+    "protect-methods": ("benchmarks/results/protect_methods.json", protect_methods_table),
+    "protect-methods-diffusionguard": ("benchmarks/results/protect_methods_diffusionguard.json", protect_methods_table),
+    "proof-sdedit": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "sdedit")),
+    "proof-lora": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "lora")),
+    "proof-inpaint": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "inpaint")),
+    "lora-mimicry": ("benchmarks/results/lora_artist_mimicry.json", lora_mimicry_table),
+    "memorization-detection": ("benchmarks/results/memorization_demo.json", memorization_detection_table),
+    "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# README blocks
+# --------------------------------------------------------------------------------------------------
+
+
+def render(name: str, source: str | Path | None = None, root: Path = ROOT) -> str:
+    """The Markdown of block `name`, from `source` (default: its committed result file)."""
+    if name not in BLOCKS:
+        raise KeyError(f"unknown table {name!r}; known: {', '.join(BLOCKS)}")
+    default, formatter = BLOCKS[name]
+    path = Path(source) if source is not None else root / default
+    return formatter(json.loads(path.read_text(encoding="utf-8")))
+
+
+def readme_blocks(text: str) -> dict[str, str]:
+    """Block name -> its current body (without the marker lines) in a README text."""
+    blocks: dict[str, str] = {}
+    for match in BLOCK.finditer(text):
+        if match["name"] in blocks:
+            raise ValueError(f"table {match['name']!r} appears twice in the README")
+        blocks[match["name"]] = match["body"]
+    return blocks
+
+
+def updated(text: str, root: Path = ROOT) -> str:
+    """`text` with every block's body replaced by its rendering (surrounded by one blank line each side)."""
+    return BLOCK.sub(lambda m: f"{m[1]}\n{render(m['name'], root=root)}\n\n{m[4]}", text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="render_readme.py", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"blocks to print (default: all with a committed source): {', '.join(BLOCKS)}")
+    parser.add_argument("--source", help="result file to render instead of the committed one (with one NAME)")
+    parser.add_argument("--readme", default=str(README))
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--check", action="store_true", help="exit 1 if a README block differs from its rendering")
+    group.add_argument("--write", action="store_true", help="rewrite the README's blocks from the result files")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BLOCKS]
+    if unknown:
+        parser.error(f"unknown table {unknown[0]!r}; known: {', '.join(BLOCKS)}")
+    if args.source and len(args.names) != 1:
+        parser.error("--source needs exactly one table name")
+    if args.check or args.write:
+        readme = Path(args.readme)
+        text = readme.read_text(encoding="utf-8")
+        new = updated(text)
+        if args.write:
+            if new != text:
+                readme.write_text(new, encoding="utf-8")
+            print(f"{readme}: {len(readme_blocks(new))} tables {'rewritten' if new != text else 'already up to date'}")
+            return 0
+        stale = [n for n, body in readme_blocks(text).items() if body != readme_blocks(new)[n]]
+        for name in stale:
+            print(f"{readme}: table {name!r} differs from {BLOCKS[name][0]}; run {Path(__file__).name} --write",
+                  file=sys.stderr)
+        return 1 if stale else 0
+    names = args.names or [n for n, (source, _) in BLOCKS.items() if (ROOT / source).is_file()]
+    print("\n\n".join(f"<!-- table:{name} -->\n\n{render(name, args.source)}\n\n<!-- /table -->" for name in names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

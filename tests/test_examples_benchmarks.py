@@ -1,0 +1,202 @@
+"""Smoke runs of every example and benchmark script with tiny settings, and the README's rendered tables.
+
+Each script runs in this process (its ``main(argv)``) into ``tmp_path`` and must exit 0 and write its JSON
+with the keys the committed result files and the README renderer use. The README's tables of measured
+numbers must equal what ``benchmarks/render_readme.py`` renders from the committed result files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def script(relative: str):
+    """Import a script of benchmarks/ or examples/ by path (they are not packages)."""
+    name = "script_" + relative.replace("/", "_").removesuffix(".py")
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def committed(relative: str) -> dict:
+    return json.loads((ROOT / relative).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------------------------------
+# the README's tables
+# --------------------------------------------------------------------------------------------------
+
+
+def test_readme_tables_are_the_rendering_of_committed_results():
+    renderer = script("benchmarks/render_readme.py")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks = renderer.readme_blocks(text)
+    assert {"engine-overhead", "protect-methods"} <= set(blocks)
+    for name, body in blocks.items():
+        assert name in renderer.BLOCKS, f"README table {name!r} has no known source"
+        assert (ROOT / renderer.BLOCKS[name][0]).is_file(), f"README table {name!r}: its result file is not committed"
+        assert body == f"\n{renderer.render(name)}\n\n", f"README table {name!r} differs from its result file"
+    assert renderer.updated(text) == text
+    assert renderer.main(["--check"]) == 0
+
+
+def test_render_check_catches_an_edited_number(tmp_path, capsys):
+    renderer = script("benchmarks/render_readme.py")
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = renderer.readme_blocks(text)["engine-overhead"]
+    readme = tmp_path / "README.md"
+    readme.write_text(text.replace(body, body.replace("| 128² |", "| 129² |")), encoding="utf-8")
+    assert renderer.main(["--check", "--readme", str(readme)]) == 1
+    assert "engine-overhead" in capsys.readouterr().err
+    assert renderer.main(["--write", "--readme", str(readme)]) == 0
+    assert readme.read_text(encoding="utf-8") == text
+
+
+def test_committed_results_have_the_scripts_format():
+    """Every key of a committed result file is one its script writes (no hand-added notes or rows)."""
+    engine = committed("benchmarks/results/engine_overhead.json")
+    assert set(engine) <= {"benchmark", "model", "device", "dtype", "torch", "threads", "machine", "repeats", "rows",
+                           "target_ratio", "demo_training", "note"}
+    methods = committed("benchmarks/results/protect_methods.json")
+    assert set(methods) <= {"benchmark", "model", "device", "torch", "omp_num_threads", "machine", "steps", "repeats",
+                            "rounds", "budget", "rows", "targets", "in_process", "note"}
+    row_keys = {"method", "model", "resolution", "s_per_step", "advdm_s_per_step", "time_ratio", "peak_rss_mb",
+                "peak_above_baseline_mb", "memory_measure", "s_per_step_rounds", "time_ratio_rounds",
+                "peak_above_baseline_mb_rounds", "memory_ratio", "peak_rss_ratio", "skipped", "error"}
+    for row in methods["rows"]:
+        assert set(row) <= row_keys, row["method"]
+
+
+# --------------------------------------------------------------------------------------------------
+# benchmarks
+# --------------------------------------------------------------------------------------------------
+
+
+def test_engine_overhead_smoke(tmp_path, tiny_model_dir):
+    out = tmp_path / "engine_overhead.json"
+    argv = ["--model", str(tiny_model_dir), "--device", "cpu", "--resolutions", "32", "--steps", "1", "--repeats", "1",
+            "--note", "smoke run", "--output", str(out)]
+    assert script("benchmarks/engine_overhead.py").main(argv) == 0
+    result = json.loads(out.read_text())
+    reference = committed("benchmarks/results/engine_overhead.json")
+    assert set(result) == set(reference) - {"demo_training"}  # the demo model's facts only with --model demo
+    assert [set(row) for row in result["rows"]] == [set(reference["rows"][0])]
+    assert result["rows"][0]["resolution"] == 32 and result["rows"][0]["ratio"] > 0
+    assert "| 32² | 1 |" in script("benchmarks/render_readme.py").engine_overhead_table(result)
+
+
+def test_protect_methods_smoke(tmp_path, tiny_model_dir):
+    out = tmp_path / "protect_methods.json"
+    argv = ["--model", str(tiny_model_dir), "--device", "cpu", "--methods", "advdm", "sds+", "--resolution", "32",
+            "--steps", "1", "--repeats", "1", "--rounds", "1", "--in-process", "--output", str(out)]
+    assert script("benchmarks/protect_methods.py").main(argv) == 0
+    result = json.loads(out.read_text())
+    reference = committed("benchmarks/results/protect_methods.json")
+    assert set(reference) <= set(result) and result["in_process"] is True
+    assert [row["method"] for row in result["rows"]] == ["advdm", "sds+"]
+    for row in result["rows"]:
+        assert "error" not in row, row
+        assert set(reference["rows"][0]) <= set(row)  # the committed (earlier) rows are a subset
+        assert row["time_ratio"] > 0 and row["peak_rss_mb"] > 0
+    assert result["rows"][0]["memory_ratio"] == 1.0
+    table = script("benchmarks/render_readme.py").protect_methods_table(result)
+    assert "| sds+ |" in table and "alternating in one process" in table
+
+
+def test_protect_methods_worker_prints_one_json_row(tmp_path, tiny_model_dir, capsys):
+    """The argv a worker subprocess gets (``--worker NAME --phase memory``) prints its row as the last line."""
+    argv = ["--worker", "sds-", "--phase", "memory", "--model", str(tiny_model_dir), "--device", "cpu", "--dtype", "fp32",
+            "--steps", "1", "--repeats", "1", "--resolution", "32"]
+    assert script("benchmarks/protect_methods.py").main(argv) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["method"] == "sds-" and row["peak_above_baseline_mb"] >= 0 and "memory_measure" in row
+
+
+# --------------------------------------------------------------------------------------------------
+# examples
+# --------------------------------------------------------------------------------------------------
+
+
+def test_make_examples_reproduces_the_shipped_images(tmp_path):
+    assert script("examples/make_examples.py").main(["--output", str(tmp_path)]) == 0
+    listing = json.loads((tmp_path / "examples.json").read_text())["images"]
+    assert [entry["file"] for entry in listing] == ["painting.png", "pointillism_tree.jpg", "neon_star.png"]
+    for entry in listing:
+        made = np.asarray(Image.open(tmp_path / entry["file"]).convert("RGB"), dtype=np.int16)
+        shipped = np.asarray(Image.open(ROOT / "examples" / entry["file"]).convert("RGB"), dtype=np.int16)
+        assert made.shape == shipped.shape == (entry["height"], entry["width"], 3)
+        # PNG is lossless; the JPEG may differ by a grey level or two between libjpeg builds.
+        assert np.abs(made - shipped).max() <= (0 if entry["file"].endswith(".png") else 3), entry["file"]
+
+
+@pytest.mark.slow
+def test_protection_proof_smoke(tmp_path):
+    argv = [str(tmp_path), "--images", "2", "--size", "64", "--steps", "1", "--methods", "advdm",
+            "--purify", "none,jpeg75", "--samples", "1", "--sampling-steps", "2", "--skip-inpaint", "--skip-lora"]
+    assert script("examples/protection_proof.py").main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["methods"] == ["advdm"] and list(results["mimicry"]) == ["sdedit"]
+    entry = results["mimicry"]["sdedit"]
+    assert entry["purifications"] == ["none", "jpeg75"] and set(entry["quality"]) == {"advdm"}
+    assert {"clean+none", "advdm+jpeg75"} <= set(entry["scores"]["conditions"])
+    table = script("benchmarks/render_readme.py").proof_table(results, "sdedit")
+    assert (tmp_path / "tables.md").read_text() == table + "\n"
+    assert "| advdm |" in table and table.startswith("sdedit: artist_score")
+
+
+@pytest.mark.slow
+def test_lora_artist_mimicry_smoke(tmp_path):
+    argv = [str(tmp_path), "--num_images", "2", "--steps", "2", "--batch_size", "1", "--rank", "2", "--resolution", "64",
+            "--samples_per_prompt", "1", "--sampling_steps", "1"]
+    assert script("examples/lora_artist_mimicry.py").main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["training"]["steps"] == 2 and results["generation"]["steps"] == 1
+    assert set(results["artist_score"]) == {"training_images", "artist_prompts_before", "artist_prompts_after",
+                                            "control_prompts_before", "control_prompts_after"}
+    assert results["artist_score"]["artist_prompts_after"]["n"] == 4
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    table = script("benchmarks/render_readme.py").lora_mimicry_table(results)
+    assert "| the artist's | 4 |" in table and "2 steps" in table
+
+
+@pytest.mark.slow
+def test_bayesian_vs_plain_smoke(tmp_path):
+    argv = ["--output_dir", str(tmp_path), "--train_seeds", "0", "--max_train_steps", "2", "--validation_steps", "1",
+            "--num_validation_images", "1", "--num_instance_images", "2", "--resolution", "64", "--in_process"]
+    assert script("examples/bayesian_vs_plain.py").main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["wall_time_s"]) == {"plain-seed0", "bayesian-seed0"}
+    assert [r["step"] for r in results["records"]["bayesian-seed0"]] == [1, 2]
+    assert "dct_similarity" in results["summary"]["plain"] and (tmp_path / "curves.png").is_file()
+    assert "--bayesian" in results["commands"]["bayesian-seed0"]
+    assert (tmp_path / "plain-seed0" / "train.log").is_file()
+
+
+@pytest.mark.slow
+def test_memorization_demo_smoke(tmp_path):
+    argv = ["--output_dir", str(tmp_path), "--resolution", "64", "--duplicates", "1", "--images_per_style", "1",
+            "--max_train_steps", "2", "--train_batch_size", "2", "--seeds", "0", "--num_inference_steps", "2",
+            "--steps", "1", "--timesteps", "1", "--sweep", "", "--in_process"]
+    assert script("examples/memorization_demo.py").main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["training"]["max_train_steps"] == 2
+    assert set(results["detection"]) == {"original", "overfit"}
+    assert {"detection_auc_vs_controls", "copies_own_image", "pruned_weights"} <= set(results["summary"])
+    assert results["prune_sweep"]["before"]["ratio"] == 0.0 and results["prune_sweep"]["after"] == []
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "pruned").is_dir()
+    renderer = script("benchmarks/render_readme.py")
+    assert renderer.memorization_detection_table(results).count("\n") == 4
+    assert renderer.memorization_prune_table(results).splitlines()[2].startswith("| — | 0 | 0 |")
