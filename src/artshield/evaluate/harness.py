@@ -43,14 +43,15 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import ImageReadError, InvalidArgumentError
-from ..fileio import write_json_atomic
-from ..imageio import iter_images, quantize, read_image, write_png
+from ..errors import ImageReadError, InvalidArgumentError, OutputWriteError
+from ..fileio import check_output_file, same_path, write_json_atomic
+from ..imageio import as_rgb, iter_images, quantize, read_image, write_png
 from ..metrics import image_report, lpips_distance, lpips_unavailable_reason, psnr, ssim
 from . import feature_distance as fdist
 from .clip_score import clip_score, clip_unavailable_reason
 from .mimicry import Mimicry, MimicryOutput
-from .purify import Purification, get_purification, image_seed
+from .purify_base import Purification, image_seed
+from .purify_spec import get_purification
 from .report import safe_name, write_report
 
 logger = logging.getLogger(__name__)
@@ -112,9 +113,27 @@ def _read_folder(folder: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def load_image_sets(clean_dir: str | Path, protected: dict[str, str | Path], max_images: int | None = None) -> ImageSets:
-    """Read the clean folder and every protected folder; every clean image needs its protected version."""
+    """Read the clean folder and every protected folder; every clean image needs its protected version.
+
+    Refused (InvalidArgumentError): `max_images` below 1; a protected folder that is the clean folder (by any
+    spelling or link) or whose images are the clean images unchanged (the comparison would be meaningless);
+    two protected labels that would share a report folder.
+    """
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
+        raise InvalidArgumentError(f"`max_images` must be a positive integer or None, but is {max_images!r}.")
+    folders: dict[str, str] = {}
+    for label, folder in protected.items():
+        if same_path(folder, clean_dir):
+            raise InvalidArgumentError(
+                f"protected folder {str(folder)!r} ({label}) is the clean folder {str(clean_dir)!r}; pass the "
+                "protected images (what `protect` wrote)."
+            )
+        clash = next((other for other in folders if safe_name(other) == safe_name(label)), None)
+        if label == CLEAN or clash is not None:
+            raise InvalidArgumentError(f"protected label {label!r} clashes with {clash or CLEAN!r}; choose distinct labels.")
+        folders[label] = str(folder)
     clean = _read_folder(Path(clean_dir), "clean")
-    names = sorted(clean)[: max_images or None]
+    names = sorted(clean)[:max_images]
     sets = ImageSets(names=names, clean=[clean[n] for n in names], folders={CLEAN: str(clean_dir)})
     for label, folder in protected.items():
         found = _read_folder(Path(folder), f"protected ({label})")
@@ -130,9 +149,47 @@ def load_image_sets(clean_dir: str | Path, protected: dict[str, str | Path], max
                     f"protected image {n} in {folder} is {tuple(found[n].shape[-2:])} but its clean version is "
                     f"{tuple(clean[n].shape[-2:])}; protections keep the size, so these are not the same image."
                 )
+        if all(torch.equal(found[n], clean[n]) for n in names):
+            raise InvalidArgumentError(
+                f"protected folder {folder} ({label}) holds the clean images unchanged; pass the protected images "
+                "(what `protect` wrote)."
+            )
         sets.protected[label] = [found[n] for n in names]
         sets.folders[label] = str(folder)
     return sets
+
+
+#: What :func:`evaluate` writes under its output folder.
+OUTPUT_FILES = ("report.json", "report.html")
+OUTPUT_FOLDERS = ("cells", "inputs", "grids")
+
+
+def check_output_folder(output_dir: str | Path, inputs: dict[str, str | Path]) -> Path:
+    """Refuse, before any work, an output folder :func:`evaluate` must not write to: a file, a path under a
+    file, one of the input folders (`inputs`: label -> folder), or a folder whose ``cells``, ``inputs`` or
+    ``grids`` (which a run rewrites) holds an input folder. Returns the expanded path."""
+    output = Path(output_dir).expanduser()
+    if output.exists() and not output.is_dir():
+        raise OutputWriteError(f"output {str(output)!r} is a file; give a folder (report.json, report.html and "
+                               "cells/ are written in it).")  # fmt: skip
+    for parent in output.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputWriteError(f"output {str(output)!r}: {str(parent)!r} is a file, not a folder.")
+            break
+    for label, folder in inputs.items():
+        what = "the clean folder" if label == CLEAN else f"the protected folder ({label})"
+        if same_path(output, folder):
+            raise OutputWriteError(f"output {str(output)!r} is {what} {str(folder)!r}; choose another folder.")
+        resolved = Path(folder).expanduser().resolve()
+        for name in OUTPUT_FOLDERS:
+            managed = (output / name).resolve()
+            if resolved == managed or managed in resolved.parents:
+                raise OutputWriteError(f"output {str(output)!r}: {what} {str(folder)!r} lies in its {name}/, which "
+                                       "a run rewrites; choose another output folder.")  # fmt: skip
+    for name in OUTPUT_FILES:
+        check_output_file("output", output / name)
+    return output
 
 
 # ------------------------------------------------------------------------------------------------ caching
@@ -247,15 +304,15 @@ class Scorer:
             self.notes["kid"] = self.notes["fd"] = "needs at least two clean images"
 
     def features(self, images: list[torch.Tensor]) -> np.ndarray:
-        return fdist.features([_rgb(im) for im in images], self._mean, self._std)
+        return fdist.features([as_rgb(im) for im in images], self._mean, self._std)
 
     def item_scores(self, output: MimicryOutput, clean: MimicryOutput | None) -> dict[str, np.ndarray]:
         scores: dict[str, np.ndarray] = {}
         with torch.no_grad():
             if self.style_metric is not None:
-                scores["artist_score"] = np.array([float(self.style_metric.artist_score(_rgb(im)[None])[0]) for im in output.images])
+                scores["artist_score"] = np.array([float(self.style_metric.artist_score(as_rgb(im)[None])[0]) for im in output.images])
             if self.use_clip:
-                values = [clip_score(_rgb(im)[None], [p]) for im, p in zip(output.images, output.prompts, strict=True)]
+                values = [clip_score(as_rgb(im)[None], [p]) for im, p in zip(output.images, output.prompts, strict=True)]
                 if all(v is not None for v in values):
                     scores["clip_score"] = np.array([float(v[0]) for v in values])
             if clean is not None:
@@ -265,10 +322,6 @@ class Scorer:
                 if "lpips_to_clean" not in self.notes:
                     scores["lpips_to_clean"] = np.array([float(lpips_distance(a.float(), b.float())[0]) for a, b in pairs])
         return {k: v for k, v in scores.items() if np.all(np.isfinite(v))}
-
-
-def _rgb(image: torch.Tensor) -> torch.Tensor:
-    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
 def _ssim_or_nan(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -413,9 +466,20 @@ def _progress(total: int, quiet: bool):
 
 def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Path, *, purification_model=None,
              quiet: bool = False, command: str | None = None) -> dict[str, Any]:
-    """Run every mimicry on every condition, score, compare, and write ``report.json`` and ``report.html``."""
+    """Run every mimicry on every condition, score, compare, and write ``report.json`` and ``report.html``.
+
+    Settings and the output folder are checked before any work (:func:`check_output_folder`)."""
     if not settings.mimicries:
         raise InvalidArgumentError("choose at least one mimicry attack.")
+    names = [m.name for m in settings.mimicries]
+    if len(set(names)) != len(names):
+        raise InvalidArgumentError(f"each mimicry attack may run once, but got {', '.join(names)}.")
+    if isinstance(settings.bootstrap, bool) or not isinstance(settings.bootstrap, int) or settings.bootstrap < 1:
+        raise InvalidArgumentError(f"`bootstrap` must be a positive number of resamples, but is {settings.bootstrap!r}.")
+    if not 0.0 < float(settings.alpha) < 1.0:
+        raise InvalidArgumentError(f"`alpha` must be in (0, 1), but is {settings.alpha!r}.")
+    if int(settings.grid_columns) < 1:
+        raise InvalidArgumentError(f"`grid_columns` must be at least 1, but is {settings.grid_columns!r}.")
     if len(sets.names) < 2:
         raise InvalidArgumentError("evaluation needs at least two clean images (bootstrap intervals and KID need pairs).")
     headline = settings.headline or ("artist_score" if settings.style_metric is not None else "kid")
@@ -423,8 +487,7 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
         raise InvalidArgumentError(f"the headline score must be one of {', '.join(BASELINED)}, but is {headline!r}.")
     if headline == "artist_score" and settings.style_metric is None:
         raise InvalidArgumentError("the headline score artist_score needs a style metric (--style-metric).")
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    output = check_output_folder(output_dir, sets.folders)
     # Each purification is labelled as the user wrote it ("jpeg75"), or by its spec when given as an object.
     by_label: dict[str, Purification] = {}
     for item in settings.purifications:
@@ -446,6 +509,10 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
 
     scorer = Scorer(sets.clean, settings.style_metric, settings.use_clip)
     started = time.perf_counter()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputWriteError(f"output {str(output)!r} cannot be created ({exc.strerror or exc}).") from exc
     inputs: dict[str, list[torch.Tensor]] = {}
     for condition in conditions:
         images = sets.clean if condition.image_set == CLEAN else sets.protected[condition.image_set]
@@ -533,5 +600,5 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
     return report
 
 
-__all__ = ["CLEAN", "SCORES", "Condition", "EvaluationSettings", "ImageSets", "bootstrap_conditions", "evaluate",
-           "load_image_sets", "purified_inputs", "run_cell", "summarise_score"]
+__all__ = ["CLEAN", "SCORES", "Condition", "EvaluationSettings", "ImageSets", "bootstrap_conditions",
+           "check_output_folder", "evaluate", "load_image_sets", "purified_inputs", "run_cell", "summarise_score"]
