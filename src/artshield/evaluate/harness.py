@@ -1,7 +1,7 @@
 """The evaluation harness: does a protection still spoil mimicry after the mimic purifies the images?
 
 For a folder of an artist's clean images and one or more folders of their protected versions (matched by
-file stem, as ``protect`` names its outputs), :func:`evaluate` runs every mimicry attack
+file stem, as ``protect`` names its outputs; :mod:`.image_sets`), :func:`evaluate` runs every mimicry attack
 (:mod:`.mimicry`) on
 
 * the clean images (the baseline: what the mimic gets without protection), and
@@ -43,12 +43,13 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import ImageReadError, InvalidArgumentError, OutputWriteError
-from ..fileio import check_output_file, same_path, write_json_atomic
-from ..imageio import as_rgb, iter_images, quantize, read_image, write_png
+from ..errors import InvalidArgumentError, OutputWriteError
+from ..fileio import write_json_atomic
+from ..imageio import as_rgb, quantize, read_image, write_png
 from ..metrics import image_report, lpips_distance, lpips_unavailable_reason, psnr, ssim
 from . import feature_distance as fdist
 from .clip_score import clip_score, clip_unavailable_reason
+from .image_sets import CLEAN, ImageSets, check_output_folder, load_image_sets
 from .mimicry import Mimicry, MimicryOutput
 from .purify_base import Purification, image_seed
 from .purify_spec import get_purification
@@ -56,7 +57,6 @@ from .report import safe_name, write_report
 
 logger = logging.getLogger(__name__)
 
-CLEAN = "clean"
 NO_PURIFICATION = "none"
 
 #: name -> (direction, kind, description). direction +1: higher means the mimic got closer to the artist;
@@ -88,108 +88,6 @@ class Condition:
     @property
     def folder(self) -> str:
         return safe_name(self.name)
-
-
-@dataclass
-class ImageSets:
-    """The clean images and each protected set, matched by file stem, as float (C, H, W) tensors in [0, 1]."""
-
-    names: list[str]
-    clean: list[torch.Tensor]
-    protected: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    folders: dict[str, str] = field(default_factory=dict)
-
-
-def _read_folder(folder: Path, what: str) -> dict[str, torch.Tensor]:
-    listing = iter_images(folder)
-    images: dict[str, torch.Tensor] = {}
-    for path in listing:
-        if path.stem in images:
-            raise InvalidArgumentError(f"{what} folder {folder}: two images share the name {path.stem!r}.")
-        images[path.stem] = read_image(path).rgb[0]
-    if not images:
-        raise ImageReadError(f"{what} folder {folder} holds no images.")
-    return images
-
-
-def load_image_sets(clean_dir: str | Path, protected: dict[str, str | Path], max_images: int | None = None) -> ImageSets:
-    """Read the clean folder and every protected folder; every clean image needs its protected version.
-
-    Refused (InvalidArgumentError): `max_images` below 1; a protected folder that is the clean folder (by any
-    spelling or link) or whose images are the clean images unchanged (the comparison would be meaningless);
-    two protected labels that would share a report folder.
-    """
-    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
-        raise InvalidArgumentError(f"`max_images` must be a positive integer or None, but is {max_images!r}.")
-    folders: dict[str, str] = {}
-    for label, folder in protected.items():
-        if same_path(folder, clean_dir):
-            raise InvalidArgumentError(
-                f"protected folder {str(folder)!r} ({label}) is the clean folder {str(clean_dir)!r}; pass the "
-                "protected images (what `protect` wrote)."
-            )
-        clash = next((other for other in folders if safe_name(other) == safe_name(label)), None)
-        if label == CLEAN or clash is not None:
-            raise InvalidArgumentError(f"protected label {label!r} clashes with {clash or CLEAN!r}; choose distinct labels.")
-        folders[label] = str(folder)
-    clean = _read_folder(Path(clean_dir), "clean")
-    names = sorted(clean)[:max_images]
-    sets = ImageSets(names=names, clean=[clean[n] for n in names], folders={CLEAN: str(clean_dir)})
-    for label, folder in protected.items():
-        found = _read_folder(Path(folder), f"protected ({label})")
-        missing = [n for n in names if n not in found]
-        if missing:
-            raise InvalidArgumentError(
-                f"protected folder {folder} ({label}) lacks {len(missing)} of the clean images: {', '.join(missing[:5])}"
-                + (" ..." if len(missing) > 5 else "") + " (images are matched by file name without extension)."
-            )
-        for n in names:
-            if found[n].shape[-2:] != clean[n].shape[-2:]:
-                raise InvalidArgumentError(
-                    f"protected image {n} in {folder} is {tuple(found[n].shape[-2:])} but its clean version is "
-                    f"{tuple(clean[n].shape[-2:])}; protections keep the size, so these are not the same image."
-                )
-        if all(torch.equal(found[n], clean[n]) for n in names):
-            raise InvalidArgumentError(
-                f"protected folder {folder} ({label}) holds the clean images unchanged; pass the protected images "
-                "(what `protect` wrote)."
-            )
-        sets.protected[label] = [found[n] for n in names]
-        sets.folders[label] = str(folder)
-    return sets
-
-
-#: What :func:`evaluate` writes under its output folder.
-OUTPUT_FILES = ("report.json", "report.html")
-OUTPUT_FOLDERS = ("cells", "inputs", "grids")
-
-
-def check_output_folder(output_dir: str | Path, inputs: dict[str, str | Path]) -> Path:
-    """Refuse, before any work, an output folder :func:`evaluate` must not write to: a file, a path under a
-    file, one of the input folders (`inputs`: label -> folder), or a folder whose ``cells``, ``inputs`` or
-    ``grids`` (which a run rewrites) holds an input folder. Returns the expanded path."""
-    output = Path(output_dir).expanduser()
-    if output.exists() and not output.is_dir():
-        raise OutputWriteError(f"output {str(output)!r} is a file; give a folder (report.json, report.html and "
-                               "cells/ are written in it).")  # fmt: skip
-    for parent in output.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputWriteError(f"output {str(output)!r}: {str(parent)!r} is a file, not a folder.")
-            break
-    for label, folder in inputs.items():
-        what = "the clean folder" if label == CLEAN else f"the protected folder ({label})"
-        if same_path(output, folder):
-            raise OutputWriteError(f"output {str(output)!r} is {what} {str(folder)!r}; choose another folder.")
-        resolved = Path(folder).expanduser().resolve()
-        for name in OUTPUT_FOLDERS:
-            managed = (output / name).resolve()
-            if resolved == managed or managed in resolved.parents:
-                raise OutputWriteError(f"output {str(output)!r}: {what} {str(folder)!r} lies in its {name}/, which "
-                                       "a run rewrites; choose another output folder.")  # fmt: skip
-    for name in OUTPUT_FILES:
-        check_output_file("output", output / name)
-    return output
 
 
 # ------------------------------------------------------------------------------------------------ caching
@@ -488,6 +386,14 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
     if headline == "artist_score" and settings.style_metric is None:
         raise InvalidArgumentError("the headline score artist_score needs a style metric (--style-metric).")
     output = check_output_folder(output_dir, sets.folders)
+    for mimicry in settings.mimicries:
+        multiple = int(getattr(mimicry.model, "pixel_multiple", 1)) if mimicry.edits_inputs else 1
+        for name, image in zip(sets.names, sets.clean, strict=True):
+            if min(image.shape[-2:]) < multiple:
+                raise InvalidArgumentError(
+                    f"clean image {name} is {image.shape[-1]}×{image.shape[-2]} px, smaller than the pixel multiple "
+                    f"{multiple} of the {mimicry.name} mimic's model; use larger images."
+                )
     # Each purification is labelled as the user wrote it ("jpeg75"), or by its spec when given as an object.
     by_label: dict[str, Purification] = {}
     for item in settings.purifications:
