@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from artshield.errors import InvalidArgumentError
+from artshield.errors import InvalidArgumentError, OutputWriteError
 from artshield.evaluate import feature_distance as fdist
 from artshield.evaluate.clip_score import clip_score, clip_unavailable_reason
 from artshield.evaluate.harness import (
     Condition,
     EvaluationSettings,
     bootstrap_conditions,
+    check_output_folder,
     evaluate,
     load_image_sets,
     summarise_score,
@@ -286,3 +287,56 @@ def test_a_headline_that_cannot_be_computed_is_refused_before_any_work(tmp_path,
     with pytest.raises(InvalidArgumentError, match="needs a style metric"):
         evaluate(sets, settings, tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()
+
+
+def test_image_sets_refuse_what_would_give_a_silently_wrong_result(tmp_path):
+    clean, protected = _write_sets(tmp_path, count=3, size=(32, 32))
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(InvalidArgumentError, match="max_images"):
+            load_image_sets(clean, {"p": protected}, max_images=bad)
+    assert load_image_sets(clean, {"p": protected}, max_images=2).names == ["00", "01"]
+    (tmp_path / "link").symlink_to(clean)
+    for same in (clean, tmp_path / "clean" / ".." / "clean", tmp_path / "link"):
+        with pytest.raises(InvalidArgumentError, match="is the clean folder"):
+            load_image_sets(clean, {"p": same})
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for path in clean.iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    with pytest.raises(InvalidArgumentError, match="unchanged"):
+        load_image_sets(clean, {"p": copy})
+    with pytest.raises(InvalidArgumentError, match="clashes"):
+        load_image_sets(clean, {"a b": protected, "a_b": protected})
+
+
+def test_output_folder_is_checked_before_any_work(tmp_path, tiny_model):
+    clean, protected = _write_sets(tmp_path, count=2, size=(32, 32))
+    (tmp_path / "file.txt").write_text("keep")
+    inputs = {"clean": clean, "p": protected}
+    for bad, match in [(tmp_path / "file.txt", "is a file"), (tmp_path / "file.txt" / "eval", "is a file"),
+                       (clean, "clean folder"), (protected, r"protected folder \(p\)"),
+                       (clean.parent / "clean" / "..", None)]:  # fmt: skip
+        if match is None:  # the folder holding the inputs is a fine output (nothing there is rewritten)
+            assert check_output_folder(bad, inputs) == bad
+            continue
+        with pytest.raises(OutputWriteError, match=match):
+            check_output_folder(bad, inputs)
+    nested = tmp_path / "out" / "cells" / "mine"
+    nested.mkdir(parents=True)
+    with pytest.raises(OutputWriteError, match="cells/"):
+        check_output_folder(tmp_path / "out", {"clean": clean, "p": nested})
+    (tmp_path / "out2" / "report.json").mkdir(parents=True)
+    with pytest.raises(OutputWriteError, match="report.json"):
+        check_output_folder(tmp_path / "out2", inputs)
+
+    sets = load_image_sets(clean, {"p": protected})
+    mimic = SDEditMimicry(tiny_model, num_inference_steps=1)
+    for settings, match in [(EvaluationSettings(mimicries=[mimic], bootstrap=0), "bootstrap"),
+                            (EvaluationSettings(mimicries=[mimic], alpha=1.0), "alpha"),
+                            (EvaluationSettings(mimicries=[mimic, mimic]), "once")]:  # fmt: skip
+        with pytest.raises(InvalidArgumentError, match=match):
+            evaluate(sets, settings, tmp_path / "never", quiet=True)
+    with pytest.raises(OutputWriteError, match="is a file"):
+        evaluate(sets, EvaluationSettings(mimicries=[mimic]), tmp_path / "file.txt", quiet=True)
+    assert not (tmp_path / "never").exists() and (tmp_path / "file.txt").read_text() == "keep"
+

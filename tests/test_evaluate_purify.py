@@ -12,9 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from artshield.errors import ImageReadError, InvalidArgumentError, ModelNotFoundError
+from artshield.errors import ImageReadError, InvalidArgumentError, ModelNotFoundError, OutputWriteError
 from artshield.evaluate import purify as P
 from artshield.evaluate import purify_diffusion as PD
+from artshield.evaluate import purify_model as PM
 from artshield.evaluate.purify import (
     DiffPure,
     GaussianNoising,
@@ -25,6 +26,7 @@ from artshield.evaluate.purify import (
     parse_spec,
     purify_folder,
 )
+from artshield.evaluate.purify_runner import output_names
 
 SIMPLE_SPECS = ["none", "jpeg75", "resize0.5", "noise0.05", "noise0.1", "blur"]
 MODEL_SPECS = ["noisy-upscale:steps=2", "diffpure:steps=2", "gridpure:steps=1:iterations=2", "impress:steps=3"]
@@ -142,6 +144,30 @@ def test_bad_specs_name_the_spec(spec):
     with pytest.raises(InvalidArgumentError) as info:
         get_purification(spec)  # no model: "diffpure" must say it needs one
     assert repr(spec) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("spec", "setting"),
+    [("jpeg0", "quality"), ("jpeg101", "quality"), ("noise:sigma=-1", "sigma"), ("diffpure:t_star=2", "t_star"),
+     ("diffpure:t_star=1", "t_star"), ("gridpure:gamma=1", "gamma"), ("impress:steps=0", "steps"),
+     ("impress:perceptual=vibes", "perceptual"), ("noisy-upscale:strength=1", "strength"),
+     ("noisy-upscale:upscaler=x4:noise_level=-1", "noise_level"), ("diffpure:prompt=1", "prompt")],
+)  # fmt: skip
+def test_check_spec_refuses_bad_values_without_a_model(spec, setting, monkeypatch):
+    import artshield.models
+
+    monkeypatch.setattr(artshield.models, "load", lambda *a, **k: pytest.fail("check_spec loaded a model"))
+    with pytest.raises(InvalidArgumentError, match=setting) as info:
+        P.check_spec(spec)
+    assert repr(spec) in str(info.value)
+    with pytest.raises(InvalidArgumentError, match=setting):
+        get_purification(spec, model="demo")  # a model given by name is not loaded for a bad spec
+
+
+def test_check_spec_accepts_what_builds():
+    for spec in [*SIMPLE_SPECS, *MODEL_SPECS, "diffpure:t_star=0.2:patch=32", "noisy-upscale:upscaler=x4"]:
+        cls, settings = P.check_spec(spec)
+        assert (cls, settings) == parse_spec(spec)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,18 +293,18 @@ def test_impress_lowers_its_objective(tiny_model, images):
 def test_impress_runs_on_the_engine(tiny_model, images, monkeypatch):
     seen = []
 
-    class Recording(P.Perturber):
+    class Recording(PM.Perturber):
         def run(self, objective, images, **kwargs):
             seen.append(self.config)
             return super().run(objective, images, **kwargs)
 
-    monkeypatch.setattr(P, "Perturber", Recording)
+    monkeypatch.setattr(PM, "Perturber", Recording)
     Impress(tiny_model, steps=2)(images[:1])
     (config,) = seen
     assert config.minimize and config.step_rule == "adam" and config.bounds == (0.0, 1.0)
     assert config.eps >= 1.0 and config.norm == "linf"  # a budget that never binds
     assert (config.steps, config.step_size, config.schedule) == (2, 0.005, "cosine")
-    for module in (P, PD):
+    for module in (P, PD, PM):
         source = Path(module.__file__).read_text(encoding="utf-8")
         assert ".backward(" not in source and "optim." not in source, f"hand-written loop in {module.__name__}"
 
@@ -290,11 +316,11 @@ def test_impress_defaults_and_lpips_fallback(tiny_model, monkeypatch, caplog):
     assert (impress.steps, impress.lr, impress.alpha, impress.delta, impress.start_noise) == (Impress.CPU_STEPS, 0.005, 0.1, 0.1, 0.05)
     if lpips_unavailable_reason("vgg") is None:
         pytest.skip("LPIPS weights are present here; the fallback is not used")
-    monkeypatch.setattr(P, "_LPIPS_FALLBACK_LOGGED", False)
-    with caplog.at_level("WARNING", logger="artshield.evaluate.purify"):
+    monkeypatch.setattr(PM, "_LPIPS_FALLBACK_LOGGED", False)
+    with caplog.at_level("WARNING", logger="artshield.evaluate.purify_model"):
         first, second = Impress(tiny_model, steps=1), Impress(tiny_model, steps=1)
     assert first.perceptual == second.perceptual == "ssim" and first.config["perceptual"] == "ssim"
-    assert len([r for r in caplog.records if r.name == "artshield.evaluate.purify"]) == 1
+    assert len([r for r in caplog.records if r.name == "artshield.evaluate.purify_model"]) == 1
     with pytest.raises(InvalidArgumentError, match="LPIPS"):
         Impress(tiny_model, perceptual="lpips")
 
@@ -387,3 +413,35 @@ def test_every_prediction_type_recovers_noise_and_sample(kind):
     got_eps, got_x0 = PD._eps_and_x0(SimpleNamespace(prediction_type=kind, source="fake"), output, z, alpha)
     torch.testing.assert_close(got_eps, eps)
     torch.testing.assert_close(got_x0, x0)
+
+
+def test_output_names_never_collide():
+    sources = [Path(n) for n in ["p.jpg", "p.png", "p_png.jpg", "P.webp", "q.png"]]
+    names = output_names(sources)
+    assert len({n.casefold() for n in names}) == len(names) == 5
+    assert names[0] == "p.png" and names[-1] == "q.png" and all(n.endswith(".png") for n in names)
+
+
+def test_cli_skips_unreadable_images_with_a_line_and_goes_on(folder, tmp_path, capsys):
+    # A PNG whose header reads but whose pixels are cut off: listed as an image, fails only when decoded.
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
+    (folder / "truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    capsys.readouterr()
+    assert P.main(["jpeg75", str(folder), str(tmp_path / "out"), "-q"]) == 0
+    err = capsys.readouterr().err
+    skipped = [line for line in err.splitlines() if line.startswith("skip ")]
+    assert {Path(line[5:].split(":")[0]).name for line in skipped} == {"broken.png", "notes.txt", "truncated.png"}
+    assert len(skipped) == len(err.splitlines())  # one line each, nothing else
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["a.png", "b.png", "c.png"]
+    report = json.loads((tmp_path / "out" / "purify_report.json").read_text())
+    assert len(report["images"]) == 3 and len(report["skipped"]) == 3
+
+
+def test_purify_folder_refuses_an_output_that_is_an_input_before_any_work(folder, tmp_path):
+    (tmp_path / "link").symlink_to(folder)
+    with pytest.raises(InvalidArgumentError, match="input folder"):
+        purify_folder("none", folder, tmp_path / "link")
+    with pytest.raises(OutputWriteError, match="is a file"):
+        purify_folder("none", folder, folder / "a.png")
+    assert not (tmp_path / "out").exists()

@@ -11,68 +11,83 @@ line on stderr and exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
 
 from .. import __version__
-from ..cli_support import configure_logging, run_command
+from ..cli_support import (
+    ArgumentParser,
+    add_common_arguments,
+    add_model_arguments,
+    finite_float,
+    positive_float,
+    positive_int,
+    run_cli,
+)
 from ..errors import InvalidArgumentError
 
 DEFAULT_PURIFICATIONS = "none,jpeg75,resize0.5,noise0.05,diffpure"
 
 
+def _strength(text: str) -> float:
+    """``--sdedit-strength``: a number in (0, 1]."""
+    value = finite_float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], not {text}")
+    return value
+
+
 def build_parser(prog: str = "artshield evaluate") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Measure how well protection spoils mimicry, worst case over purifications.")
+    p = ArgumentParser(prog=prog, description="Measure how well protection spoils mimicry, worst case over purifications.")
     p.add_argument("--clean", required=True, help="folder of the artist's original images")
     p.add_argument("--protected", action="append", required=True, metavar="[LABEL=]DIR",
                    help="folder of protected versions (same file names); repeat to compare several, e.g. advdm=out/advdm")
-    p.add_argument("--model", default="demo", help="model the mimic uses: demo, a hub id, a diffusers folder or a .safetensors file")
+    add_model_arguments(p, model_help="model the mimic uses: demo, a hub id, a diffusers folder or a .safetensors file")
     p.add_argument("--inpaint-model", help="inpainting model for --mimicry inpaint (default: demo-inpaint with --model demo, "
                    "else --model when it is an inpainting model)")
-    p.add_argument("--output", "-o", default="evaluation", help="folder for report.json, report.html and the cells (default ./evaluation)")
+    p.add_argument("--output", "-o", default="evaluation", help="folder for report.json, report.html and the cells (default "
+                   "./evaluation; not an input folder)")
     p.add_argument("--mimicry", default="lora,sdedit", help="comma list of lora, sdedit, inpaint (default lora,sdedit)")
     p.add_argument("--purify", default=DEFAULT_PURIFICATIONS, help=f"comma list of purification specs (default {DEFAULT_PURIFICATIONS}; "
                    "see `artshield purify --list`)")
     p.add_argument("--purify-clean", action="store_true", help="also run mimicry on purified clean images (the purification's own cost)")
-    p.add_argument("--max-images", type=int, help="use only the first N clean images (sorted by name)")
+    p.add_argument("--max-images", type=positive_int, help="use only the first N clean images (sorted by name; at least 2)")
     g = p.add_argument_group("generation (all mimicries)")
     g.add_argument("--prompt", action="append", help="LoRA generation prompt (repeatable; default: the instance prompt)")
     g.add_argument("--edit-prompt", action="append", help="sdedit/inpaint prompt (repeatable; default: empty)")
-    g.add_argument("--samples", type=int, default=4, help="seeds per prompt (lora) or per image/mask (sdedit, inpaint); default 4")
-    g.add_argument("--sampling-steps", type=int, default=20, help="denoising steps (default 20)")
-    g.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5)")
+    g.add_argument("--samples", type=positive_int, default=4, help="seeds per prompt (lora) or per image/mask (sdedit, inpaint); default 4")
+    g.add_argument("--sampling-steps", type=positive_int, default=20, help="denoising steps (default 20)")
+    g.add_argument("--guidance-scale", type=finite_float, default=5.0, help="classifier-free guidance (default 5)")
     g = p.add_argument_group("lora")
     g.add_argument("--instance-prompt", default="a painting in sks style", help="caption of the training images")
-    g.add_argument("--lora-steps", type=int, default=800)
-    g.add_argument("--lora-lr", type=float, default=1e-3)
-    g.add_argument("--lora-rank", type=int, default=16)
-    g.add_argument("--lora-batch-size", type=int, default=4)
+    g.add_argument("--lora-steps", type=positive_int, default=800)
+    g.add_argument("--lora-lr", type=positive_float, default=1e-3)
+    g.add_argument("--lora-rank", type=positive_int, default=16)
+    g.add_argument("--lora-batch-size", type=positive_int, default=4)
     g.add_argument("--lora-text-encoder", action=argparse.BooleanOptionalAction, default=True,
                    help="also train a text-encoder LoRA (default on)")
-    g.add_argument("--resolution", type=int, help="LoRA training and generation resolution (default: the model's native)")
+    g.add_argument("--resolution", type=positive_int, help="LoRA training and generation resolution (default: the model's native)")
     g = p.add_argument_group("sdedit / inpaint")
-    g.add_argument("--sdedit-strength", type=float, default=0.5, help="img2img strength (default 0.5)")
+    g.add_argument("--sdedit-strength", type=_strength, default=0.5, help="img2img strength in (0, 1] (default 0.5)")
     g.add_argument("--inpaint-masks", help="folder of masks named like the clean images (white = repainted); default: "
                    "a centred-ellipse surround and a random rectangle per image")
-    g.add_argument("--num-masks", type=int, default=2, help="default masks per image (default 2)")
+    g.add_argument("--num-masks", type=positive_int, default=2, help="default masks per image (default 2)")
     g = p.add_argument_group("scoring")
     g.add_argument("--style-metric", help="demo, none or a style-metric folder (default: demo with the demo models, else none)")
     g.add_argument("--headline", choices=("artist_score", "clip_score", "kid", "fd"),
                    help="score for the headline (default artist_score with a style metric, else kid)")
     g.add_argument("--no-clip", action="store_true", help="skip the CLIP score even when its weights are present")
-    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
-    g.add_argument("--columns", type=int, default=8, help="images per grid row in the HTML report")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0: reruns are identical)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dtype", default="auto", help="weights' precision: auto, fp32, fp16, bf16")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="log details")
-    p.add_argument("--version", action="version", version=f"artshield {__version__}")
+    g.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
+    g.add_argument("--columns", type=positive_int, default=8, help="images per grid row in the HTML report")
+    add_common_arguments(p, __version__)
     return p
 
 
-def _protected_sets(values: list[str]) -> dict[str, str]:
+def _protected_sets(values: list[str], clean_dir: Path) -> dict[str, str]:
+    from ..fileio import same_path
+
     sets: dict[str, str] = {}
     for value in values:
         label, sep, folder = value.partition("=")
@@ -81,11 +96,17 @@ def _protected_sets(values: list[str]) -> dict[str, str]:
         label, folder = label.strip(), folder.strip()
         if not label or not folder:
             raise InvalidArgumentError(f"--protected {value!r}: expected DIR or LABEL=DIR.")
-        if not Path(folder).expanduser().is_dir():
+        path = Path(folder).expanduser()
+        if not path.exists():
+            raise InvalidArgumentError(f"--protected {value!r}: {folder}: no such folder.")
+        if not path.is_dir():
             raise InvalidArgumentError(f"--protected {value!r}: {folder} is not a folder.")
+        if same_path(path, clean_dir):
+            raise InvalidArgumentError(f"--protected {value!r} is the clean folder {str(clean_dir)!r}; pass the "
+                                       "protected images (what `protect` wrote).")  # fmt: skip
         if label in sets or label == "clean":
             raise InvalidArgumentError(f"--protected {value!r}: the label {label!r} is used twice (or is 'clean'); name sets LABEL=DIR.")
-        sets[label] = str(Path(folder).expanduser())
+        sets[label] = str(path)
     return sets
 
 
@@ -93,6 +114,8 @@ def _masks(folder: str, names: list[str]):
     from ..imageio import read_mask
 
     root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise InvalidArgumentError(f"--inpaint-masks {folder!r}: no such folder.")
     masks = []
     for name in names:
         found = sorted(root.glob(f"{name}.*"))
@@ -111,23 +134,47 @@ def _style_metric(args):
     return StyleMetric.load_default() if choice == "demo" else StyleMetric.load(choice)
 
 
-def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from ..models import load
-    from .harness import EvaluationSettings, evaluate, load_image_sets
-    from .mimicry import InpaintMimicry, LoraMimicry, SDEditMimicry, get_mimicry
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
-    names = [m.strip().lower() for m in args.mimicry.split(",") if m.strip()]
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from .harness import EvaluationSettings, check_output_folder, evaluate, load_image_sets
+    from .mimicry import InpaintMimicry, LoraMimicry, SDEditMimicry, get_mimicry
+    from .purify_spec import check_spec
+
+    # Everything a user can get wrong is checked before a model loads.
+    names = [m.lower() for m in _comma_list(args.mimicry)]
+    if not names:
+        raise InvalidArgumentError(f"--mimicry {args.mimicry!r}: choose at least one of lora, sdedit, inpaint.")
     for name in names:
         get_mimicry(name)
-    purifications = [p.strip() for p in args.purify.split(",") if p.strip()]
-    from .purify import parse_spec
-
+    if len(set(names)) != len(names):
+        raise InvalidArgumentError(f"--mimicry {args.mimicry!r}: an attack is listed twice.")
+    purifications = _comma_list(args.purify)
+    seen: dict[str, str] = {}
     for spec in purifications:
-        parse_spec(spec)  # a bad spec fails before anything is loaded
+        cls, settings = check_spec(spec)  # a bad spec or value fails before anything is loaded
+        key = json.dumps([cls.name, cls.check_settings(**settings)], sort_keys=True, default=str)
+        if key in seen:
+            raise InvalidArgumentError(f"--purify {args.purify!r}: {spec!r} is {seen[key]!r} again; list each once.")
+        seen[key] = spec
     clean_dir = Path(args.clean).expanduser()
     if not clean_dir.is_dir():
         raise InvalidArgumentError(f"--clean {args.clean!r}: no such folder.")
-    sets = load_image_sets(clean_dir, _protected_sets(args.protected), args.max_images)
+    protected = _protected_sets(args.protected, clean_dir)
+    check_output_folder(args.output, {"clean": clean_dir, **protected})
+    sets = load_image_sets(clean_dir, protected, args.max_images)
+    if len(sets.names) < 2:
+        raise InvalidArgumentError(f"--clean {args.clean!r}: evaluation needs at least two clean images (bootstrap "
+                                   f"intervals and KID need pairs), but uses {len(sets.names)}.")  # fmt: skip
+    masks = _masks(args.inpaint_masks, sets.names) if args.inpaint_masks and "inpaint" in names else None
+    style_metric = _style_metric(args)
+    if args.headline == "artist_score" and style_metric is None:
+        raise InvalidArgumentError("--headline artist_score needs a style metric (--style-metric).")
+
+    from ..models import load
+
     model = load(args.model, device=args.device, dtype=args.dtype)
     quiet = args.quiet or not sys.stderr.isatty()
     common = {"samples": args.samples, "num_inference_steps": args.sampling_steps, "guidance_scale": args.guidance_scale,
@@ -144,11 +191,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         else:
             spec = args.inpaint_model or ("demo-inpaint" if args.model == "demo" else None)
             inpaint_model = load(spec, device=args.device, dtype=args.dtype) if spec else model
-            masks = _masks(args.inpaint_masks, sets.names) if args.inpaint_masks else None
             mimicries.append(InpaintMimicry(inpaint_model, masks=masks, num_masks=args.num_masks,
                                             prompts=args.edit_prompt, **common))
     settings = EvaluationSettings(mimicries=mimicries, purifications=purifications, purify_clean=args.purify_clean,
-                                  style_metric=_style_metric(args), use_clip=not args.no_clip, headline=args.headline,
+                                  style_metric=style_metric, use_clip=not args.no_clip, headline=args.headline,
                                   bootstrap=args.bootstrap, seed=args.seed, grid_columns=args.columns)  # fmt: skip
     report = evaluate(sets, settings, args.output, purification_model=model, quiet=quiet,
                       command="artshield evaluate " + shlex.join(argv))
@@ -164,11 +210,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None, prog: str = "artshield evaluate") -> int:
+    """Run the command; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(prog).parse_args(argv)
-    configure_logging(prog, args.verbose)  # the report's notes say why LPIPS/CLIP are missing
-    return run_command(prog, lambda: _run(args, argv),
-                       f"finished cells are kept under {args.output}/cells and reused by a rerun.")
+    return run_cli(prog, build_parser(prog), argv, lambda args: _run(args, argv),
+                   "finished cells are kept under the output folder's cells/ and reused by a rerun.")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,7 +1,7 @@
 """The evaluation harness: does a protection still spoil mimicry after the mimic purifies the images?
 
 For a folder of an artist's clean images and one or more folders of their protected versions (matched by
-file stem, as ``protect`` names its outputs), :func:`evaluate` runs every mimicry attack
+file stem, as ``protect`` names its outputs; :mod:`.image_sets`), :func:`evaluate` runs every mimicry attack
 (:mod:`.mimicry`) on
 
 * the clean images (the baseline: what the mimic gets without protection), and
@@ -43,19 +43,20 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..errors import ImageReadError, InvalidArgumentError
+from ..errors import InvalidArgumentError, OutputWriteError
 from ..fileio import write_json_atomic
-from ..imageio import iter_images, quantize, read_image, write_png
+from ..imageio import as_rgb, quantize, read_image, write_png
 from ..metrics import image_report, lpips_distance, lpips_unavailable_reason, psnr, ssim
 from . import feature_distance as fdist
 from .clip_score import clip_score, clip_unavailable_reason
+from .image_sets import CLEAN, ImageSets, check_output_folder, load_image_sets
 from .mimicry import Mimicry, MimicryOutput
-from .purify import Purification, get_purification, image_seed
+from .purify_base import Purification, image_seed
+from .purify_spec import get_purification
 from .report import safe_name, write_report
 
 logger = logging.getLogger(__name__)
 
-CLEAN = "clean"
 NO_PURIFICATION = "none"
 
 #: name -> (direction, kind, description). direction +1: higher means the mimic got closer to the artist;
@@ -87,52 +88,6 @@ class Condition:
     @property
     def folder(self) -> str:
         return safe_name(self.name)
-
-
-@dataclass
-class ImageSets:
-    """The clean images and each protected set, matched by file stem, as float (C, H, W) tensors in [0, 1]."""
-
-    names: list[str]
-    clean: list[torch.Tensor]
-    protected: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    folders: dict[str, str] = field(default_factory=dict)
-
-
-def _read_folder(folder: Path, what: str) -> dict[str, torch.Tensor]:
-    listing = iter_images(folder)
-    images: dict[str, torch.Tensor] = {}
-    for path in listing:
-        if path.stem in images:
-            raise InvalidArgumentError(f"{what} folder {folder}: two images share the name {path.stem!r}.")
-        images[path.stem] = read_image(path).rgb[0]
-    if not images:
-        raise ImageReadError(f"{what} folder {folder} holds no images.")
-    return images
-
-
-def load_image_sets(clean_dir: str | Path, protected: dict[str, str | Path], max_images: int | None = None) -> ImageSets:
-    """Read the clean folder and every protected folder; every clean image needs its protected version."""
-    clean = _read_folder(Path(clean_dir), "clean")
-    names = sorted(clean)[: max_images or None]
-    sets = ImageSets(names=names, clean=[clean[n] for n in names], folders={CLEAN: str(clean_dir)})
-    for label, folder in protected.items():
-        found = _read_folder(Path(folder), f"protected ({label})")
-        missing = [n for n in names if n not in found]
-        if missing:
-            raise InvalidArgumentError(
-                f"protected folder {folder} ({label}) lacks {len(missing)} of the clean images: {', '.join(missing[:5])}"
-                + (" ..." if len(missing) > 5 else "") + " (images are matched by file name without extension)."
-            )
-        for n in names:
-            if found[n].shape[-2:] != clean[n].shape[-2:]:
-                raise InvalidArgumentError(
-                    f"protected image {n} in {folder} is {tuple(found[n].shape[-2:])} but its clean version is "
-                    f"{tuple(clean[n].shape[-2:])}; protections keep the size, so these are not the same image."
-                )
-        sets.protected[label] = [found[n] for n in names]
-        sets.folders[label] = str(folder)
-    return sets
 
 
 # ------------------------------------------------------------------------------------------------ caching
@@ -247,15 +202,15 @@ class Scorer:
             self.notes["kid"] = self.notes["fd"] = "needs at least two clean images"
 
     def features(self, images: list[torch.Tensor]) -> np.ndarray:
-        return fdist.features([_rgb(im) for im in images], self._mean, self._std)
+        return fdist.features([as_rgb(im) for im in images], self._mean, self._std)
 
     def item_scores(self, output: MimicryOutput, clean: MimicryOutput | None) -> dict[str, np.ndarray]:
         scores: dict[str, np.ndarray] = {}
         with torch.no_grad():
             if self.style_metric is not None:
-                scores["artist_score"] = np.array([float(self.style_metric.artist_score(_rgb(im)[None])[0]) for im in output.images])
+                scores["artist_score"] = np.array([float(self.style_metric.artist_score(as_rgb(im)[None])[0]) for im in output.images])
             if self.use_clip:
-                values = [clip_score(_rgb(im)[None], [p]) for im, p in zip(output.images, output.prompts, strict=True)]
+                values = [clip_score(as_rgb(im)[None], [p]) for im, p in zip(output.images, output.prompts, strict=True)]
                 if all(v is not None for v in values):
                     scores["clip_score"] = np.array([float(v[0]) for v in values])
             if clean is not None:
@@ -265,10 +220,6 @@ class Scorer:
                 if "lpips_to_clean" not in self.notes:
                     scores["lpips_to_clean"] = np.array([float(lpips_distance(a.float(), b.float())[0]) for a, b in pairs])
         return {k: v for k, v in scores.items() if np.all(np.isfinite(v))}
-
-
-def _rgb(image: torch.Tensor) -> torch.Tensor:
-    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
 def _ssim_or_nan(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -413,9 +364,20 @@ def _progress(total: int, quiet: bool):
 
 def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Path, *, purification_model=None,
              quiet: bool = False, command: str | None = None) -> dict[str, Any]:
-    """Run every mimicry on every condition, score, compare, and write ``report.json`` and ``report.html``."""
+    """Run every mimicry on every condition, score, compare, and write ``report.json`` and ``report.html``.
+
+    Settings and the output folder are checked before any work (:func:`check_output_folder`)."""
     if not settings.mimicries:
         raise InvalidArgumentError("choose at least one mimicry attack.")
+    names = [m.name for m in settings.mimicries]
+    if len(set(names)) != len(names):
+        raise InvalidArgumentError(f"each mimicry attack may run once, but got {', '.join(names)}.")
+    if isinstance(settings.bootstrap, bool) or not isinstance(settings.bootstrap, int) or settings.bootstrap < 1:
+        raise InvalidArgumentError(f"`bootstrap` must be a positive number of resamples, but is {settings.bootstrap!r}.")
+    if not 0.0 < float(settings.alpha) < 1.0:
+        raise InvalidArgumentError(f"`alpha` must be in (0, 1), but is {settings.alpha!r}.")
+    if int(settings.grid_columns) < 1:
+        raise InvalidArgumentError(f"`grid_columns` must be at least 1, but is {settings.grid_columns!r}.")
     if len(sets.names) < 2:
         raise InvalidArgumentError("evaluation needs at least two clean images (bootstrap intervals and KID need pairs).")
     headline = settings.headline or ("artist_score" if settings.style_metric is not None else "kid")
@@ -423,8 +385,15 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
         raise InvalidArgumentError(f"the headline score must be one of {', '.join(BASELINED)}, but is {headline!r}.")
     if headline == "artist_score" and settings.style_metric is None:
         raise InvalidArgumentError("the headline score artist_score needs a style metric (--style-metric).")
-    output = Path(output_dir)
-    output.mkdir(parents=True, exist_ok=True)
+    output = check_output_folder(output_dir, sets.folders)
+    for mimicry in settings.mimicries:
+        multiple = int(getattr(mimicry.model, "pixel_multiple", 1)) if mimicry.edits_inputs else 1
+        for name, image in zip(sets.names, sets.clean, strict=True):
+            if min(image.shape[-2:]) < multiple:
+                raise InvalidArgumentError(
+                    f"clean image {name} is {image.shape[-1]}×{image.shape[-2]} px, smaller than the pixel multiple "
+                    f"{multiple} of the {mimicry.name} mimic's model; use larger images."
+                )
     # Each purification is labelled as the user wrote it ("jpeg75"), or by its spec when given as an object.
     by_label: dict[str, Purification] = {}
     for item in settings.purifications:
@@ -446,6 +415,10 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
 
     scorer = Scorer(sets.clean, settings.style_metric, settings.use_clip)
     started = time.perf_counter()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputWriteError(f"output {str(output)!r} cannot be created ({exc.strerror or exc}).") from exc
     inputs: dict[str, list[torch.Tensor]] = {}
     for condition in conditions:
         images = sets.clean if condition.image_set == CLEAN else sets.protected[condition.image_set]
@@ -533,5 +506,5 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
     return report
 
 
-__all__ = ["CLEAN", "SCORES", "Condition", "EvaluationSettings", "ImageSets", "bootstrap_conditions", "evaluate",
-           "load_image_sets", "purified_inputs", "run_cell", "summarise_score"]
+__all__ = ["CLEAN", "SCORES", "Condition", "EvaluationSettings", "ImageSets", "bootstrap_conditions",
+           "check_output_folder", "evaluate", "load_image_sets", "purified_inputs", "run_cell", "summarise_score"]

@@ -1,4 +1,4 @@
-"""Diffusion-model machinery behind the model-based purifications in :mod:`artshield.evaluate.purify`.
+"""Diffusion-model machinery behind the model-based purifications (:mod:`.purify_model`).
 
 Kept apart from the purification classes so that those read as configuration and references, and this
 file as the mechanics:
@@ -41,11 +41,6 @@ UPSCALER_ALIASES = {"x4": X4_UPSCALER_ID, "sd-x4": X4_UPSCALER_ID}
 # --------------------------------------------------------------------------------------------------
 # Geometry helpers
 # --------------------------------------------------------------------------------------------------
-
-
-def as_rgb(images: torch.Tensor) -> torch.Tensor:
-    """Greyscale (C = 1) repeated to three channels; RGB unchanged. Models only take RGB."""
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
 def like_input(rgb: torch.Tensor, channels: int) -> torch.Tensor:
@@ -330,7 +325,6 @@ def run_upscaler(
 __all__ = [
     "UPSCALER_ALIASES",
     "X4_UPSCALER_ID",
-    "as_rgb",
     "check_text_to_image",
     "ddim_timesteps",
     "diffuse_denoise",
@@ -339,7 +333,6 @@ __all__ = [
     "grid_purify",
     "like_input",
     "load_upscaler",
-    "pad_to_multiple",
     "purify_region",
     "resize",
     "run_upscaler",
