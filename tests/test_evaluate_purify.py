@@ -14,6 +14,7 @@ from PIL import Image
 
 from artshield.errors import ImageReadError, InvalidArgumentError, ModelNotFoundError, OutputWriteError
 from artshield.evaluate import purify as P
+from artshield.evaluate import purify_cli
 from artshield.evaluate import purify_diffusion as PD
 from artshield.evaluate import purify_model as PM
 from artshield.evaluate.purify import (
@@ -370,17 +371,17 @@ def test_purify_folder_end_to_end(folder, tmp_path):
 
 def test_cli(folder, tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "out"
-    assert P.main(["jpeg75", str(folder), str(out), "--seed", "1", "-q"]) == 0
+    assert purify_cli.main(["jpeg75", str(folder), str(out), "--seed", "1", "-q"]) == 0
     report = json.loads((out / "purify_report.json").read_text())
     assert len(report["images"]) == 3 and report["spec"].startswith("jpeg:quality=75")
     capsys.readouterr()
     for argv in (["bogus", str(folder), str(out)], ["noise0.1", str(tmp_path / "missing"), str(out)]):
-        assert P.main(argv) == 2
+        assert purify_cli.main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "error:" in err
     model_out = tmp_path / "model-out"
     argv = ["diffpure:steps=1", str(folder), str(model_out), "--model", str(tiny_model_dir), "--device", "cpu", "-q"]
-    assert P.main(argv) == 0
+    assert purify_cli.main(argv) == 0
     assert sorted(p.name for p in model_out.glob("*.png")) == ["a.png", "b.png", "c.png"]
 
 
@@ -428,7 +429,7 @@ def test_cli_skips_unreadable_images_with_a_line_and_goes_on(folder, tmp_path, c
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
     (folder / "truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     capsys.readouterr()
-    assert P.main(["jpeg75", str(folder), str(tmp_path / "out"), "-q"]) == 0
+    assert purify_cli.main(["jpeg75", str(folder), str(tmp_path / "out"), "-q"]) == 0
     err = capsys.readouterr().err
     skipped = [line for line in err.splitlines() if line.startswith("skip ")]
     assert {Path(line[5:].split(":")[0]).name for line in skipped} == {"broken.png", "notes.txt", "truncated.png"}

@@ -50,7 +50,7 @@ def _evaluate(argv: list[str]) -> int:
 
 
 def _purify(argv: list[str]) -> int:
-    from .evaluate.purify import main as purify_main
+    from .evaluate.purify_cli import main as purify_main
 
     return purify_main(argv, prog="artshield purify")
 

@@ -67,16 +67,13 @@ This module is the public face; the code lives in one module per job:
 :mod:`.purify_model`        diffpure, gridpure, noisy-upscale, impress (mechanics: :mod:`.purify_diffusion`)
 :mod:`.purify_spec`         the registry and the spec language
 :mod:`.purify_runner`       a folder run (:func:`purify_folder`) and its checks before work
-:mod:`.purify_cli`          the command line
+:mod:`.purify_cli`          the command line (``artshield purify``, ``python -m artshield.evaluate.purify_cli``)
 ==========================  ========================================================================
 """
 
 from __future__ import annotations
 
-import sys
-
 from .purify_base import DEFAULT_SEED, Purification, image_seed
-from .purify_cli import build_parser, main
 from .purify_image import DownUpscale, GaussianBlurring, GaussianNoising, JpegCompression, NoPurification
 from .purify_model import DiffPure, GrIDPure, Impress, NoisyUpscaling
 from .purify_runner import METADATA_KEY, plan_folder_run, purify_folder
@@ -104,17 +101,12 @@ __all__ = [
     "NoPurification",
     "NoisyUpscaling",
     "Purification",
-    "build_parser",
     "check_spec",
     "describe_purifications",
     "get_purification",
     "image_seed",
-    "main",
     "parse_spec",
     "plan_folder_run",
     "purify_folder",
 ]
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

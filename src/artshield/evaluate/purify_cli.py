@@ -18,7 +18,7 @@ from ..fileio import write_json_atomic
 from .purify_runner import plan_folder_run, purify_folder
 from .purify_spec import PURIFICATIONS, check_spec, describe_purifications, get_purification
 
-PROG = "python -m artshield.evaluate.purify"
+PROG = "python -m artshield.evaluate.purify_cli"
 REPORT_NAME = "purify_report.json"
 
 
@@ -95,3 +95,9 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 __all__ = ["build_parser", "main"]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    sys.exit(main())
