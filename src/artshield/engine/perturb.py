@@ -450,6 +450,7 @@ def _merge(results: list[PerturbResult], seconds: float) -> PerturbResult:
         steps_run=max(r.steps_run for r in results),
         stopped_early=all(r.stopped_early for r in results),
         seconds=seconds,
+        skipped_draws=sum(r.skipped_draws for r in results),
     )
 
 

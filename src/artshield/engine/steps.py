@@ -203,7 +203,8 @@ class NonFiniteGuard:
         if self._empty_steps >= self.patience:
             raise ObjectiveError(
                 f"objective {objective_name(self.objective)} produced non-finite gradients in every draw of "
-                f"{self._empty_steps} steps in a row (up to step {step}): the graph is broken, not unlucky."
+                f"{self._empty_steps} steps in a row (up to step {step}): the graph is broken, not unlucky "
+                "(with half-precision weights try dtype fp32)."
             )
 
 
@@ -283,7 +284,8 @@ class Progress:
     """A tqdm bar (``progress=True``), a callback (a callable receiving :class:`StepInfo`), or nothing.
 
     A callback stops the run by returning ``True`` exactly (``is True``); any other return value, None
-    included, lets it go on. Build a callback's iterate only when :attr:`wants_iterate` says one listens.
+    included, lets it go on (so ``seen.append`` is a fine callback; ``lambda info: bar.update()`` is not,
+    since tqdm's ``update`` returns True whenever it redraws). Build a callback's iterate only when :attr:`wants_iterate` says one listens.
     """
 
     def __init__(self, progress: bool | Callable[[StepInfo], Any], label: str):
