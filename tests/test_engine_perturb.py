@@ -239,3 +239,66 @@ def test_init_delta_continues_a_run():
     assert torch.allclose(six.delta, second.delta)
     with pytest.raises(InvalidArgumentError, match="init_delta"):
         Perturber(eps=0.05, steps=1).run(linear_objective(weights), origin, init_delta=torch.zeros(2, 3, 4, 4))
+
+
+# ---------------------------------------------- the callback, unconstrained mode, non-finite gradients (shared with invert)
+def test_perturber_no_longer_hides_a_broken_graph():
+    def broken(images, generator):  # the gradient of sqrt at 0 is inf, in every draw
+        return images.flatten(1).sum(dim=1) + (images - images.detach()).flatten(1).abs().sum(dim=1).sqrt()
+
+    images = torch.full((1, 1, 2, 2), 0.5)
+    with pytest.raises(ObjectiveError, match="'images'"):
+        Perturber(eps=0.1, steps=1, nonfinite="raise").run(broken, images)
+    with pytest.raises(ObjectiveError, match="every draw"):  # the default tolerates a draw, not a broken graph
+        Perturber(eps=0.1, steps=10).run(broken, images)
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    """Identity forward, infinite backward: a backward-pass overflow with a finite loss."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * math.inf
+
+
+def test_perturber_skips_a_rare_bad_draw_and_counts_it():
+    draws = []
+
+    def sometimes(images, generator):
+        draws.append(1)
+        if len(draws) == 2:  # one overflowing draw of four, as an fp16 backward pass may have
+            images = _InfiniteGradient.apply(images)
+        return images.flatten(1).sum(dim=1)
+
+    result = Perturber(eps=0.1, steps=2, step_size=0.05, samples_per_step=2).run(sometimes, torch.full((1, 1, 2, 2), 0.5))
+    assert result.skipped_draws == 1
+    assert torch.allclose(result.delta, torch.full((1, 1, 2, 2), 0.1))  # both steps still went up
+
+
+def test_perturber_callback_sees_the_iterate_and_stops():
+    seen = []
+
+    def on_step(info):
+        seen.append(info.iterate)
+        return info.step == 3
+
+    origin = torch.full((1, 1, 2, 2), 0.5)
+    result = Perturber(eps=0.5, steps=10, step_size=0.01, progress=on_step).run(lambda x, g: x.flatten(1).sum(dim=1), origin)
+    assert result.steps_run == 3 and result.stopped_early and len(seen) == 3
+    assert torch.equal(seen[-1], result.images)
+    assert torch.allclose(seen[0], origin + 0.01)
+
+
+def test_perturber_unconstrained_signed_adam_and_milestones():
+    target = torch.full((1, 1, 2, 2), 3.0)
+    config = PerturbConfig(eps=None, bounds=None, step_size=0.2, steps=200, step_rule="signed-adam", minimize=True,
+                           schedule="multistep", milestones=(0.5, 0.75))
+    result = Perturber(config).run(lambda x, g: (x - target).pow(2).flatten(1).sum(dim=1), torch.zeros(1, 1, 2, 2))
+    assert torch.allclose(result.images, target, atol=0.05)
+    with pytest.raises(InvalidArgumentError, match="step_size"):
+        PerturbConfig(eps=None)
+    assert PerturbConfig(eps=math.inf, step_size=0.1).eps is None

@@ -2,8 +2,12 @@
 
 Budgets are in the units of the tensor being perturbed. For images that is **pixel units of a [0, 1]
 image** (``eps=8/255`` means eight grey levels, whatever range a model works in); parameter-space attacks
-use the same code on flattened parameter vectors with ``bounds=None``. Every function works per sample:
-dimension 0 is the batch, all other dimensions are one vector.
+use the same code on flattened parameter vectors with ``bounds=None``, and the inversion engine uses a
+:class:`Budget` per optimised tensor (a latent under an L2 ball with no box, an image in [0, 1] with no ball,
+a label logit tensor with neither). Every function works per sample: dimension 0 is the batch, all other
+dimensions are one vector.
+
+``eps=None`` (or ``math.inf``) is the unconstrained mode: no ball, only the valid range and the mask.
 """
 
 from __future__ import annotations
@@ -80,30 +84,52 @@ def random_start(like: torch.Tensor, eps: float, norm: str, generator: torch.Gen
 
 @dataclass(frozen=True)
 class Budget:
-    """A perturbation budget: `eps` in `norm` (``"linf"`` or ``"l2"``), with an optional valid range."""
+    """A perturbation budget: `eps` in `norm` (``"linf"`` or ``"l2"``), with an optional valid range.
 
-    eps: float
+    ``eps=None`` (``math.inf`` is turned into None) means no ball: gradient inversion starts from noise and
+    may go anywhere inside `bounds`. ``bounds=None`` means no box: latents and logits are not pixels.
+    """
+
+    eps: float | None
     norm: str = "linf"
     bounds: tuple[float, float] | None = (0.0, 1.0)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise InvalidArgumentError(f"`norm` must be one of {', '.join(NORMS)}, but is {self.norm!r}.")
-        if not (isinstance(self.eps, int | float) and math.isfinite(self.eps) and self.eps >= 0):
-            raise InvalidArgumentError(f"`eps` must be a finite number >= 0, but is {self.eps!r}.")
-        if self.bounds is not None and not self.bounds[0] < self.bounds[1]:
-            raise InvalidArgumentError(f"`bounds` must be (low, high) with low < high, but is {self.bounds!r}.")
+        if isinstance(self.eps, int | float) and not isinstance(self.eps, bool) and self.eps == math.inf:
+            object.__setattr__(self, "eps", None)
+        if self.eps is not None and not (
+            isinstance(self.eps, int | float) and not isinstance(self.eps, bool) and math.isfinite(self.eps) and self.eps >= 0
+        ):
+            raise InvalidArgumentError(f"`eps` must be a finite number >= 0 or None (no ball), but is {self.eps!r}.")
+        if self.bounds is not None:
+            if len(self.bounds) != 2 or not all(isinstance(b, int | float) for b in self.bounds):
+                raise InvalidArgumentError(f"`bounds` must be (low, high) or None, but is {self.bounds!r}.")
+            if not self.bounds[0] < self.bounds[1]:
+                raise InvalidArgumentError(f"`bounds` must be (low, high) with low < high, but is {self.bounds!r}.")
+            object.__setattr__(self, "bounds", (float(self.bounds[0]), float(self.bounds[1])))
+
+    @property
+    def constrains(self) -> bool:
+        """Whether projection can change anything (a ball or a box)."""
+        return self.eps is not None or self.bounds is not None
 
     def project(self, origin: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Confine `delta` to the mask, the ball and the valid range, in that order."""
         if mask is not None:
             delta = delta * mask
-        delta = project(delta, self.eps, self.norm)
+        if self.eps is not None:
+            delta = project(delta, self.eps, self.norm)
         return clip_to_bounds(origin, delta, self.bounds)
 
     def random_start(self, origin: torch.Tensor, generator: torch.Generator | None, mask: torch.Tensor | None = None):
+        if self.eps is None:
+            raise InvalidArgumentError("a random start needs a finite `eps` (a ball to draw from).")
         return self.project(origin, random_start(origin, self.eps, self.norm, generator), mask)
 
     def contains(self, delta: torch.Tensor, atol: float = 1e-6) -> torch.Tensor:
-        """(B,) booleans: is each sample inside the ball (up to `atol`)?"""
+        """(B,) booleans: is each sample inside the ball (up to `atol`)? Always true without a ball."""
+        if self.eps is None:
+            return torch.ones(delta.shape[0], dtype=torch.bool, device=delta.device)
         return norm_of(delta, self.norm) <= self.eps + atol

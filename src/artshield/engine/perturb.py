@@ -6,10 +6,16 @@ Every protection method and every input-space federated attack is an *objective*
 
 a per-sample loss, attached to the autograd graph of `images`, that the engine maximises (or minimises
 with ``minimize=True``). The engine owns everything else: the budget (L-inf or L2, in pixel units of a
-[0, 1] image), the step rule (sign / normalised / Adam), the step-size schedule, random start, projection,
-an optional mask, expectation over transforms (EOT), several Monte-Carlo samples per step, early
-stopping, keeping the best iterate, seeding, progress reporting and batching. The engine knows nothing
-of diffusion models.
+[0, 1] image, or none with ``eps=None``), the step rule (sign / normalised / Adam / signed Adam), the
+step-size schedule (constant, linear, cosine, multistep milestones), random start, projection, an
+optional mask, expectation over transforms (EOT), several Monte-Carlo samples per step, early stopping,
+keeping the best iterate, seeding, progress reporting (a callback sees the current iterate and may stop
+the run) and batching. The engine knows nothing of diffusion models.
+
+Its sibling :mod:`.invert` optimises several named tensors jointly (and adds L-BFGS) on the same parts:
+budgets from :mod:`.budget`, step rules, schedules, gradient averaging, early stops and progress from
+:mod:`.steps`. This module keeps the per-sample features of protection (samples frozen at a target,
+per-sample best iterates, batching in chunks, EOT) that a joint inversion does not have.
 
     >>> engine = Perturber(eps=8 / 255, steps=100, step_size=1 / 255, seed=0)
     >>> result = engine.run(objective, images)          # images: float (B, C, H, W) in [0, 1]
@@ -31,7 +37,21 @@ import torch
 from .. import __version__
 from ..errors import InvalidArgumentError, MaskError, ObjectiveError
 from .budget import NORMS, Budget
-from .steps import SCHEDULES, STEP_RULES, StepRule, step_size_at
+from .steps import (
+    NONFINITE_POLICIES,
+    SCHEDULES,
+    STEP_RULES,
+    NonFiniteGuard,
+    Plateau,
+    Progress,
+    StepInfo,
+    StepRule,
+    check_milestones,
+    mean_gradients,
+    objective_name,
+    seeded_generator,
+    step_size_at,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,30 +69,20 @@ class Transform(Protocol):
 
 
 @dataclass(frozen=True)
-class StepInfo:
-    """What a progress callback receives after every step."""
-
-    step: int  # 1-based
-    steps: int
-    loss: float  # mean objective over the batch at the iterate the step started from
-    step_size: float
-    chunk: int  # which batch chunk (0-based) when the input is split by `batch_size`
-    chunks: int
-
-
-@dataclass(frozen=True)
 class PerturbConfig:
     """Engine settings, JSON-serialisable (``dataclasses.asdict``) and saved beside every result.
 
     Args:
-        eps (`float`, defaults to 8/255): budget radius, in pixel units of a [0, 1] image for images.
+        eps (`float`, defaults to 8/255): budget radius, in pixel units of a [0, 1] image for images; None
+            (or ``math.inf``) for no ball (then `step_size` must be given and `random_start` is off).
         norm (`str`, defaults to `"linf"`): ``"linf"`` or ``"l2"``.
         steps (`int`, defaults to 100): number of gradient steps.
         step_size (`float`, *optional*): defaults to ``2.5 * eps / steps`` (Madry et al., 2018).
-        step_rule (`str`, *optional*): ``"sign"``, ``"normalized"`` or ``"adam"``; defaults to sign for L-inf
-            and normalized for L2.
+        step_rule (`str`, *optional*): ``"sign"``, ``"normalized"``, ``"adam"`` or ``"signed-adam"``; defaults
+            to sign for L-inf and normalized for L2.
         schedule (`str`, defaults to `"constant"`): ``"constant"``, ``"linear"`` or ``"cosine"`` decay to
-            ``step_size * final_step_ratio``.
+            ``step_size * final_step_ratio``, or ``"multistep"``: times `gamma` at each of `milestones`
+            (fractions of `steps` in (0, 1), or whole 0-based step indices).
         random_start (`bool`, defaults to `False`): start from a uniform draw in the ball.
         samples_per_step (`int`, defaults to 1): Monte-Carlo samples (objective randomness and EOT draws)
             averaged per step; gradients are accumulated one sample at a time to bound memory.
@@ -85,6 +95,10 @@ class PerturbConfig:
         seed (`int`, *optional*): seeds the generator handed to the objective and transforms.
         batch_size (`int`, *optional*): split larger inputs into chunks of this size, run one after another.
         bounds (`tuple`, defaults to `(0.0, 1.0)`): the valid value range; None for unbounded tensors.
+        nonfinite (`str`, defaults to `"skip"`): a draw whose gradient holds NaN/inf is dropped from the
+            average and logged (fp16 backward passes overflow in rare draws), and three steps in a row with no
+            finite draw raise :class:`ObjectiveError`; ``"raise"`` raises at the first one. Never zeroed
+            silently (see :class:`~artshield.engine.steps.NonFiniteGuard`).
     """
 
     eps: float = 8 / 255
@@ -103,6 +117,9 @@ class PerturbConfig:
     seed: int | None = None
     batch_size: int | None = None
     bounds: tuple[float, float] | None = (0.0, 1.0)
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
+    nonfinite: str = "skip"
 
     def __post_init__(self) -> None:
         def fail(name: str, expected: str) -> None:
@@ -110,8 +127,14 @@ class PerturbConfig:
 
         if self.norm not in NORMS:
             fail("norm", f"one of {', '.join(NORMS)}")
-        if not (isinstance(self.eps, int | float) and math.isfinite(self.eps) and self.eps >= 0):
-            fail("eps", "a finite number >= 0")
+        if isinstance(self.eps, int | float) and self.eps == math.inf:
+            object.__setattr__(self, "eps", None)
+        if self.eps is not None and not (isinstance(self.eps, int | float) and math.isfinite(self.eps) and self.eps >= 0):
+            fail("eps", "a finite number >= 0, or None for no ball")
+        if self.eps is None and self.step_size is None:
+            raise InvalidArgumentError("`step_size` must be given when `eps` is None (no ball to derive it from).")
+        if self.eps is None and self.random_start:
+            raise InvalidArgumentError("`random_start` needs a finite `eps` (a ball to draw from).")
         if not (isinstance(self.steps, int) and self.steps >= 0):
             fail("steps", "an integer >= 0")
         if self.step_size is not None and not (math.isfinite(self.step_size) and self.step_size > 0):
@@ -128,6 +151,11 @@ class PerturbConfig:
             fail("early_stop_patience", "an integer >= 1 or None")
         if self.batch_size is not None and self.batch_size < 1:
             fail("batch_size", "an integer >= 1 or None")
+        if self.nonfinite not in NONFINITE_POLICIES:
+            fail("nonfinite", f"one of {', '.join(NONFINITE_POLICIES)}")
+        object.__setattr__(self, "milestones", check_milestones(self.milestones, self.gamma))
+        if self.schedule == "multistep" and not self.milestones:
+            raise InvalidArgumentError("`milestones` must be given for `schedule` 'multistep'.")
         if self.bounds is not None:
             object.__setattr__(self, "bounds", tuple(float(b) for b in self.bounds))
         Budget(self.eps, self.norm, self.bounds)  # validates bounds
@@ -152,8 +180,9 @@ class PerturbResult:
         final_losses: (B,) objective at the returned iterate's last evaluation (one noisy draw for
             stochastic objectives; use :func:`evaluate_objective` for a careful estimate).
         steps_run: steps actually taken (fewer than configured after an early stop).
-        stopped_early: whether an early-stop rule ended the run.
+        stopped_early: whether an early-stop rule (or the progress callback) ended the run.
         seconds: wall time.
+        skipped_draws: Monte-Carlo draws left out because their gradient was not finite.
     """
 
     images: torch.Tensor
@@ -163,6 +192,7 @@ class PerturbResult:
     steps_run: int = 0
     stopped_early: bool = False
     seconds: float = 0.0
+    skipped_draws: int = 0
 
 
 class Perturber:
@@ -173,7 +203,8 @@ class Perturber:
         transform (`Transform`, *optional*): a random differentiable transform applied to the perturbed batch
             before every objective call (expectation over transforms, Athalye et al., 2018).
         progress (`bool` or callable, defaults to `False`): True shows a tqdm bar; a callable receives a
-            :class:`StepInfo` after every step.
+            :class:`StepInfo` after every step, with the current perturbed images as ``info.iterate``, and
+            ends the run by returning ``True`` (with `batch_size`, it ends the current chunk).
     """
 
     def __init__(
@@ -181,7 +212,7 @@ class Perturber:
         config: PerturbConfig | None = None,
         *,
         transform: Transform | None = None,
-        progress: bool | Callable[[StepInfo], None] = False,
+        progress: bool | Callable[[StepInfo], bool | None] = False,
         **settings,
     ):
         if config is not None and settings:
@@ -211,11 +242,7 @@ class Perturber:
                 f"`init_delta` must have the images' shape {tuple(images.shape)}, but has {tuple(init_delta.shape)}."
             )
         if generator is None:
-            generator = torch.Generator(device="cpu")
-            if self.config.seed is not None:
-                generator.manual_seed(self.config.seed)
-            else:
-                generator.seed()
+            generator = seeded_generator(self.config.seed)
         started = time.perf_counter()
         size = self.config.batch_size or images.shape[0]
         chunks = list(range(0, images.shape[0], size))
@@ -238,6 +265,7 @@ class Perturber:
         origin = origin.detach().clone()
         budget = Budget(cfg.eps, cfg.norm, cfg.bounds)
         rule = StepRule(cfg.resolved_step_rule, cfg.norm)
+        guard = NonFiniteGuard(cfg.nonfinite, objective)
         direction_sign = -1.0 if cfg.minimize else 1.0
         if init_delta is not None:
             delta = budget.project(origin, init_delta.detach().float(), mask)
@@ -250,13 +278,14 @@ class Perturber:
         best_delta = delta.clone()
         best_loss = torch.full((batch,), -math.inf, device=origin.device)  # in "ascent" units
         losses: list[float] = []
-        stale, best_mean = 0, -math.inf
+        plateau = Plateau(cfg.early_stop_patience)
         stopped_early = False
         last_loss = None
-        bar = self._progress_bar(cfg.steps, chunk, chunks)
+        progress = Progress(self.progress, "perturb")
+        progress.start(cfg.steps, chunk, chunks)
         steps_run = 0
         for step in range(cfg.steps):
-            grad, loss = self._gradient(objective, origin, delta, generator, check=step == 0)
+            grad, loss = self._gradient(objective, origin, delta, generator, guard, step)
             ascent_loss = direction_sign * loss
             last_loss = loss
             losses.append(float(loss.mean()))
@@ -266,28 +295,26 @@ class Perturber:
                 best_delta[improved] = delta[improved]
             if cfg.early_stop_target is not None:
                 active &= ascent_loss < direction_sign * cfg.early_stop_target
-            alpha = step_size_at(step, cfg.steps, cfg.resolved_step_size, cfg.schedule, cfg.final_step_ratio)
+            alpha = step_size_at(
+                step, cfg.steps, cfg.resolved_step_size, cfg.schedule, cfg.final_step_ratio, cfg.milestones, cfg.gamma
+            )
             update = rule(direction_sign * grad)
             update = update * active.view(-1, *([1] * (update.dim() - 1))).to(update.dtype)
             if mask is not None:
                 update = update * mask
             delta = budget.project(origin, delta + alpha * update, mask)
             steps_run = step + 1
-            self._report(bar, StepInfo(step + 1, cfg.steps, losses[-1], alpha, chunk, chunks))
+            iterate = (origin + delta).detach() if progress.wants_iterate else None
+            if progress.report(StepInfo(step + 1, cfg.steps, losses[-1], alpha, chunk, chunks, iterate)):
+                stopped_early = True
+                break
             if not bool(active.any()):
                 stopped_early = True
                 break
-            if cfg.early_stop_patience is not None:
-                mean_ascent = float(ascent_loss.mean())
-                if mean_ascent > best_mean + 1e-12:
-                    best_mean, stale = mean_ascent, 0
-                else:
-                    stale += 1
-                    if stale >= cfg.early_stop_patience:
-                        stopped_early = True
-                        break
-        if bar is not None:
-            bar.close()
+            if plateau.update(float(ascent_loss.mean())):
+                stopped_early = True
+                break
+        progress.close()
         if cfg.keep_best and steps_run:
             delta = best_delta
             last_loss = direction_sign * best_loss
@@ -298,32 +325,29 @@ class Perturber:
             final_losses=None if last_loss is None else last_loss.detach(),
             steps_run=steps_run,
             stopped_early=stopped_early,
+            skipped_draws=guard.skipped,
         )
 
-    def _gradient(self, objective, origin, delta, generator, check: bool):
-        """Average gradient and loss over `samples_per_step` draws, one backward pass per draw."""
-        total_grad = torch.zeros_like(delta)
-        total_loss = torch.zeros(origin.shape[0], device=origin.device, dtype=torch.float32)
-        samples = self.config.samples_per_step
-        for _ in range(samples):
-            leaf = delta.detach().requires_grad_(True)
-            with torch.enable_grad():
-                inputs = origin + leaf
-                if self.transform is not None:
-                    inputs = self.transform(inputs, generator)
-                loss = objective(inputs, generator)
-                if check:
-                    check_objective_output(loss, origin.shape[0], objective)
-                elif not bool(torch.isfinite(loss).all()):
-                    raise ObjectiveError(
-                        f"objective {_name(objective)} returned non-finite values mid-run ({loss.detach().tolist()}); "
-                        "with half-precision weights try dtype fp32."
-                    )
-                (grad,) = torch.autograd.grad(loss.sum(), leaf)
-            # A rare non-finite gradient (e.g. fp16 overflow in one draw) must not poison the iterate.
-            total_grad += torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
-            total_loss += loss.detach().float()
-        return total_grad / samples, total_loss / samples
+    def _gradient(self, objective, origin, delta, generator, guard: NonFiniteGuard, step: int):
+        """Average gradient and loss over `samples_per_step` draws, one backward pass per draw; the first
+        step checks the objective's contract, every step checks that the loss stays finite."""
+
+        def evaluate(leaves):
+            inputs = origin + leaves["images"]
+            if self.transform is not None:
+                inputs = self.transform(inputs, generator)
+            loss = objective(inputs, generator)
+            if step == 0:
+                check_objective_output(loss, origin.shape[0], objective)
+            elif not bool(torch.isfinite(loss).all()):
+                raise ObjectiveError(
+                    f"objective {_name(objective)} returned non-finite values mid-run ({loss.detach().tolist()}); "
+                    "with half-precision weights try dtype fp32."
+                )
+            return loss
+
+        grads, loss = mean_gradients(evaluate, {"images": delta}, self.config.samples_per_step, guard, step + 1)
+        return grads["images"], loss
 
     def _check_images(self, images) -> torch.Tensor:
         if not isinstance(images, torch.Tensor):
@@ -361,34 +385,23 @@ class Perturber:
             raise MaskError("`mask` is empty: it leaves no pixel to perturb.")
         return mask.to(device=images.device, dtype=torch.float32)
 
-    def _progress_bar(self, steps: int, chunk: int, chunks: int):
-        if self.progress is not True:
-            return None
-        from tqdm.auto import tqdm
-
-        label = "perturb" if chunks == 1 else f"perturb {chunk + 1}/{chunks}"
-        return tqdm(total=steps, desc=label, leave=False, dynamic_ncols=True)
-
-    def _report(self, bar, info: StepInfo) -> None:
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{info.loss:.4g}", refresh=False)
-        elif callable(self.progress):
-            self.progress(info)
-
     @property
     def config_dict(self) -> dict:
         """The engine's settings as JSON, stamped with the class and toolkit version."""
         return {"_class_name": type(self).__name__, "_artshield_version": __version__, **dataclasses.asdict(self.config)}
 
 
-def check_objective_output(loss, batch: int, objective) -> None:
-    """Raise :class:`ObjectiveError` unless `loss` is a finite (B,) tensor attached to the autograd graph."""
+def check_objective_output(loss, batch: int | None, objective) -> None:
+    """Raise :class:`ObjectiveError` unless `loss` is a finite tensor attached to the autograd graph, of
+    shape (B,) for ``batch=B`` or, for ``batch=None`` (the inversion engine), a scalar or any 1-D tensor."""
     name = _name(objective)
+    expected = f"({batch},)" if batch is not None else "() or (N,)"
     if not isinstance(loss, torch.Tensor):
-        raise ObjectiveError(f"objective {name} must return a torch.Tensor of shape ({batch},), but returned {type(loss).__name__}.")
-    if tuple(loss.shape) != (batch,):
+        raise ObjectiveError(f"objective {name} must return a torch.Tensor of shape {expected}, but returned {type(loss).__name__}.")
+    if batch is not None and tuple(loss.shape) != (batch,):
         raise ObjectiveError(f"objective {name} must return shape ({batch},) (one loss per sample), but returned {tuple(loss.shape)}.")
+    if batch is None and loss.dim() > 1:
+        raise ObjectiveError(f"objective {name} must return a scalar or a 1-D tensor, but returned shape {tuple(loss.shape)}.")
     if not loss.requires_grad:
         raise ObjectiveError(
             f"objective {name} returned a loss that is not attached to the autograd graph of its input "
@@ -437,11 +450,8 @@ def _merge(results: list[PerturbResult], seconds: float) -> PerturbResult:
         steps_run=max(r.steps_run for r in results),
         stopped_early=all(r.stopped_early for r in results),
         seconds=seconds,
+        skipped_draws=sum(r.skipped_draws for r in results),
     )
 
 
-def _name(objective) -> str:
-    owner = getattr(objective, "__self__", None)
-    if owner is not None:
-        return f"{type(owner).__name__}.{getattr(objective, '__name__', 'objective')}"
-    return getattr(objective, "__qualname__", None) or type(objective).__name__
+_name = objective_name
