@@ -35,6 +35,14 @@ def make_rgb(path: Path, size=(40, 32), fmt=None) -> Path:
     return path
 
 
+def call(argv: list[str]) -> int:
+    """Run `protect` in-process; argument errors exit through argparse (SystemExit(2))."""
+    try:
+        return protect_main([str(a) for a in argv])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+
+
 @pytest.fixture
 def fast(tiny_model_dir):
     """Arguments that keep a CLI run to a second on the tiny model."""
@@ -118,7 +126,7 @@ def test_bad_input_is_one_line_and_nonzero_and_leaves_originals(tmp_path, fast, 
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     (tmp_path / "empty").mkdir()
     before = {p.name: digest(p) for p in tmp_path.iterdir() if p.is_file()}
-    code = protect_main([*fast, *make_args(tmp_path)])
+    code = call([*fast, *make_args(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err

@@ -11,12 +11,13 @@ from .base import STRENGTHS, ProtectionMethod, ProtectionResult, preset_step_siz
 from .diffusionguard import DiffusionGuard
 from .mist import Mist, MistLunet
 from .photoguard import PhotoGuard, PhotoGuardDiffusion
-from .registry import ALIASES, METHODS, describe_methods, get_method
+from .registry import ALIASES, INPAINTING_METHODS, METHODS, describe_methods, get_method
 from .sds import SDST, SDSMinus, SDSPlus
 
 __all__ = [
     "ALIASES",
     "ASPL",
+    "INPAINTING_METHODS",
     "METHODS",
     "SDST",
     "STRENGTHS",
