@@ -90,12 +90,12 @@ def _robust_spec(text: str) -> str:
     try:
         parse_transforms(text)
     except InvalidArgumentError as exc:
-        raise argparse.ArgumentTypeError(f"{exc} (e.g. 'jpeg,resize' or 'default')") from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
 def build_parser(prog: str = "protect") -> argparse.ArgumentParser:
-    from .base import STRENGTHS
+    from .presets import STRENGTHS
 
     presets = ", ".join(f"{k}={round(v[0] * 255)}/255×{v[1]} steps" for k, v in STRENGTHS.items())
     parser = ArgumentParser(
@@ -146,7 +146,11 @@ def build_parser(prog: str = "protect") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "protect") -> int:
-    parser = build_parser(prog)
+    try:
+        parser = build_parser(prog)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written.", file=sys.stderr)
+        return 130
     return run_cli(prog, parser, argv, lambda args: run(args, prog), KEPT_ON_INTERRUPT)
 
 
@@ -272,14 +276,14 @@ class _Run:
             self._check_single()
             return
         self.errors = [(p, r) for p, r in self.skipped if _is_error_skip(p)]
+        if not self.jobs and not self.errors:
+            others = f" (skipped {len(self.skipped)} files that are not images, e.g. {self.skipped[0][0].name})" if self.skipped else ""
+            raise InvalidArgumentError(f"input {args.input!r}: no images to protect{others}.")
         for path, reason in self.skipped:
             print(f"{'error' if _is_error_skip(path) else 'skip'} {path}: {reason}", file=sys.stderr)
         if not self.jobs:
-            if self.errors:
-                print(f"protected 0 images; {len(self.errors)} skipped for an error (listed above).")
-                self.finished = 1
-                return
-            raise InvalidArgumentError(f"input {args.input!r}: no images to protect.")
+            print(f"protected 0 images; {len(self.errors)} skipped for an error (listed above).")
+            self.finished = 1
 
     def _check_mask(self) -> None:
         from ..imageio import read_mask
@@ -306,10 +310,11 @@ class _Run:
 
         args, report = self.args, self.report_path
         mask = [("mask", self.mask_path)] if self.mask_path is not None else []
+        if self.single:
+            check_output_file("output", self.jobs[0].output)
         check_output_file("report", report)
         if self.single:
             job = self.jobs[0]
-            check_output_file("output", job.output)
             refuse_overlaps(
                 inputs=[("input", job.source), *mask], outputs=[("output", job.output), ("report", report)]
             )
