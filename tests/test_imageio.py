@@ -20,6 +20,7 @@ from PIL import Image, ImageCms
 from artshield.errors import ImageReadError, ImageWriteError, InvalidArgumentError
 from artshield.imageio import (
     IMAGE_EXTENSIONS,
+    ImageTooLargeError,
     LoadedImage,
     from_pil,
     is_image_file,
@@ -287,12 +288,21 @@ def test_bad_inputs_raise_image_read_error_naming_the_path(tmp_path: Path, kind:
     assert str(path) in str(info.value) and needle in str(info.value)
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_device_is_not_a_regular_file() -> None:
+    with pytest.raises(ImageReadError, match="not a regular file"):
+        read_image("/dev/zero")
+
+
 def test_decompression_bomb_guard(tmp_path: Path) -> None:
     src = tmp_path / "big.png"
     src.write_bytes(_png_bytes((40, 30)))
-    with pytest.raises(ImageReadError, match="max_pixels") as info:
+    with pytest.raises(ImageTooLargeError, match="decompression bombs") as info:
         read_image(src, max_pixels=1000)
-    assert str(src) in str(info.value)
+    assert isinstance(info.value, ImageReadError)  # callers that catch read errors catch this one too
+    assert str(src) in str(info.value) and "40×30 = 1200 pixels" in str(info.value)
+    assert (info.value.pixels, info.value.limit) == (1200, 1000)
+    assert "max_pixels=" not in str(info.value)  # no advice naming an option some commands lack
     saved = Image.MAX_IMAGE_PIXELS
     assert read_image(src, max_pixels=1200).rgb.shape == (1, 3, 30, 40)
     assert Image.MAX_IMAGE_PIXELS == saved  # Pillow's global is restored

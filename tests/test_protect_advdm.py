@@ -4,6 +4,7 @@ keeps the budget at any size, and is a configured object called on images."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from PIL import Image
 
 from artshield.errors import InvalidArgumentError
 from artshield.protect import STRENGTHS, AdvDM, get_method
-from artshield.protect.tiling import FullResolutionObjective, tile_starts
+from artshield.protect.tiling import FullResolutionObjective, plan_tiles, tile_starts
 
 
 def test_advdm_raises_the_loss_more_than_random_noise_of_the_same_budget(tiny_model):
@@ -108,3 +109,40 @@ def test_large_images_are_tiled_and_keep_the_budget(tiny_model):
     protected = method(images)
     assert protected.shape == images.shape
     assert float((protected - images).abs().max()) <= 8 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("height, width", [(100000, 3), (3, 100000), (5000, 100), (100, 600), (700, 900), (1, 1)])
+def test_tiles_are_sized_by_area_and_cover_every_pixel(height, width):
+    """Each pass holds at most tile_size² pixels once padded (strips as side-by-side segments), every pixel
+    is covered, and thin strips cost about what their pixels cost, not one padded tile per 256 rows."""
+    tile, multiple = 256, 32
+    tiles = plan_tiles(height, width, tile, multiple)
+    covered = torch.zeros(height, width, dtype=torch.bool)
+    for t in tiles:
+        view = t.view(torch.zeros(1, 1, height, width))
+        padded = -(-view.shape[-2] // multiple) * multiple * (-(-view.shape[-1] // multiple) * multiple)
+        assert padded <= tile * tile or len(t.boxes) == 1 and min(view.shape[-2:]) < multiple
+        for top, left, h, w in t.boxes:
+            covered[top : top + h, left : left + w] = True
+    assert bool(covered.all())
+    ideal = height * width / (tile * tile)
+    assert len(tiles) <= max(1, 2 * math.ceil(ideal)), len(tiles)
+    if (height, width) == (100000, 3):
+        assert len(tiles) == 5  # 391 segments of 3×256, 85 side by side per 255×256 tile
+
+
+def test_packed_strip_gradient_is_the_mean_over_tiles():
+    """With segments of a strip laid side by side, each pixel's gradient is how often it is seen / tiles."""
+    # multiple=1: no padding, so the sum sees each crop exactly once per tile
+    tiled = FullResolutionObjective(lambda images, generator: images.flatten(1).sum(dim=1), multiple=1, tile_size=32)
+    height, width = 1000, 3
+    tiles = tiled.tiles(height, width)
+    assert any(len(t.boxes) > 1 for t in tiles)
+    images = torch.rand(1, 3, height, width, requires_grad=True)
+    (grad,) = torch.autograd.grad(tiled(images, None).sum(), images)
+    seen = torch.zeros(1, 3, height, width)
+    for t in tiles:
+        for top, left, h, w in t.boxes:
+            seen[..., top : top + h, left : left + w] += 1
+    assert bool((seen > 0).all())
+    assert torch.allclose(grad, seen / len(tiles))

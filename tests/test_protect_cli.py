@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +35,14 @@ def make_rgb(path: Path, size=(40, 32), fmt=None) -> Path:
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path, fmt)
     return path
+
+
+def call(argv: list[str]) -> int:
+    """Run `protect` in-process; argument errors exit through argparse (SystemExit(2))."""
+    try:
+        return protect_main([str(a) for a in argv])
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
 
 
 @pytest.fixture
@@ -118,7 +128,7 @@ def test_bad_input_is_one_line_and_nonzero_and_leaves_originals(tmp_path, fast, 
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     (tmp_path / "empty").mkdir()
     before = {p.name: digest(p) for p in tmp_path.iterdir() if p.is_file()}
-    code = protect_main([*fast, *make_args(tmp_path)])
+    code = call([*fast, *make_args(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
@@ -170,3 +180,106 @@ def test_exif_orientation_is_honoured(tmp_path, fast):
     Image.open(tmp_path / "plain.png").save(source, "JPEG", exif=exif.tobytes())
     assert protect_main([str(source), *fast]) == 0
     assert Image.open(tmp_path / "rotated.protected.png").size == (32, 48)  # displayed as 32 wide, 48 high
+
+
+def test_folder_run_skips_broken_files_protects_the_rest_and_exits_1(tmp_path, fast, capsys):
+    folder = tmp_path / "art"
+    folder.mkdir()
+    make_rgb(folder / "a.png")
+    data = (folder / "a.png").read_bytes()
+    (folder / "b_cut.png").write_bytes(data[: len(data) // 2])  # passes the header check, fails decoding
+    Image.fromarray(np.zeros((8, 8), np.float32), "F").save(folder / "c_float.tif")
+    (folder / "d_garbage.png").write_bytes(b"not a png at all")
+    make_rgb(folder / "e_tiny.png", size=(1, 1))
+    make_rgb(folder / "f_small.png", size=(5, 7))
+    make_rgb(folder / "z.png")
+    (folder / "notes.txt").write_text("not an image, not an error")
+    before = {p.name: digest(p) for p in folder.iterdir()}
+    assert call([str(folder), *fast]) == 1
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    out_dir = tmp_path / "art_protected"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["a.png", "e_tiny.png", "f_small.png", "report.json", "z.png"]
+    for name in ("b_cut.png", "c_float.tif", "d_garbage.png", "notes.txt"):
+        assert name in err
+    assert "protected 4 of 6 images; 3 skipped for an error" in out
+    assert "SSIM n/a" in out  # tiny images have no SSIM; the summary line says so instead of crashing
+    report = json.loads((out_dir / "report.json").read_text())
+    assert len(report["images"]) == 4
+    assert sum(s["reason"].startswith("error") for s in report["skipped"]) == 2  # read errors met while running
+    assert {p.name: digest(p) for p in folder.iterdir()} == before
+
+
+def test_outputs_have_normal_permissions(tmp_path, fast):
+    source = make_rgb(tmp_path / "a.png")
+    old = os.umask(0o022)
+    try:
+        assert call([str(source), *fast]) == 0
+    finally:
+        os.umask(old)
+    for name in ("a.protected.png", "a.protected.report.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+def test_robust_spec_and_dtype_end_to_end(tmp_path, fast):
+    source = make_rgb(tmp_path / "a.png")
+    assert call([str(source), *fast, "--robust=jpeg:quality=60-90,resize", "--dtype", "bf16"]) == 0
+    report = json.loads((tmp_path / "a.protected.report.json").read_text())
+    assert report["dtype"] == "bfloat16"
+    robust = json.dumps(report["settings"]["robust"]).lower()
+    assert "jpeg" in robust and "resize" in robust
+    change = np.abs(np.asarray(Image.open(tmp_path / "a.protected.png")).astype(int) - np.asarray(Image.open(source)).astype(int))
+    assert 0 < change.max() <= 8
+
+
+def test_no_model_and_no_cached_checkpoint_uses_the_demo_model_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    source = make_rgb(tmp_path / "a.png", size=(16, 16))
+    assert call([str(source), "--steps", "1", "--eval-samples", "0", "--quiet", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    warning_lines = [line for line in err.splitlines() if "demonstration model" in line]
+    assert len(warning_lines) == 1 and "does NOT protect against real mimicry" in warning_lines[0]
+    assert "hf download" in warning_lines[0]
+    report = json.loads((tmp_path / "a.protected.report.json").read_text())
+    assert report["model"] == "demo" and report["model_chosen_by"] == "default"
+    assert "demonstration model" in report["demo_model_warning"]
+    assert "demonstration model" in report["images"][0]["demo_model_warning"]
+    metadata = json.loads(Image.open(tmp_path / "a.protected.png").info["artshield"])
+    assert "demonstration model" in metadata["demo_model_warning"]
+
+
+def test_no_model_uses_a_checkpoint_from_the_local_cache_and_names_it(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """A fake Hugging Face cache holding a complete SD 1.5 snapshot (the tiny model's files)."""
+    cache = tmp_path / "hub"
+    repo = cache / "models--stable-diffusion-v1-5--stable-diffusion-v1-5"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    source = make_rgb(tmp_path / "a.png", size=(16, 16))
+    assert call([str(source), "--steps", "1", "--eval-samples", "0", "--quiet", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in err and "local Hugging Face cache" in err
+    assert "demonstration" not in err
+    report = json.loads((tmp_path / "a.protected.report.json").read_text())
+    assert report["model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5" and "demo_model_warning" not in report
+    assert "demo_model_warning" not in json.loads(Image.open(tmp_path / "a.protected.png").info["artshield"])
+
+
+def test_start_up_is_light_and_ctrl_c_while_starting_is_one_line(monkeypatch, capsys):
+    """`import artshield.protect.cli` does not import torch, and Ctrl-C while the parser is built (the only
+    import left before the guarded parse) is one line with exit status 130."""
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys, artshield.protect.cli; print('torch' in sys.modules)"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+    import artshield.protect.cli as cli
+
+    def interrupted(prog):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert cli.main(["x.png"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "interrupted" in err

@@ -123,6 +123,17 @@ class LoadedImage:
 # --------------------------------------------------------------------------------------------------
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image with more pixels than the reader's limit (a decompression-bomb guard). `pixels` is its
+    pixel count (None when unknown) and `limit` the limit, so that a command can say how to raise it
+    (``protect --max-pixels``; ``read_image(max_pixels=...)`` in Python)."""
+
+    def __init__(self, message: str, *, pixels: int | None = None, limit: int | None = None):
+        super().__init__(message)
+        self.pixels = pixels
+        self.limit = limit
+
+
 def read_image(path: PathLike, *, max_pixels: int | None = None) -> LoadedImage:
     """Read an image file into a :class:`LoadedImage` (float tensor in [0, 1], display orientation).
 
@@ -134,12 +145,14 @@ def read_image(path: PathLike, *, max_pixels: int | None = None) -> LoadedImage:
     Args:
         path: the image file.
         max_pixels: refuse images with more pixels than this (decompression-bomb guard). None uses
-            Pillow's ``Image.MAX_IMAGE_PIXELS`` (about 89 megapixels unless changed; no limit if that is
+            Pillow's ``Image.MAX_IMAGE_PIXELS`` (89,478,485 pixels unless changed; no limit if that is
             None). Pass a larger number to read a genuinely huge artwork.
 
     Raises:
-        ImageReadError: the file is missing, a directory, empty, not an image, truncated or corrupt,
-            larger than ``max_pixels``, or of a kind that cannot be represented (32-bit float).
+        ImageReadError: the file is missing, a directory, not a regular file (a device such as
+            ``/dev/zero``, a pipe), empty, not an image, truncated or corrupt, or of a kind that cannot be
+            represented (32-bit float).
+        ImageTooLargeError: (an ImageReadError) more pixels than ``max_pixels``.
         InvalidArgumentError: ``max_pixels`` is not a positive integer.
     """
     p = Path(os.fspath(path))
@@ -151,23 +164,19 @@ def read_image(path: PathLike, *, max_pixels: int | None = None) -> LoadedImage:
         with open(p, "rb") as fh:
             header = fh.read(33)
             fh.seek(0)
-            with _pixel_limit(limit):
-                # Warnings-as-errors turns Pillow's DecompressionBombWarning (raised for images between the
-                # limit and twice the limit, where it would otherwise only warn) into an exception.
-                with warnings.catch_warnings():
-                    warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    with Image.open(fh) as im:
-                        _check_pixel_count(p, im.size, limit)
-                        n_frames = int(getattr(im, "n_frames", 1) or 1)
-                        im.seek(0)  # counting frames may have moved it
-                        im.load()
-                        loaded = _normalise(im, path=p, png_header=header, n_frames=n_frames)
+            # Pillow's own guard is switched off while the header is parsed (opening decodes nothing), so
+            # that the size check below can name the image's size and the limit in every case.
+            with _pixel_limit(None):
+                with Image.open(fh) as im:
+                    _check_pixel_count(p, im.size, limit)
+                    n_frames = int(getattr(im, "n_frames", 1) or 1)
+                    im.seek(0)  # counting frames may have moved it
+                    im.load()
+                    loaded = _normalise(im, path=p, png_header=header, n_frames=n_frames)
     except ArtshieldError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(
-            f"{p}: image is too large to read safely ({exc}); pass max_pixels=... to allow it."
-        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # pragma: no cover - see above
+        raise ImageTooLargeError(f"{p}: image is too large to read safely ({exc}).") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageReadError(f"{p}: not an image file Pillow can read (format not recognised).") from exc
     except PermissionError as exc:
@@ -235,9 +244,11 @@ def _check_pixel_count(p: Path, size: tuple[int, int], limit: int | None) -> Non
     if width <= 0 or height <= 0:
         raise ImageReadError(f"{p}: the image has zero size ({width}x{height} pixels).")
     if limit is not None and width * height > limit:
-        raise ImageReadError(
-            f"{p}: image is {width}x{height} = {width * height} pixels, more than the limit of {limit} "
-            "(a guard against decompression bombs); pass max_pixels=... to read it anyway."
+        raise ImageTooLargeError(
+            f"{p}: image is {width}×{height} = {width * height} pixels, more than the limit of {limit} pixels "
+            "(a guard against decompression bombs).",
+            pixels=width * height,
+            limit=limit,
         )
 
 
@@ -772,6 +783,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "as_rgb",
     "ImageListing",
+    "ImageTooLargeError",
     "LoadedImage",
     "from_pil",
     "is_image_file",

@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import torch
 
-from .base import ProtectionMethod, ProtectionResult, _as_batch
+from .base import ProtectionMethod, ProtectionResult, as_batch
 from .surrogate import LoraSurrogate
 
 
@@ -73,7 +73,7 @@ class ASPL(ProtectionMethod):
 
     def protect(self, images, mask: torch.Tensor | None = None) -> ProtectionResult:
         """Overridden: rounds of (fine-tune a copy on clean images, PGD against it, fine-tune on perturbed)."""
-        batch, _ = _as_batch(images)
+        batch, _ = as_batch(images)
         device, batch = batch.device, batch.to(self.model.device)
         started = time.perf_counter()
         mask = self.editable_mask(batch, mask)

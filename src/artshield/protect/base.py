@@ -27,21 +27,9 @@ import torch
 from .. import __version__
 from ..engine import PerturbConfig, Perturber, PerturbResult, evaluate_objective
 from ..errors import InvalidArgumentError, MaskError
+from ..imageio import as_rgb
+from .presets import STRENGTHS, TRAVEL_RATIO, preset_step_size  # noqa: F401 - re-exported
 from .tiling import FullResolutionObjective
-
-# Strength presets: (eps, steps). The step size keeps Mist/AdvDM's reference ratio of total travel to
-# budget (1/255 per step x 100 steps for eps 16/255: steps * step_size = 6.25 * eps).
-STRENGTHS: dict[str, tuple[float, int]] = {
-    "low": (4 / 255, 50),
-    "medium": (8 / 255, 100),
-    "high": (16 / 255, 200),
-}
-TRAVEL_RATIO = 6.25
-
-
-def preset_step_size(eps: float, steps: int) -> float:
-    """The step size presets use: ``6.25 * eps / steps`` (AdvDM's 1/255 x 100 steps at eps 16/255)."""
-    return TRAVEL_RATIO * eps / max(steps, 1)
 
 
 @dataclass
@@ -72,8 +60,9 @@ class ProtectionMethod:
             :func:`artshield.engine.transforms.default_robust_transforms`.
         seed (`int`, *optional*): makes the run reproducible.
         progress (`bool` or callable): a tqdm bar, or a callback receiving `StepInfo`.
-        tile_size (`int`, *optional*): larger images are processed in overlapping tiles of this size;
-            defaults to twice the model's native resolution.
+        tile_size (`int`, *optional*): images that do not fit in ``tile_size²`` pixels are processed in tiles
+            of that area (long strips as side-by-side segments, see :mod:`.tiling`); defaults to twice the
+            model's native resolution.
     """
 
     name: ClassVar[str] = ""
@@ -204,7 +193,7 @@ class ProtectionMethod:
             return self.default_mask(images)
         if not isinstance(mask, torch.Tensor):
             try:
-                mask = _as_batch(mask)[0]
+                mask = as_batch(mask)[0]
             except InvalidArgumentError:
                 raise MaskError(f"`mask` must be a tensor, a PIL image or a path, but is {type(mask).__name__}.") from None
         mask = mask.detach().float()
@@ -243,7 +232,7 @@ class ProtectionMethod:
     def protect(self, images, mask: torch.Tensor | None = None) -> ProtectionResult:
         """Protect a batch (tensor (B, C, H, W) in [0, 1], a PIL image or a path) and return the details.
         `mask` (white = may be repainted by an editor) confines the perturbation to its black region."""
-        batch, _ = _as_batch(images)
+        batch, _ = as_batch(images)
         device = batch.device
         batch = batch.to(self.model.device)
         started = time.perf_counter()
@@ -261,7 +250,7 @@ class ProtectionMethod:
 
     def __call__(self, images, mask: torch.Tensor | None = None):
         """Protect and return the same kind of thing: a tensor for a tensor, a PIL image for a PIL image or path."""
-        batch, kind = _as_batch(images)
+        batch, kind = as_batch(images)
         protected = self.protect(batch, mask).images
         if kind == "tensor":
             return protected
@@ -274,7 +263,7 @@ class ProtectionMethod:
     def evaluate(self, images: torch.Tensor, samples: int = 8, seed: int = 0, mask: torch.Tensor | None = None):
         """The objective (B,) averaged over `samples` seeded draws — the same draws for every call, so
         evaluating before and after protection compares like with like. `mask` as in :meth:`protect`."""
-        batch, _ = _as_batch(images)
+        batch, _ = as_batch(images)
         batch = batch.to(self.model.device)
         mask = self.editable_mask(batch, mask)
         self.prepare(batch)
@@ -322,8 +311,7 @@ class _ConditionedObjective:
         return self.tiled.boxes(height, width)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
+        images = as_rgb(images)
         stack = self.stack.to(device=images.device, dtype=images.dtype)
         stack = stack.expand(images.shape[0], -1, -1, -1) if stack.shape[0] == 1 else stack
         return self.tiled(torch.cat([images, stack], dim=1), generator)
@@ -333,8 +321,9 @@ class _ConditionedObjective:
         return self.objective(view[:, :3], generator, **dict(zip(self.names, parts, strict=True)))
 
 
-def _as_batch(images) -> tuple[torch.Tensor, str]:
-    """Accept a (B, C, H, W) / (C, H, W) tensor in [0, 1], a PIL image, or a path; return a float batch."""
+def as_batch(images) -> tuple[torch.Tensor, str]:
+    """Accept a (B, C, H, W) / (C, H, W) tensor in [0, 1], a PIL image, or a path; return a float batch and
+    what it was (``"tensor"`` or ``"pil"``, for a path too). Every method's entry point uses it."""
     if isinstance(images, torch.Tensor):
         if images.dim() == 3:
             images = images.unsqueeze(0)

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InvalidArgumentError, MaskError
 from ..fileio import sha256_file
-from ..imageio import iter_images, read_image, write_png
+from ..imageio import LoadedImage, iter_images, read_image, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ def plan_jobs(target: str | os.PathLike, output: str | os.PathLike | None = None
     target = Path(target).expanduser()
     if not target.exists():
         raise InvalidArgumentError(f"input {str(target)!r}: no such file or folder.")
+    if not target.is_file() and not target.is_dir():
+        raise InvalidArgumentError(
+            f"input {str(target)!r} is not a regular file or a folder (a device, pipe or socket); give an image or a folder."
+        )
     if target.is_file():
         if output is None:
             destination = target.with_name(f"{target.stem}.protected.png")
@@ -60,6 +64,11 @@ def plan_jobs(target: str | os.PathLike, output: str | os.PathLike | None = None
     out_dir = Path(output).expanduser() if output is not None else target.with_name(f"{target.name}_protected")
     if out_dir.exists() and not out_dir.is_dir():
         raise InvalidArgumentError(f"output {str(out_dir)!r} must be a folder when the input is a folder.")
+    for parent in out_dir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InvalidArgumentError(f"output {str(out_dir)!r}: {str(parent)!r} is a file, not a folder.")
+            break
     listing = iter_images(target)
     images, skipped = listing.images, listing.skipped
     same_folder = out_dir.resolve() == target.resolve()
@@ -90,9 +99,13 @@ def read_metadata(info: dict) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def skip_reason(job: Job, settings: dict, source_hash: str, overwrite: bool) -> str | None:
-    """Why `job` needs no work (or may not be done), or None to go ahead."""
-    loaded = read_image(job.source)
+def skip_reason(
+    job: Job, settings: dict | None, source_hash: str, overwrite: bool, loaded: LoadedImage | None = None
+) -> str | None:
+    """Why `job` needs no work (or may not be done), or None to go ahead. `loaded` is the source already
+    read (read here otherwise). With `settings` None (not known yet: no model loaded), an existing output
+    made from this source is taken to be up to date only after the settings are known, so it gives None."""
+    loaded = read_image(job.source) if loaded is None else loaded
     if read_metadata(loaded.info) is not None:
         return "already protected by artshield (its PNG carries protection metadata)"
     if job.output.exists():
@@ -100,8 +113,11 @@ def skip_reason(job: Job, settings: dict, source_hash: str, overwrite: bool) -> 
             existing = read_metadata(read_image(job.output).info)
         except Exception:  # an unreadable old output is simply replaced when allowed
             existing = None
-        if existing and existing.get("source_sha256") == source_hash and existing.get("settings") == settings:
-            return f"up to date: {job.output} was made from this image with the same settings"
+        if existing and existing.get("source_sha256") == source_hash:
+            if settings is None:
+                return None
+            if existing.get("settings") == settings:
+                return f"up to date: {job.output} was made from this image with the same settings"
         if not overwrite:
             return f"output {job.output} exists (pass --overwrite to replace it)"
     return None
@@ -123,13 +139,17 @@ def protect_file(
     source_hash: str | None = None,
     mask: torch.Tensor | None = None,
     mask_path: str | os.PathLike | None = None,
+    loaded: LoadedImage | None = None,
+    notes: dict | None = None,
 ) -> dict:
     """Protect one file and return its report entry (sizes, budget, image metrics, objective, time).
-    `mask` (from :func:`read_mask` of `mask_path`) must have the image's size."""
+    `mask` (from :func:`read_mask` of `mask_path`) must have the image's size. `loaded` is the source
+    already read (read here otherwise); `notes` (e.g. ``{"demo_model_warning": ...}``) go into the PNG's
+    artshield metadata and the report entry."""
     from ..metrics import image_report
 
     started = time.perf_counter()
-    loaded = read_image(job.source)
+    loaded = read_image(job.source) if loaded is None else loaded
     source_hash = source_hash or fingerprint(job.source)
     original = loaded.rgb
     if mask is not None and tuple(mask.shape[-2:]) != tuple(original.shape[-2:]):
@@ -143,6 +163,7 @@ def protect_file(
         "source_sha256": source_hash,
         "settings": settings,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(notes or {}),
     }
     budget = method.eps if method.engine_config.norm == "linf" else None
     write_png(
@@ -176,5 +197,6 @@ def protect_file(
         "steps_run": result.steps_run,
         "protect_seconds": round(result.seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
+        **(notes or {}),
     }
     return entry

@@ -18,6 +18,8 @@ METHODS: dict[str, type[ProtectionMethod]] = {
     )
 }
 ALIASES: dict[str, str] = {"sds": "sds+"}
+#: Methods that model an inpainting edit: with no model named, they get an inpainting checkpoint.
+INPAINTING_METHODS: frozenset[str] = frozenset({"diffusionguard", "photoguard-diffusion"})
 
 
 def get_method(name: str) -> type[ProtectionMethod]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .base import _as_batch
+from ..imageio import as_rgb
+from .base import as_batch
 
 PATTERN_PATH = Path(__file__).with_name("assets") / "mist_target.png"
 
@@ -25,7 +26,7 @@ class TargetPattern:
     def __init__(self, model, target=None):
         self.model = model
         source = PATTERN_PATH if target is None else target
-        self.image = _as_batch(source)[0][:1].expand(-1, 3, -1, -1).float()
+        self.image = as_rgb(as_batch(source)[0][:1]).float()
         self.description = "builtin:mist_target.png" if target is None else _describe(target)
         self._cache: dict[tuple, torch.Tensor] = {}
 
@@ -48,7 +49,7 @@ class TargetImage:
     """PhotoGuard's target: mid-grey (0 in [−1, 1]) or an image resized to each view's size (cached)."""
 
     def __init__(self, target=None):
-        self.image = None if target is None else _as_batch(target)[0][:1].expand(-1, 3, -1, -1).float()
+        self.image = None if target is None else as_rgb(as_batch(target)[0][:1]).float()
         self.description = "mid-grey" if target is None else _describe(target)
         self._cache: dict[tuple, torch.Tensor] = {}
 
