@@ -92,21 +92,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from .config import (
+    BAYES_KL_DIRECTIONS,
+    BAYES_KL_NORMALIZATIONS,
+    BAYES_LAYER_CHOICES,
+    DEFAULT_INIT_SIGMA,
+    DEFAULT_KL_WEIGHT,
+    DEFAULT_MAX_SIGMA,
+    DEFAULT_MIN_SIGMA,
+    DEFAULT_PRIOR_SIGMA,
+    METHODS,
+    add_arguments,
+)
 
 logger = logging.getLogger(__name__)
 
-KL_DIRECTIONS = ("posterior_prior", "prior_posterior")
-KL_NORMALIZATIONS = ("examples", "weights", "none")
-LAYER_CHOICES = ("auto", "attn_ff", "attn", "ff", "all_linear", "lora_up")
-METHODS = ("lora", "dreambooth", "full")
+# The flags' names, choices and defaults live with the trainer's other settings (finetune.config); the reasons
+# for each default are in the module docstring and in the flags' help.
+KL_DIRECTIONS = BAYES_KL_DIRECTIONS
+KL_NORMALIZATIONS = BAYES_KL_NORMALIZATIONS
+LAYER_CHOICES = BAYES_LAYER_CHOICES
 BLOCK_ROOTS = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
-
-# Defaults, with the reason for each in the module docstring and in `add_bayesian_args`.
-DEFAULT_INIT_SIGMA = 0.01  # every released Bayes script: sigma=0.01
-DEFAULT_PRIOR_SIGMA = 0.01
-DEFAULT_KL_WEIGHT = 0.0  # every released Bayes script: --lambda1=0.0
-DEFAULT_MIN_SIGMA = 1e-7  # the reference's clamp
-DEFAULT_MAX_SIGMA = 0.1  # 10x the init/prior sigma; see add_bayesian_args
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,92 +121,9 @@ DEFAULT_MAX_SIGMA = 0.1  # 10x the init/prior sigma; see add_bayesian_args
 
 
 def add_bayesian_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--bayesian`` and the ``--bayes_*`` flags (Wu et al., arXiv 2405.19931) to a trainer's parser."""
-    group = parser.add_argument_group(
-        "Bayesian few-shot fine-tuning (Wu et al., arXiv 2405.19931)",
-        "Mean-field Gaussian weights with learnable, bounded sigma; inference uses the means.",
-    )
-    group.add_argument(
-        "--bayesian",
-        action="store_true",
-        help="Make the selected layers Bayesian: sample w = mu + sigma * eps at every training forward pass.",
-    )
-    group.add_argument(
-        "--bayes_init_sigma",
-        type=float,
-        default=DEFAULT_INIT_SIGMA,
-        help="Initial posterior sigma of every Bayesian weight (the released scripts' 0.01).",
-    )
-    group.add_argument(
-        "--bayes_prior_sigma",
-        type=float,
-        default=DEFAULT_PRIOR_SIGMA,
-        help="Prior sigma. The prior is centred on the pretrained weights (DreamBooth/full) or 0 (LoRA up).",
-    )
-    group.add_argument(
-        "--bayes_kl_weight",
-        type=float,
-        default=DEFAULT_KL_WEIGHT,
-        help=(
-            "Weight of the KL term (the reference's --lambda1). Default 0.0, as every released script of the "
-            "paper (the reference parser's 0.2 is never used); then only the weight noise regularises."
-        ),
-    )
-    group.add_argument(
-        "--bayes_kl_direction",
-        choices=KL_DIRECTIONS,
-        default="posterior_prior",
-        help=(
-            "posterior_prior: KL(q || p), the standard ELBO (default). prior_posterior: KL(p || q), what the "
-            "reference code computes."
-        ),
-    )
-    group.add_argument(
-        "--bayes_kl_normalization",
-        choices=KL_NORMALIZATIONS,
-        default="examples",
-        help=(
-            "Divide the summed KL by the number of training examples (default: the per-example negative "
-            "ELBO), by the number of Bayesian weights, or not at all (the reference)."
-        ),
-    )
-    group.add_argument(
-        "--bayes_min_sigma",
-        type=float,
-        default=DEFAULT_MIN_SIGMA,
-        help="Lower bound of sigma (the reference clamps at 1e-7).",
-    )
-    group.add_argument(
-        "--bayes_max_sigma",
-        type=float,
-        default=DEFAULT_MAX_SIGMA,
-        help=(
-            "Upper bound of sigma (default 0.1, ten times the initial sigma and about the spread of SD's "
-            "attention weights: beyond it the noise would swamp the weights it perturbs)."
-        ),
-    )
-    group.add_argument(
-        "--bayes_layers",
-        choices=LAYER_CHOICES,
-        default="auto",
-        help=(
-            "Which Linear layers become Bayesian. auto = lora_up for --method lora, attn_ff otherwise. "
-            "attn_ff: transformer blocks' self-attention q/k/v/out and FFN (the reference's DreamBooth run); "
-            "attn / ff: one of the two; all_linear: every Linear in the blocks except time_emb_proj; "
-            "lora_up: the LoRA up (B) matrices only."
-        ),
-    )
-    group.add_argument(
-        "--bayes_include_cross_attention",
-        action="store_true",
-        help="Also make cross-attention (attn2) Bayesian in attn_ff/attn/all_linear (the reference skips it).",
-    )
-    group.add_argument(
-        "--bayes_blocks",
-        type=str,
-        default="down,mid,up",
-        help="Comma-separated UNet blocks to convert: down, mid, up, or sub-blocks such as up.1 (default: all).",
-    )
+    """Add ``--bayesian`` and the ``--bayes_*`` flags (Wu et al., arXiv 2405.19931) to a trainer's parser (the
+    fields of :class:`~artshield.finetune.config.TrainConfig` in its Bayesian group)."""
+    add_arguments(parser, only="bayesian")
 
 
 def _parse_blocks(spec: str | tuple[str, ...]) -> tuple[str, ...]:
