@@ -81,11 +81,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
-import re
 import weakref
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -97,12 +94,13 @@ from .config import (
     BAYES_KL_NORMALIZATIONS,
     BAYES_LAYER_CHOICES,
     DEFAULT_INIT_SIGMA,
-    DEFAULT_KL_WEIGHT,
     DEFAULT_MAX_SIGMA,
     DEFAULT_MIN_SIGMA,
     DEFAULT_PRIOR_SIGMA,
     METHODS,
+    BayesianConfig,
     add_arguments,
+    parse_blocks,
 )
 
 logger = logging.getLogger(__name__)
@@ -112,7 +110,6 @@ logger = logging.getLogger(__name__)
 KL_DIRECTIONS = BAYES_KL_DIRECTIONS
 KL_NORMALIZATIONS = BAYES_KL_NORMALIZATIONS
 LAYER_CHOICES = BAYES_LAYER_CHOICES
-BLOCK_ROOTS = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,115 +121,6 @@ def add_bayesian_args(parser: argparse.ArgumentParser) -> None:
     """Add ``--bayesian`` and the ``--bayes_*`` flags (Wu et al., arXiv 2405.19931) to a trainer's parser (the
     fields of :class:`~artshield.finetune.config.TrainConfig` in its Bayesian group)."""
     add_arguments(parser, only="bayesian")
-
-
-def _parse_blocks(spec: str | tuple[str, ...]) -> tuple[str, ...]:
-    """``"down,up.1"`` -> ``("down_blocks", "up_blocks.1")``: module-name prefixes of the selected blocks."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    prefixes = []
-    for raw in items:
-        item = raw.strip()
-        if not item:
-            continue
-        match = re.fullmatch(r"(down|mid|up)(?:\.(\d+))?", item)
-        if match is None or (match.group(1) == "mid" and match.group(2) is not None):
-            raise InvalidArgumentError(
-                f"`--bayes_blocks` must list down, mid, up or sub-blocks such as up.1, but contains {item!r}."
-            )
-        root = BLOCK_ROOTS[match.group(1)]
-        prefixes.append(root if match.group(2) is None else f"{root}.{match.group(2)}")
-    if not prefixes:
-        raise InvalidArgumentError(f"`--bayes_blocks` must name at least one block, but is {spec!r}.")
-    return tuple(prefixes)
-
-
-@dataclass
-class BayesianConfig:
-    """Settings of Bayesian fine-tuning; see :func:`add_bayesian_args` for each field's meaning."""
-
-    enabled: bool = False
-    init_sigma: float = DEFAULT_INIT_SIGMA
-    prior_sigma: float = DEFAULT_PRIOR_SIGMA
-    kl_weight: float = DEFAULT_KL_WEIGHT
-    kl_direction: str = "posterior_prior"
-    kl_normalization: str = "examples"
-    min_sigma: float = DEFAULT_MIN_SIGMA
-    max_sigma: float = DEFAULT_MAX_SIGMA
-    layers: str = "auto"
-    include_cross_attention: bool = False
-    blocks: tuple[str, ...] = field(default=("down", "mid", "up"))
-
-    def __post_init__(self) -> None:
-        if isinstance(self.blocks, str):
-            self.blocks = tuple(b.strip() for b in self.blocks.split(",") if b.strip())
-        else:
-            self.blocks = tuple(self.blocks)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`InvalidArgumentError` naming the flag of the first inconsistent value."""
-        for name, value in (("bayes_min_sigma", self.min_sigma), ("bayes_prior_sigma", self.prior_sigma)):
-            if not (math.isfinite(value) and value > 0):
-                raise InvalidArgumentError(f"`--{name}` must be a positive number, but is {value!r}.")
-        if not (math.isfinite(self.max_sigma) and self.max_sigma >= self.min_sigma):
-            raise InvalidArgumentError(
-                f"`--bayes_max_sigma` must be at least --bayes_min_sigma ({self.min_sigma}), but is {self.max_sigma!r}."
-            )
-        if not (math.isfinite(self.init_sigma) and self.min_sigma <= self.init_sigma <= self.max_sigma):
-            raise InvalidArgumentError(
-                f"`--bayes_init_sigma` must lie in [--bayes_min_sigma, --bayes_max_sigma] = "
-                f"[{self.min_sigma}, {self.max_sigma}], but is {self.init_sigma!r}."
-            )
-        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
-            raise InvalidArgumentError(f"`--bayes_kl_weight` must be a non-negative number, but is {self.kl_weight!r}.")
-        if self.kl_direction not in KL_DIRECTIONS:
-            raise InvalidArgumentError(
-                f"`--bayes_kl_direction` must be one of {', '.join(KL_DIRECTIONS)}, but is {self.kl_direction!r}."
-            )
-        if self.kl_normalization not in KL_NORMALIZATIONS:
-            raise InvalidArgumentError(
-                f"`--bayes_kl_normalization` must be one of {', '.join(KL_NORMALIZATIONS)}, "
-                f"but is {self.kl_normalization!r}."
-            )
-        if self.layers not in LAYER_CHOICES:
-            raise InvalidArgumentError(
-                f"`--bayes_layers` must be one of {', '.join(LAYER_CHOICES)}, but is {self.layers!r}."
-            )
-        _parse_blocks(self.blocks)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> BayesianConfig:
-        """Build the config from a namespace parsed with :func:`add_bayesian_args` (missing flags: defaults)."""
-
-        def get(name: str, default):
-            return getattr(args, name, default)
-
-        blocks = get("bayes_blocks", "down,mid,up")
-        return cls(
-            enabled=bool(get("bayesian", False)),
-            init_sigma=float(get("bayes_init_sigma", DEFAULT_INIT_SIGMA)),
-            prior_sigma=float(get("bayes_prior_sigma", DEFAULT_PRIOR_SIGMA)),
-            kl_weight=float(get("bayes_kl_weight", DEFAULT_KL_WEIGHT)),
-            kl_direction=str(get("bayes_kl_direction", "posterior_prior")),
-            kl_normalization=str(get("bayes_kl_normalization", "examples")),
-            min_sigma=float(get("bayes_min_sigma", DEFAULT_MIN_SIGMA)),
-            max_sigma=float(get("bayes_max_sigma", DEFAULT_MAX_SIGMA)),
-            layers=str(get("bayes_layers", "auto")),
-            include_cross_attention=bool(get("bayes_include_cross_attention", False)),
-            blocks=tuple(b.strip() for b in blocks.split(",") if b.strip()) if isinstance(blocks, str) else blocks,
-        )
-
-    def to_dict(self) -> dict:
-        """JSON-able form (for the run's config file and trackers)."""
-        out = asdict(self)
-        out["blocks"] = ",".join(self.blocks)
-        return out
-
-    def resolved_layers(self, method: str) -> str:
-        """The layer selection ``auto`` stands for with `method`."""
-        if self.layers != "auto":
-            return self.layers
-        return "lora_up" if method == "lora" else "attn_ff"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -478,7 +366,7 @@ def _in_blocks(name: str, prefixes: tuple[str, ...]) -> bool:
 
 def _select(unet: nn.Module, selection: str, cfg: BayesianConfig) -> list[str]:
     """Names of the nn.Linear modules `selection` picks (not yet Bayesian ones excluded)."""
-    prefixes = _parse_blocks(cfg.blocks)
+    prefixes = parse_blocks(cfg.blocks)
     chosen = []
     for name, module in unet.named_modules():
         # Plain Linear layers only (and diffusers' older LoRACompatibleLinear): not already Bayesian ones, and

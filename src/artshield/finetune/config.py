@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import logging
+import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,8 @@ DEFAULT_PRIOR_SIGMA = 0.01
 DEFAULT_KL_WEIGHT = 0.0  # every released Bayes script: --lambda1=0.0
 DEFAULT_MIN_SIGMA = 1e-7  # the reference's clamp
 DEFAULT_MAX_SIGMA = 0.1  # 10x the init/prior sigma
+
+BLOCK_ROOTS = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
 
 #: Help sections of the command line, in order (key -> (title, description)).
 GROUPS = {
@@ -107,6 +110,117 @@ def _flag(default: Any = None, help: str | None = None, *, type=None, choices=No
     """A TrainConfig field: its default, and how the command line spells and checks it."""
     metadata = {"help": help, "type": type, "choices": choices, "group": group, "store_true": store_true}
     return field(default=default, metadata=metadata)
+
+
+# ------------------------------------------------------------------------------------------- Bayesian settings
+def parse_blocks(spec: str | tuple[str, ...]) -> tuple[str, ...]:
+    """``"down,up.1"`` -> ``("down_blocks", "up_blocks.1")``: module-name prefixes of the selected blocks."""
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    prefixes = []
+    for raw in items:
+        item = raw.strip()
+        if not item:
+            continue
+        match = re.fullmatch(r"(down|mid|up)(?:\.(\d+))?", item)
+        if match is None or (match.group(1) == "mid" and match.group(2) is not None):
+            raise InvalidArgumentError(
+                f"`--bayes_blocks` must list down, mid, up or sub-blocks such as up.1, but contains {item!r}."
+            )
+        root = BLOCK_ROOTS[match.group(1)]
+        prefixes.append(root if match.group(2) is None else f"{root}.{match.group(2)}")
+    if not prefixes:
+        raise InvalidArgumentError(f"`--bayes_blocks` must name at least one block, but is {spec!r}.")
+    return tuple(prefixes)
+
+
+@dataclass
+class BayesianConfig:
+    """Settings of Bayesian fine-tuning; see the ``bayes_*`` fields of :class:`TrainConfig` for each one's meaning."""
+
+    enabled: bool = False
+    init_sigma: float = DEFAULT_INIT_SIGMA
+    prior_sigma: float = DEFAULT_PRIOR_SIGMA
+    kl_weight: float = DEFAULT_KL_WEIGHT
+    kl_direction: str = "posterior_prior"
+    kl_normalization: str = "examples"
+    min_sigma: float = DEFAULT_MIN_SIGMA
+    max_sigma: float = DEFAULT_MAX_SIGMA
+    layers: str = "auto"
+    include_cross_attention: bool = False
+    blocks: tuple[str, ...] = field(default=("down", "mid", "up"))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.blocks, str):
+            self.blocks = tuple(b.strip() for b in self.blocks.split(",") if b.strip())
+        else:
+            self.blocks = tuple(self.blocks)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`InvalidArgumentError` naming the flag of the first inconsistent value."""
+        for name, value in (("bayes_min_sigma", self.min_sigma), ("bayes_prior_sigma", self.prior_sigma)):
+            if not (math.isfinite(value) and value > 0):
+                raise InvalidArgumentError(f"`--{name}` must be a positive number, but is {value!r}.")
+        if not (math.isfinite(self.max_sigma) and self.max_sigma >= self.min_sigma):
+            raise InvalidArgumentError(
+                f"`--bayes_max_sigma` must be at least --bayes_min_sigma ({self.min_sigma}), but is {self.max_sigma!r}."
+            )
+        if not (math.isfinite(self.init_sigma) and self.min_sigma <= self.init_sigma <= self.max_sigma):
+            raise InvalidArgumentError(
+                f"`--bayes_init_sigma` must lie in [--bayes_min_sigma, --bayes_max_sigma] = "
+                f"[{self.min_sigma}, {self.max_sigma}], but is {self.init_sigma!r}."
+            )
+        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
+            raise InvalidArgumentError(f"`--bayes_kl_weight` must be a non-negative number, but is {self.kl_weight!r}.")
+        if self.kl_direction not in BAYES_KL_DIRECTIONS:
+            raise InvalidArgumentError(
+                f"`--bayes_kl_direction` must be one of {', '.join(BAYES_KL_DIRECTIONS)}, but is {self.kl_direction!r}."
+            )
+        if self.kl_normalization not in BAYES_KL_NORMALIZATIONS:
+            raise InvalidArgumentError(
+                f"`--bayes_kl_normalization` must be one of {', '.join(BAYES_KL_NORMALIZATIONS)}, "
+                f"but is {self.kl_normalization!r}."
+            )
+        if self.layers not in BAYES_LAYER_CHOICES:
+            raise InvalidArgumentError(
+                f"`--bayes_layers` must be one of {', '.join(BAYES_LAYER_CHOICES)}, but is {self.layers!r}."
+            )
+        parse_blocks(self.blocks)
+
+    @classmethod
+    def from_args(cls, args: Any) -> BayesianConfig:
+        """Build the config from a namespace parsed with ``add_bayesian_args`` or a :class:`TrainConfig` (missing
+        flags: defaults)."""
+
+        def get(name: str, default):
+            return getattr(args, name, default)
+
+        blocks = get("bayes_blocks", "down,mid,up")
+        return cls(
+            enabled=bool(get("bayesian", False)),
+            init_sigma=float(get("bayes_init_sigma", DEFAULT_INIT_SIGMA)),
+            prior_sigma=float(get("bayes_prior_sigma", DEFAULT_PRIOR_SIGMA)),
+            kl_weight=float(get("bayes_kl_weight", DEFAULT_KL_WEIGHT)),
+            kl_direction=str(get("bayes_kl_direction", "posterior_prior")),
+            kl_normalization=str(get("bayes_kl_normalization", "examples")),
+            min_sigma=float(get("bayes_min_sigma", DEFAULT_MIN_SIGMA)),
+            max_sigma=float(get("bayes_max_sigma", DEFAULT_MAX_SIGMA)),
+            layers=str(get("bayes_layers", "auto")),
+            include_cross_attention=bool(get("bayes_include_cross_attention", False)),
+            blocks=tuple(b.strip() for b in blocks.split(",") if b.strip()) if isinstance(blocks, str) else blocks,
+        )
+
+    def to_dict(self) -> dict:
+        """JSON-able form (for the run's config file and trackers)."""
+        out = dataclasses.asdict(self)
+        out["blocks"] = ",".join(self.blocks)
+        return out
+
+    def resolved_layers(self, method: str) -> str:
+        """The layer selection ``auto`` stands for with `method`."""
+        if self.layers != "auto":
+            return self.layers
+        return "lora_up" if method == "lora" else "attn_ff"
 
 
 # ------------------------------------------------------------------------------------------- the config
@@ -346,13 +460,7 @@ class TrainConfig:
         if self.method != "lora" and self.lora_dropout:
             logger.warning("--lora_dropout only applies to --method lora; ignored.")
         if self.bayesian:
-            try:
-                bayesian = importlib.import_module(BAYESIAN_MODULE)
-            except ImportError as exc:
-                raise InvalidArgumentError(
-                    f"--bayesian needs {BAYESIAN_MODULE}, which cannot be imported ({exc or type(exc).__name__})."
-                ) from exc
-            bayesian.BayesianConfig.from_args(self)  # the sigmas' order, the block names
+            BayesianConfig.from_args(self)  # the sigmas' order, the block names
 
     def check_paths(self) -> None:
         """Refuse, before any work, an ``output_dir`` that cannot be written or would mix with the data: an
@@ -494,6 +602,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, only: str | None = None) -
 
 __all__ = [
     "BAYESIAN_MODULE",
+    "BayesianConfig",
     "DEFAULT_LEARNING_RATES",
     "DEFAULT_OUTPUT_DIRS",
     "LR_SCHEDULERS",
@@ -502,5 +611,6 @@ __all__ = [
     "add_arguments",
     "below_one",
     "multiple_of_8",
+    "parse_blocks",
     "unit_interval",
 ]
