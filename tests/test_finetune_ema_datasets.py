@@ -138,12 +138,12 @@ def test_ema_is_refused_with_lora(tmp_path, tiny_model_dir, capsys):
     write_images(tmp_path / "i")
     base = [*common(tiny_model_dir, tmp_path / "out"), "--instance_data_dir", str(tmp_path / "i"),
             "--instance_prompt", "sks", "--use_ema"]  # fmt: skip
-    assert T.main([*base, "--method", "lora"]) == 1
+    assert T.main([*base, "--method", "lora"]) == 2
     assert_one_line_error(capsys, "--use_ema averages full-weight training (--method full or dreambooth)")
-    assert T.main([*base, "--method", "full", "--ema_decay", "1.5"]) == 1
-    assert_one_line_error(capsys, "--ema_decay must be in [0, 1]")
+    assert T.main([*base, "--method", "full", "--ema_decay", "1.5"]) == 2
+    assert_one_line_error(capsys, "--ema_decay: must be in [0, 1]")
     if T.importlib.util.find_spec(T.BAYESIAN_MODULE) is not None:
-        assert T.main([*base, "--method", "full", "--bayesian"]) == 1
+        assert T.main([*base, "--method", "full", "--bayesian"]) == 2
         assert_one_line_error(capsys, "--use_ema cannot be combined with --bayesian")
     assert not (tmp_path / "out").exists()
 
@@ -238,7 +238,7 @@ def bad_dataset(tmp_path: Path, kind: str) -> tuple[list[str], str]:
 def test_bad_datasets_are_one_line_before_training(tmp_path, tiny_model_dir, capsys, kind):
     args, needle = bad_dataset(tmp_path, kind)
     out = tmp_path / "out"
-    assert T.main([*common(tiny_model_dir, out), *args]) == 1
+    assert T.main([*common(tiny_model_dir, out), *args]) == 2
     assert_one_line_error(capsys, needle)
     assert not out.exists()
 
@@ -253,5 +253,5 @@ def test_unreadable_row_is_a_named_error(tmp_path):
 
 def test_dataset_name_without_datasets_says_how_to_install(tmp_path, tiny_model_dir, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now raises ImportError
-    assert T.main([*common(tiny_model_dir, tmp_path / "out"), "--dataset_name", "someone/paintings"]) == 1
+    assert T.main([*common(tiny_model_dir, tmp_path / "out"), "--dataset_name", "someone/paintings"]) == 2
     assert_one_line_error(capsys, "pip install 'artshield[finetune]'")

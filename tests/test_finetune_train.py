@@ -272,7 +272,7 @@ BAD_KINDS = ["missing", "empty", "corrupt", "truncated", "not_image", "no_captio
 def test_bad_data_is_one_line_before_training(tmp_path, tiny_model_dir, capsys, kind):
     args, needle = bad_folder(tmp_path, kind)
     out = tmp_path / "out"
-    assert T.main([*common(tiny_model_dir, out), *args]) == 1
+    assert T.main([*common(tiny_model_dir, out), *args]) == 2
     assert_one_line_error(capsys, needle)
     assert not out.exists()  # nothing was started
 
@@ -315,15 +315,15 @@ def test_impossible_flags_fail_with_one_line(tmp_path, tiny_model_dir, data, cap
     if T.importlib.util.find_spec("wandb") is None:
         cases.append((["--report_to", "wandb"], "wandb package is not installed"))
     for extra, needle in cases:
-        assert T.main([*base, *extra]) == 1, extra
+        assert T.main([*base, *extra]) == 2, extra
         assert_one_line_error(capsys, needle)
     if T.importlib.util.find_spec("datasets") is None:
         argv = [*common(tiny_model_dir, tmp_path / "out"), "--dataset_name", "someone/paintings"]
-        assert T.main(argv) == 1
+        assert T.main(argv) == 2
         assert_one_line_error(capsys, "--dataset_name needs the `datasets` package")
     # The Bayesian extension is imported lazily: without it, --bayesian is refused clearly.
     monkeypatch.setitem(sys.modules, T.BAYESIAN_MODULE, None)
-    assert T.main([*base, "--bayesian"]) == 1
+    assert T.main([*base, "--bayesian"]) == 2
     assert_one_line_error(capsys, "--bayesian needs artshield.finetune.bayesian")
     assert not (tmp_path / "out").exists()
 
@@ -331,7 +331,7 @@ def test_impossible_flags_fail_with_one_line(tmp_path, tiny_model_dir, data, cap
 def test_resolution_must_fit_the_model(tmp_path, tiny_model_dir, data, capsys, fresh_accelerate):
     args = [*common(tiny_model_dir, tmp_path / "out"), "--train_data_dir", str(data["captioned"])]
     args[args.index("--resolution") + 1] = "40"
-    assert T.main(args) == 1
+    assert T.main(args) == 2
     assert_one_line_error(capsys, "--resolution must be a multiple of 16")
 
 
@@ -372,3 +372,116 @@ def test_interrupted_pipeline_save_leaves_the_previous_model(tmp_path, tiny_mode
         S.publish_pipeline(tmp_path, Interrupted())
     after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before  # untouched, and no staging folder left
+
+
+# ------------------------------------------------------------------------------------------- Python API
+def test_config_checks_values_in_one_place_with_named_errors():
+    from artshield.finetune import TrainConfig
+
+    base = {"pretrained_model_name_or_path": "demo", "instance_data_dir": "imgs", "instance_prompt": "sks"}
+    config = TrainConfig(**base, method="full", resolution="64", max_train_steps="3")
+    assert (config.resolution, config.max_train_steps) == (64, 3)  # strings from a config file are converted
+    assert config.learning_rate == 1e-5 and config.output_dir == "sd-model-finetuned"  # the method's defaults
+    for change, flag in [({"learning_rate": float("nan")}, "--learning_rate"), ({"resolution": 30}, "--resolution"),
+                         ({"rank": 0}, "--rank"), ({"method": "qlora"}, "--method"), ({"seed": -1}, "--seed"),
+                         ({"random_flip": "yes"}, "--random_flip"), ({"lr_scheduler": None}, "--lr_scheduler"),
+                         ({"use_ema": True}, "--use_ema")]:  # fmt: skip
+        with pytest.raises(InvalidArgumentError, match=flag):
+            TrainConfig(**base, **change)
+    with pytest.raises(InvalidArgumentError, match="--bayes_init_sigma"):
+        TrainConfig(**base, bayesian=True, bayes_init_sigma=0.5)  # above --bayes_max_sigma
+
+
+def test_config_round_trips_through_the_command_line():
+    from artshield.finetune import TrainConfig
+
+    config = TrainConfig(pretrained_model_name_or_path="demo", train_data_dir="data dir", method="full",
+                         snr_gamma=5.0, random_flip=True, resolution=64, bayesian=True, bayes_kl_weight=0.2,
+                         validation_prompt="a painting", mixed_precision="no")  # fmt: skip
+    argv = config.to_argv()
+    assert T.parse_args(argv) == config
+    assert "--random_flip" in argv and "--center_crop" not in argv
+    assert config.replace(rank=8).rank == 8 and config.rank == 4
+
+
+def test_python_api_trains_from_a_config(tmp_path, tiny_model_dir, data, fresh_accelerate):
+    from artshield.finetune import TrainConfig
+
+    config = TrainConfig(pretrained_model_name_or_path=str(tiny_model_dir), instance_data_dir=str(data["instance"]),
+                         instance_prompt="sks", output_dir=str(tmp_path / "out"), resolution=32, train_batch_size=1,
+                         max_train_steps=1, rank=2, seed=0, report_to="none")  # fmt: skip
+    result = T.train(config)
+    assert isinstance(result, T.TrainResult)
+    assert result.global_step == 1 and np.isfinite(result.loss) and result.method == "lora"
+    assert Path(result.weights) == tmp_path / "out" / LORA_FILE and Path(result.weights).is_file()
+    assert result["global_step"] == 1 and "ema_steps" not in result  # still reads as the old summary dict
+    assert config.max_train_steps == 1 and config.learning_rate == 1e-4  # the config was not changed
+
+
+# ------------------------------------------------------------------------------------------- local steps (federated)
+def local_images() -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    return [torch.rand(3, 40, 36, generator=generator) for _ in range(3)]
+
+
+@pytest.fixture
+def fresh_model(tiny_model_dir):
+    """A model of its own for each test: LocalTrainer adds adapters to the model it is given."""
+    from artshield.models import load
+
+    return lambda: load(str(tiny_model_dir), device="cpu", dtype="fp32")
+
+
+def test_local_trainer_runs_steps_on_a_loaded_model_and_returns_the_lora(fresh_model, tiny_model_dir):
+    from artshield.finetune import LocalTrainer
+
+    model = fresh_model()
+    base_weight = model.unet.conv_in.weight.detach().clone()
+    trainer = LocalTrainer(model, rank=2, learning_rate=1e-2, resolution=32, batch_size=2, seed=1)
+    start = trainer.state_dict()
+    assert start and all(k.startswith("unet.") and ".lora" in k for k in start)
+    update = trainer.train_steps(local_images(), steps=2, prompt="a painting of a circle")
+    assert update.steps == 2 and len(update.losses) == 2 and all(np.isfinite(update.losses))
+    assert update.num_examples == 3 and update.state_dict.keys() == start.keys()
+    assert max_difference(update.state_dict, start) > 1e-4  # the adapters trained ...
+    assert torch.equal(model.unet.conv_in.weight, base_weight)  # ... and nothing else did
+    assert not any(p.requires_grad for n, p in model.unet.named_parameters() if "lora_" not in n)
+
+    # A second client with the same seed, starting from the same weights, computes the same update.
+    other = LocalTrainer(fresh_model(), rank=2, learning_rate=1e-2, resolution=32, batch_size=2, seed=1)
+    other.load_state_dict(start)
+    again = other.train_steps([(image, "a painting of a circle") for image in local_images()], steps=2)
+    assert max_difference(again.state_dict, update.state_dict) == 0.0
+
+    # The update is a diffusers LoRA state dict: stock diffusers loads it.
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), safety_checker=None)
+    pipe.load_lora_weights(dict(update.state_dict))
+    assert any("lora" in name for name, _ in pipe.unet.named_parameters())
+
+
+def test_local_trainer_refuses_mismatched_or_broken_states(fresh_model):
+    from artshield.finetune import LocalTrainer, train_steps
+
+    trainer = LocalTrainer(fresh_model(), rank=2, resolution=32)
+    state = trainer.state_dict()
+    with pytest.raises(InvalidArgumentError, match="does not match"):
+        trainer.load_state_dict({k: v for k, v in list(state.items())[1:]})
+    broken = dict(state)
+    key = next(iter(broken))
+    broken[key] = torch.full_like(broken[key], float("nan"))
+    with pytest.raises(InvalidArgumentError, match="non-finite"):
+        trainer.load_state_dict(broken)
+    wider = LocalTrainer(fresh_model(), rank=4, resolution=32).state_dict()
+    with pytest.raises(InvalidArgumentError, match="shape"):
+        trainer.load_state_dict(wider)
+    with pytest.raises(InvalidArgumentError, match="already has LoRA adapters of rank 2"):
+        LocalTrainer(trainer.model, rank=4, resolution=32)
+    with pytest.raises(InvalidArgumentError, match="`steps`"):
+        trainer.train_steps(local_images(), steps=0, prompt="x")
+    with pytest.raises(InvalidArgumentError, match="no caption"):
+        trainer.train_steps(local_images(), steps=1)
+    # The one-call form reuses the adapters already on the model and starts from the given state.
+    result = train_steps(trainer.model, local_images()[:1], 1, state_dict=state, prompt="x", rank=2, resolution=32)
+    assert result.steps == 1 and result.state_dict.keys() == state.keys()

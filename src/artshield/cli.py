@@ -40,7 +40,7 @@ def _memorization(argv: list[str]) -> int:
 def _finetune(argv: list[str]) -> int:
     from .finetune.train import main as train_main
 
-    return train_main(argv)
+    return train_main(argv, prog="artshield finetune")
 
 
 def _evaluate(argv: list[str]) -> int:

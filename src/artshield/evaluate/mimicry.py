@@ -164,31 +164,32 @@ class LoraMimicry(Mimicry):
                 "learning_rate": self.learning_rate, "rank": self.rank, "batch_size": self.batch_size,
                 "train_text_encoder": self.train_text_encoder, "resolution": self.resolution}  # fmt: skip
 
-    def trainer_argv(self, data_dir: Path, output_dir: Path) -> list[str]:
-        argv = [
-            "--method", "lora", "--pretrained_model_name_or_path", str(self.model.source),
-            "--instance_data_dir", str(data_dir), "--instance_prompt", self.instance_prompt,
-            "--output_dir", str(output_dir), "--resolution", str(self.resolution), "--random_flip",
-            "--train_batch_size", str(self.batch_size), "--max_train_steps", str(self.steps),
-            "--learning_rate", str(self.learning_rate), "--rank", str(self.rank), "--lr_scheduler", "constant",
-            "--checkpointing_steps", str(max(100, self.steps // 4)), "--checkpoints_total_limit", "1",
-            "--resume_from_checkpoint", "latest", "--seed", str(self.seed), "--report_to", "none",
-        ]  # fmt: skip
-        return argv + (["--train_text_encoder"] if self.train_text_encoder else [])
+    def trainer_config(self, data_dir: Path, output_dir: Path):
+        """The trainer's :class:`~artshield.finetune.config.TrainConfig` for this recipe."""
+        from ..finetune.config import TrainConfig
+
+        return TrainConfig(
+            method="lora", pretrained_model_name_or_path=str(self.model.source), instance_data_dir=str(data_dir),
+            instance_prompt=self.instance_prompt, output_dir=str(output_dir), resolution=self.resolution,
+            random_flip=True, train_batch_size=self.batch_size, max_train_steps=self.steps,
+            learning_rate=self.learning_rate, rank=self.rank, lr_scheduler="constant",
+            checkpointing_steps=max(100, self.steps // 4), checkpoints_total_limit=1, resume_from_checkpoint="latest",
+            seed=self.seed, report_to="none", train_text_encoder=self.train_text_encoder,
+        )  # fmt: skip
 
     def _attack(self, images: list[torch.Tensor], workdir: Path) -> MimicryOutput:
         import time
 
-        from ..finetune.train import parse_args, train
+        from ..finetune.train import train
 
         data_dir, lora_dir = workdir / "training_images", workdir / "lora"
         for i, image in enumerate(images):
             write_png(data_dir / f"{i:03d}.png", image)
-        argv = self.trainer_argv(data_dir, lora_dir)
+        config = self.trainer_config(data_dir, lora_dir)
         logger.info("lora mimicry: training %d steps on %d images in %s", self.steps, len(images), workdir)
         start = time.perf_counter()
         with _tqdm_disabled(not self.progress):
-            summary = train(parse_args(argv))
+            result = train(config)
         seconds = time.perf_counter() - start
         pipe = self.model.pipeline("text2img")
         pipe.load_lora_weights(str(lora_dir))
@@ -206,9 +207,9 @@ class LoraMimicry(Mimicry):
         finally:
             # The pipeline shares the handle's UNet and text encoder: take the adapters out again.
             pipe.unload_lora_weights()
-        info = {"training_seconds": round(seconds, 1), "final_loss": summary.get("loss"),
-                "steps": summary.get("global_step"), "lora": str(lora_dir),
-                "command": "python -m artshield.finetune.train " + shlex.join(argv)}  # fmt: skip
+        info = {"training_seconds": round(seconds, 1), "final_loss": result.loss,
+                "steps": result.global_step, "lora": str(lora_dir),
+                "command": "python -m artshield.finetune.train " + shlex.join(config.to_argv())}  # fmt: skip
         return MimicryOutput(outputs, prompts, keys, [None] * len(outputs), info)
 
 

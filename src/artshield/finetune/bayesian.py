@@ -81,32 +81,35 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
-import re
 import weakref
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from .config import (
+    BAYES_KL_DIRECTIONS,
+    BAYES_KL_NORMALIZATIONS,
+    BAYES_LAYER_CHOICES,
+    DEFAULT_INIT_SIGMA,
+    DEFAULT_MAX_SIGMA,
+    DEFAULT_MIN_SIGMA,
+    DEFAULT_PRIOR_SIGMA,
+    METHODS,
+    BayesianConfig,
+    add_arguments,
+    parse_blocks,
+)
 
 logger = logging.getLogger(__name__)
 
-KL_DIRECTIONS = ("posterior_prior", "prior_posterior")
-KL_NORMALIZATIONS = ("examples", "weights", "none")
-LAYER_CHOICES = ("auto", "attn_ff", "attn", "ff", "all_linear", "lora_up")
-METHODS = ("lora", "dreambooth", "full")
-BLOCK_ROOTS = {"down": "down_blocks", "mid": "mid_block", "up": "up_blocks"}
-
-# Defaults, with the reason for each in the module docstring and in `add_bayesian_args`.
-DEFAULT_INIT_SIGMA = 0.01  # every released Bayes script: sigma=0.01
-DEFAULT_PRIOR_SIGMA = 0.01
-DEFAULT_KL_WEIGHT = 0.0  # every released Bayes script: --lambda1=0.0
-DEFAULT_MIN_SIGMA = 1e-7  # the reference's clamp
-DEFAULT_MAX_SIGMA = 0.1  # 10x the init/prior sigma; see add_bayesian_args
+# The flags' names, choices and defaults live with the trainer's other settings (finetune.config); the reasons
+# for each default are in the module docstring and in the flags' help.
+KL_DIRECTIONS = BAYES_KL_DIRECTIONS
+KL_NORMALIZATIONS = BAYES_KL_NORMALIZATIONS
+LAYER_CHOICES = BAYES_LAYER_CHOICES
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,201 +118,9 @@ DEFAULT_MAX_SIGMA = 0.1  # 10x the init/prior sigma; see add_bayesian_args
 
 
 def add_bayesian_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--bayesian`` and the ``--bayes_*`` flags (Wu et al., arXiv 2405.19931) to a trainer's parser."""
-    group = parser.add_argument_group(
-        "Bayesian few-shot fine-tuning (Wu et al., arXiv 2405.19931)",
-        "Mean-field Gaussian weights with learnable, bounded sigma; inference uses the means.",
-    )
-    group.add_argument(
-        "--bayesian",
-        action="store_true",
-        help="Make the selected layers Bayesian: sample w = mu + sigma * eps at every training forward pass.",
-    )
-    group.add_argument(
-        "--bayes_init_sigma",
-        type=float,
-        default=DEFAULT_INIT_SIGMA,
-        help="Initial posterior sigma of every Bayesian weight (the released scripts' 0.01).",
-    )
-    group.add_argument(
-        "--bayes_prior_sigma",
-        type=float,
-        default=DEFAULT_PRIOR_SIGMA,
-        help="Prior sigma. The prior is centred on the pretrained weights (DreamBooth/full) or 0 (LoRA up).",
-    )
-    group.add_argument(
-        "--bayes_kl_weight",
-        type=float,
-        default=DEFAULT_KL_WEIGHT,
-        help=(
-            "Weight of the KL term (the reference's --lambda1). Default 0.0, as every released script of the "
-            "paper (the reference parser's 0.2 is never used); then only the weight noise regularises."
-        ),
-    )
-    group.add_argument(
-        "--bayes_kl_direction",
-        choices=KL_DIRECTIONS,
-        default="posterior_prior",
-        help=(
-            "posterior_prior: KL(q || p), the standard ELBO (default). prior_posterior: KL(p || q), what the "
-            "reference code computes."
-        ),
-    )
-    group.add_argument(
-        "--bayes_kl_normalization",
-        choices=KL_NORMALIZATIONS,
-        default="examples",
-        help=(
-            "Divide the summed KL by the number of training examples (default: the per-example negative "
-            "ELBO), by the number of Bayesian weights, or not at all (the reference)."
-        ),
-    )
-    group.add_argument(
-        "--bayes_min_sigma",
-        type=float,
-        default=DEFAULT_MIN_SIGMA,
-        help="Lower bound of sigma (the reference clamps at 1e-7).",
-    )
-    group.add_argument(
-        "--bayes_max_sigma",
-        type=float,
-        default=DEFAULT_MAX_SIGMA,
-        help=(
-            "Upper bound of sigma (default 0.1, ten times the initial sigma and about the spread of SD's "
-            "attention weights: beyond it the noise would swamp the weights it perturbs)."
-        ),
-    )
-    group.add_argument(
-        "--bayes_layers",
-        choices=LAYER_CHOICES,
-        default="auto",
-        help=(
-            "Which Linear layers become Bayesian. auto = lora_up for --method lora, attn_ff otherwise. "
-            "attn_ff: transformer blocks' self-attention q/k/v/out and FFN (the reference's DreamBooth run); "
-            "attn / ff: one of the two; all_linear: every Linear in the blocks except time_emb_proj; "
-            "lora_up: the LoRA up (B) matrices only."
-        ),
-    )
-    group.add_argument(
-        "--bayes_include_cross_attention",
-        action="store_true",
-        help="Also make cross-attention (attn2) Bayesian in attn_ff/attn/all_linear (the reference skips it).",
-    )
-    group.add_argument(
-        "--bayes_blocks",
-        type=str,
-        default="down,mid,up",
-        help="Comma-separated UNet blocks to convert: down, mid, up, or sub-blocks such as up.1 (default: all).",
-    )
-
-
-def _parse_blocks(spec: str | tuple[str, ...]) -> tuple[str, ...]:
-    """``"down,up.1"`` -> ``("down_blocks", "up_blocks.1")``: module-name prefixes of the selected blocks."""
-    items = spec.split(",") if isinstance(spec, str) else list(spec)
-    prefixes = []
-    for raw in items:
-        item = raw.strip()
-        if not item:
-            continue
-        match = re.fullmatch(r"(down|mid|up)(?:\.(\d+))?", item)
-        if match is None or (match.group(1) == "mid" and match.group(2) is not None):
-            raise InvalidArgumentError(
-                f"`--bayes_blocks` must list down, mid, up or sub-blocks such as up.1, but contains {item!r}."
-            )
-        root = BLOCK_ROOTS[match.group(1)]
-        prefixes.append(root if match.group(2) is None else f"{root}.{match.group(2)}")
-    if not prefixes:
-        raise InvalidArgumentError(f"`--bayes_blocks` must name at least one block, but is {spec!r}.")
-    return tuple(prefixes)
-
-
-@dataclass
-class BayesianConfig:
-    """Settings of Bayesian fine-tuning; see :func:`add_bayesian_args` for each field's meaning."""
-
-    enabled: bool = False
-    init_sigma: float = DEFAULT_INIT_SIGMA
-    prior_sigma: float = DEFAULT_PRIOR_SIGMA
-    kl_weight: float = DEFAULT_KL_WEIGHT
-    kl_direction: str = "posterior_prior"
-    kl_normalization: str = "examples"
-    min_sigma: float = DEFAULT_MIN_SIGMA
-    max_sigma: float = DEFAULT_MAX_SIGMA
-    layers: str = "auto"
-    include_cross_attention: bool = False
-    blocks: tuple[str, ...] = field(default=("down", "mid", "up"))
-
-    def __post_init__(self) -> None:
-        if isinstance(self.blocks, str):
-            self.blocks = tuple(b.strip() for b in self.blocks.split(",") if b.strip())
-        else:
-            self.blocks = tuple(self.blocks)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise :class:`InvalidArgumentError` naming the flag of the first inconsistent value."""
-        for name, value in (("bayes_min_sigma", self.min_sigma), ("bayes_prior_sigma", self.prior_sigma)):
-            if not (math.isfinite(value) and value > 0):
-                raise InvalidArgumentError(f"`--{name}` must be a positive number, but is {value!r}.")
-        if not (math.isfinite(self.max_sigma) and self.max_sigma >= self.min_sigma):
-            raise InvalidArgumentError(
-                f"`--bayes_max_sigma` must be at least --bayes_min_sigma ({self.min_sigma}), but is {self.max_sigma!r}."
-            )
-        if not (math.isfinite(self.init_sigma) and self.min_sigma <= self.init_sigma <= self.max_sigma):
-            raise InvalidArgumentError(
-                f"`--bayes_init_sigma` must lie in [--bayes_min_sigma, --bayes_max_sigma] = "
-                f"[{self.min_sigma}, {self.max_sigma}], but is {self.init_sigma!r}."
-            )
-        if not (math.isfinite(self.kl_weight) and self.kl_weight >= 0):
-            raise InvalidArgumentError(f"`--bayes_kl_weight` must be a non-negative number, but is {self.kl_weight!r}.")
-        if self.kl_direction not in KL_DIRECTIONS:
-            raise InvalidArgumentError(
-                f"`--bayes_kl_direction` must be one of {', '.join(KL_DIRECTIONS)}, but is {self.kl_direction!r}."
-            )
-        if self.kl_normalization not in KL_NORMALIZATIONS:
-            raise InvalidArgumentError(
-                f"`--bayes_kl_normalization` must be one of {', '.join(KL_NORMALIZATIONS)}, "
-                f"but is {self.kl_normalization!r}."
-            )
-        if self.layers not in LAYER_CHOICES:
-            raise InvalidArgumentError(
-                f"`--bayes_layers` must be one of {', '.join(LAYER_CHOICES)}, but is {self.layers!r}."
-            )
-        _parse_blocks(self.blocks)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> BayesianConfig:
-        """Build the config from a namespace parsed with :func:`add_bayesian_args` (missing flags: defaults)."""
-
-        def get(name: str, default):
-            return getattr(args, name, default)
-
-        blocks = get("bayes_blocks", "down,mid,up")
-        return cls(
-            enabled=bool(get("bayesian", False)),
-            init_sigma=float(get("bayes_init_sigma", DEFAULT_INIT_SIGMA)),
-            prior_sigma=float(get("bayes_prior_sigma", DEFAULT_PRIOR_SIGMA)),
-            kl_weight=float(get("bayes_kl_weight", DEFAULT_KL_WEIGHT)),
-            kl_direction=str(get("bayes_kl_direction", "posterior_prior")),
-            kl_normalization=str(get("bayes_kl_normalization", "examples")),
-            min_sigma=float(get("bayes_min_sigma", DEFAULT_MIN_SIGMA)),
-            max_sigma=float(get("bayes_max_sigma", DEFAULT_MAX_SIGMA)),
-            layers=str(get("bayes_layers", "auto")),
-            include_cross_attention=bool(get("bayes_include_cross_attention", False)),
-            blocks=tuple(b.strip() for b in blocks.split(",") if b.strip()) if isinstance(blocks, str) else blocks,
-        )
-
-    def to_dict(self) -> dict:
-        """JSON-able form (for the run's config file and trackers)."""
-        out = asdict(self)
-        out["blocks"] = ",".join(self.blocks)
-        return out
-
-    def resolved_layers(self, method: str) -> str:
-        """The layer selection ``auto`` stands for with `method`."""
-        if self.layers != "auto":
-            return self.layers
-        return "lora_up" if method == "lora" else "attn_ff"
+    """Add ``--bayesian`` and the ``--bayes_*`` flags (Wu et al., arXiv 2405.19931) to a trainer's parser (the
+    fields of :class:`~artshield.finetune.config.TrainConfig` in its Bayesian group)."""
+    add_arguments(parser, only="bayesian")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -555,7 +366,7 @@ def _in_blocks(name: str, prefixes: tuple[str, ...]) -> bool:
 
 def _select(unet: nn.Module, selection: str, cfg: BayesianConfig) -> list[str]:
     """Names of the nn.Linear modules `selection` picks (not yet Bayesian ones excluded)."""
-    prefixes = _parse_blocks(cfg.blocks)
+    prefixes = parse_blocks(cfg.blocks)
     chosen = []
     for name, module in unet.named_modules():
         # Plain Linear layers only (and diffusers' older LoRACompatibleLinear): not already Bayesian ones, and

@@ -561,14 +561,77 @@ class Collator:
         return {"pixel_values": torch.stack(pixels).contiguous(), "input_ids": input_ids, "captions": captions}
 
 
+# ------------------------------------------------------------------------------------------- from a config
+def training_examples(config) -> list[Example]:
+    """The instance / captioned examples a :class:`~artshield.finetune.config.TrainConfig` names (files are
+    listed, not yet decoded), with ``max_train_samples`` applied."""
+    if config.instance_data_dir:
+        examples = dreambooth_examples(config.instance_data_dir, config.instance_prompt)
+    elif config.train_data_dir:
+        examples = caption_folder_examples(config.train_data_dir, caption_column=config.caption_column or "text")
+    else:
+        examples = hub_dataset_examples(
+            config.dataset_name, config.dataset_config_name, config.image_column, config.caption_column,
+            config.cache_dir,
+        )
+    return select_examples(examples, config.max_train_samples, config.seed)
+
+
+def build_dataset(config) -> TrainingDataset:
+    """List and decode the training images of a config: bad folders and files fail now, not mid-run."""
+    return TrainingDataset(
+        training_examples(config),
+        config.resolution,
+        center_crop=config.center_crop,
+        random_flip=config.random_flip,
+        seed=config.seed,
+    )
+
+
+# ------------------------------------------------------------------------------------------- prior preservation
+def generate_class_images(model, config, device) -> int:
+    """Fill ``config.class_data_dir`` up to ``config.num_class_images`` with images the model itself generates
+    from ``config.class_prompt`` (diffusers' prior preservation), seeded, each written atomically; returns how
+    many were made. The global RNG is left untouched (the training run depends on it)."""
+    import contextlib
+    import hashlib
+
+    from ..imageio import write_png
+
+    folder = Path(config.class_data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = len(iter_images(folder).images)
+    missing = config.num_class_images - existing
+    if missing <= 0:
+        return 0
+    logger.info("Generating %d class images for %r into %s", missing, config.class_prompt, folder)
+    pipeline = model.pipeline("text2img")
+    precision = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.prior_generation_precision or "")
+    device_type = torch.device(device).type
+    autocast = torch.autocast(device_type, dtype=precision) if precision is not None else contextlib.nullcontext()
+    seed = 0 if config.seed is None else config.seed
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), autocast:
+        for start in range(0, missing, config.sample_batch_size):
+            count = min(config.sample_batch_size, missing - start)
+            generator = torch.Generator().manual_seed(seed + existing + start)
+            images = pipeline(prompt=[config.class_prompt] * count, generator=generator, num_inference_steps=50).images
+            for offset, image in enumerate(images):
+                digest = hashlib.sha1(image.tobytes()).hexdigest()[:16]
+                write_png(folder / f"{existing + start + offset:05d}-{digest}.png", from_pil(image).rgb)
+    return missing
+
+
 __all__ = [
     "Collator",
     "DatasetImage",
     "Example",
     "TrainingDataset",
+    "build_dataset",
     "caption_folder_examples",
     "dreambooth_examples",
+    "generate_class_images",
     "hub_dataset_examples",
     "load_image",
     "select_examples",
+    "training_examples",
 ]

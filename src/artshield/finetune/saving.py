@@ -15,8 +15,9 @@
   (``decay``, ``optimization_step``, ...), as diffusers' ``EMAModel.save_pretrained`` writes it, so
   ``EMAModel.from_pretrained(checkpoint/unet_ema, UNet2DConditionModel)`` reads it too (see :class:`EMAWeights`).
 
-Final outputs are written to a temporary folder first and moved into place, so an interrupted run never
-leaves a half-written model that loads (see :func:`publish_lora` and :func:`publish_pipeline`).
+Final outputs and checkpoints are built in a hidden staging folder (:func:`artshield.fileio.staging_folder`) and
+moved into place by renames, so an interrupted run never leaves a half-written model or checkpoint that loads
+(see :func:`publish_lora`, :func:`publish_pipeline` and :func:`save_checkpoint`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
+from .. import fileio
 from ..errors import InvalidArgumentError
 
 logger = logging.getLogger(__name__)
@@ -73,17 +74,39 @@ def save_lora(folder: str | os.PathLike, unet: torch.nn.Module, text_encoder: to
 def load_lora(folder: str | os.PathLike, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None) -> None:
     """Load a LoRA file written by :func:`save_lora` into already-adapted models (the checkpoint load hook)."""
     from diffusers import StableDiffusionPipeline
+
+    state_dict, _ = StableDiffusionPipeline.lora_state_dict(os.fspath(folder))
+    set_lora_state(state_dict, unet, text_encoder, where=f"checkpoint {os.fspath(folder)}")
+
+
+def lora_state(unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """The LoRA weights of a peft-adapted UNet (and text encoder) as one state dict with the keys of
+    ``pytorch_lora_weights.safetensors`` (``unet.*``, ``text_encoder.*``): fp32 copies on the CPU."""
+    state = {f"unet.{k}": v.detach().to("cpu", copy=True) for k, v in lora_layers(unet).items()}
+    if text_encoder is not None:
+        state.update({f"text_encoder.{k}": v.detach().to("cpu", copy=True) for k, v in lora_layers(text_encoder).items()})
+    return state
+
+
+def set_lora_state(
+    state_dict: dict[str, torch.Tensor],
+    unet: torch.nn.Module,
+    text_encoder: torch.nn.Module | None = None,
+    *,
+    where: str = "LoRA state",
+) -> None:
+    """Copy a LoRA state dict with the keys of :func:`lora_state` (or of a LoRA file) into already-adapted
+    models; a weight the UNet's adapters lack is an :class:`InvalidArgumentError` (another rank or model)."""
     from diffusers.training_utils import _set_state_dict_into_text_encoder
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft.utils import set_peft_model_state_dict
 
-    state_dict, _ = StableDiffusionPipeline.lora_state_dict(os.fspath(folder))
     unet_state = {k.removeprefix("unet."): v for k, v in state_dict.items() if k.startswith("unet.")}
     incompatible = set_peft_model_state_dict(unet, convert_unet_state_dict_to_peft(unet_state), adapter_name="default")
     unexpected = getattr(incompatible, "unexpected_keys", None) if incompatible is not None else None
     if unexpected:
         raise InvalidArgumentError(
-            f"checkpoint {folder}: its LoRA has weights this UNet's adapters lack (e.g. {unexpected[0]}); "
+            f"{where}: its LoRA has weights this UNet's adapters lack (e.g. {unexpected[0]}); "
             "was it made with another --rank or model?"
         )
     if text_encoder is not None:
@@ -377,22 +400,15 @@ def resolve_checkpoint(spec: str, output_dir: str | os.PathLike) -> Path | None:
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None) -> Path:
     """``accelerator.save_state`` into ``output_dir/checkpoint-<step>``, atomically, then prune old ones.
 
-    The state is written to a hidden temporary folder and renamed into place, so ``latest`` never picks a
-    half-written checkpoint; older checkpoints beyond `total_limit` are removed only after the new one is
-    complete (diffusers removes them first, which loses the last good one if saving fails).
+    The state is written to a hidden staging folder and renamed into place (:func:`artshield.fileio.publish_folder`),
+    so ``latest`` never picks a half-written checkpoint; older checkpoints beyond `total_limit` are removed only
+    after the new one is complete (diffusers removes them first, which loses the last good one if saving fails).
     """
     root = Path(os.fspath(output_dir))
     final = root / f"checkpoint-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-checkpoint-{step}-", dir=root))
-    try:
-        accelerator.save_state(str(tmp))
-        _normal_permissions(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with fileio.staging_folder(final) as staged:
+        accelerator.save_state(str(staged))
+        fileio.publish_folder(staged, final)
     logger.info("Saved state to %s", final)
     if total_limit is not None:
         existing = list_checkpoints(root)
@@ -403,61 +419,33 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
 
 
 # ------------------------------------------------------------------------------------------- final outputs
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would race other threads)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
-def _normal_permissions(path: Path) -> None:
-    """Give a staged tree the permissions freshly created files would have (mkdtemp makes 0700 folders and
-    some writers 0600 files), so published outputs are readable as the user expects."""
-    umask = _umask()
-    for entry in [path, *path.rglob("*")]:
-        try:
-            os.chmod(entry, (0o777 if entry.is_dir() else 0o666) & ~umask)
-        except OSError:
-            pass
-
-
-@contextlib.contextmanager
-def _staging(output_dir: Path) -> Iterator[Path]:
-    """A hidden temporary folder inside `output_dir` (same file system, so renames are atomic), removed after."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-final-", dir=output_dir))
-    try:
-        yield tmp
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+#: Staging folders of artshield versions before fileio (``.tmp-final-*``, ``.tmp-checkpoint-*``, ``.tmp-old-*``).
+LEGACY_STAGING = re.compile(r"^\.tmp-(final|checkpoint-\d+|old)-")
 
 
 def remove_stale_staging(output_dir: str | os.PathLike) -> None:
     """Delete staging folders a killed run left in `output_dir` (never complete outputs: those were renamed)."""
     root = Path(os.fspath(output_dir))
-    for entry in root.glob(".tmp-*") if root.is_dir() else []:
-        logger.info("Removing %s, left by an interrupted run", entry)
-        if entry.is_dir():
+    for entry in fileio.remove_stale_staging(root):
+        logger.info("Removed %s, left by an interrupted run", entry)
+    for entry in root.iterdir() if root.is_dir() else []:
+        if LEGACY_STAGING.match(entry.name) and entry.is_dir():
+            logger.info("Removing %s, left by an interrupted run", entry)
             shutil.rmtree(entry, ignore_errors=True)
-        else:
-            entry.unlink(missing_ok=True)
 
 
 def publish_lora(
     output_dir: str | os.PathLike, unet: torch.nn.Module, text_encoder: torch.nn.Module | None = None
 ) -> Path:
-    """Write the final LoRA file into `output_dir` atomically (staged, then one ``os.replace``)."""
+    """Write the final LoRA file into `output_dir` atomically (staged, then one rename)."""
     root = Path(os.fspath(output_dir))
-    with _staging(root) as tmp:
-        staged = save_lora(tmp, unet, text_encoder)
-        _normal_permissions(staged)
-        final = root / LORA_WEIGHT_NAME
+    final = root / LORA_WEIGHT_NAME
+    with fileio.staging_folder(final) as staged_folder:
+        staged = save_lora(staged_folder, unet, text_encoder)
+        with contextlib.suppress(OSError):
+            os.chmod(staged, fileio.default_file_mode())
         os.replace(staged, final)
+    fileio.fsync_folder(root)
     return final
 
 
@@ -465,29 +453,31 @@ def publish_pipeline(output_dir: str | os.PathLike, pipeline) -> Path:
     """Save a full pipeline into `output_dir` (beside checkpoints and logs) so that it never half-loads.
 
     ``save_pretrained`` writes into a staging folder. The old ``model_index.json`` is removed first, each
-    component folder is then swapped in by rename, and the new ``model_index.json`` is moved in last: at any
-    moment of an interruption the folder either is the complete new pipeline or has no ``model_index.json``
-    (so ``from_pretrained`` refuses it rather than mixing old and new components).
+    component folder is then swapped in by renames (:func:`artshield.fileio.publish_folder`), and the new
+    ``model_index.json`` is moved in last: at any moment of an interruption the folder either is the complete
+    new pipeline or has no ``model_index.json`` (so ``from_pretrained`` refuses it rather than mixing old and
+    new components).
     """
     root = Path(os.fspath(output_dir))
-    with _staging(root) as tmp:
-        pipeline.save_pretrained(str(tmp), safe_serialization=True)
-        _normal_permissions(tmp)
-        index = root / "model_index.json"
+    index = root / "model_index.json"
+    with fileio.staging_folder(index) as staged:
+        pipeline.save_pretrained(str(staged), safe_serialization=True)
         if index.exists():
             index.unlink()
-        for entry in sorted(tmp.iterdir()):
+        for entry in sorted(staged.iterdir()):
             if entry.name == "model_index.json":
                 continue
             target = root / entry.name
-            if target.is_dir() and not target.is_symlink():
-                trash = Path(tempfile.mkdtemp(prefix=".tmp-old-", dir=root))
-                os.replace(target, trash / entry.name)
-                os.replace(entry, target)
-                shutil.rmtree(trash, ignore_errors=True)
+            if entry.is_dir():
+                fileio.publish_folder(entry, target)
             else:
+                with contextlib.suppress(OSError):
+                    os.chmod(entry, fileio.default_file_mode())
                 os.replace(entry, target)
-        os.replace(tmp / "model_index.json", index)
+        with contextlib.suppress(OSError):
+            os.chmod(staged / "model_index.json", fileio.default_file_mode())
+        os.replace(staged / "model_index.json", index)
+    fileio.fsync_folder(root)
     return root
 
 
@@ -498,6 +488,7 @@ __all__ = [
     "list_checkpoints",
     "load_lora",
     "lora_layers",
+    "lora_state",
     "publish_lora",
     "publish_pipeline",
     "register_checkpoint_hooks",
@@ -506,4 +497,5 @@ __all__ = [
     "resolve_checkpoint",
     "save_checkpoint",
     "save_lora",
+    "set_lora_state",
 ]
