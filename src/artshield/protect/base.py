@@ -183,7 +183,7 @@ class ProtectionMethod:
         conditions = self.conditions(images, mask) if images is not None else {}
         if not conditions:
             return FullResolutionObjective(self.objective, self.model.pixel_multiple, self.tile_size)
-        return _ConditionedObjective(self.objective, conditions, self.model.pixel_multiple, self.tile_size)
+        return ConditionedObjective(self.objective, conditions, self.model.pixel_multiple, self.tile_size)
 
     def editable_mask(self, images: torch.Tensor, mask=None) -> torch.Tensor | None:
         """Check and normalise a mask (white = editable) for `images`: a PIL image, a path, or an (H, W) or
@@ -291,7 +291,7 @@ class ProtectionMethod:
         raise InvalidArgumentError(f"`robust` must be a bool, a transform spec string or a transform, but is {robust!r}.")
 
 
-class _ConditionedObjective:
+class ConditionedObjective:
     """A full-resolution objective that also hands the method its conditions (a mask, a target...),
     cropped and padded exactly like the image: they travel through the tiling as extra channels after
     RGB and are split off again (detached) before the method's objective sees the image."""
