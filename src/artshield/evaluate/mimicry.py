@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import InvalidArgumentError
-from ..imageio import write_png
+from ..imageio import as_rgb, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +130,6 @@ def _tqdm_disabled(disabled: bool):
                 os.environ.pop("TQDM_DISABLE", None)
             else:
                 os.environ["TQDM_DISABLE"] = previous
-
-
-def _as_rgb(image: torch.Tensor) -> torch.Tensor:
-    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
 class LoraMimicry(Mimicry):
@@ -237,7 +233,7 @@ class SDEditMimicry(Mimicry):
         pipe = self.model.pipeline("img2img")
         out = MimicryOutput([], [], [], [])
         for i, image in enumerate(images):
-            source = crop_to_multiple(_as_rgb(image), self.model.pixel_multiple)
+            source = crop_to_multiple(as_rgb(image), self.model.pixel_multiple)
             for s in range(self.samples):
                 prompt = self.prompts[(i * self.samples + s) % len(self.prompts)]
                 key = f"img{i}-s{s}"
@@ -307,7 +303,7 @@ class InpaintMimicry(Mimicry):
         multiple = self.model.pixel_multiple
         out = MimicryOutput([], [], [], [])
         for i, image in enumerate(images):
-            source = crop_to_multiple(_as_rgb(image), multiple)
+            source = crop_to_multiple(as_rgb(image), multiple)
             h, w = source.shape[-2:]
             if self.masks is not None:
                 masks = [crop_to_multiple(m, multiple) for m in self.masks[i]]
