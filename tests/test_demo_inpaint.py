@@ -18,14 +18,11 @@ from artshield.models.demo import DEMO_WEIGHTS
 from artshield.models.demo.train_inpaint import (
     INFO_FILE,
     UNET_FOLDER,
-    inpaint_condition,
     inpainting_unet,
     main,
     random_mask,
 )
 from artshield.protect import DiffusionGuard
-
-SHIPPED = (DEMO_WEIGHTS / UNET_FOLDER / "config.json").is_file()
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +56,7 @@ def test_condition_is_built_as_the_inpainting_pipeline_builds_it(tiny_inpaint_di
     model = load(str(tiny_inpaint_dir), device="cpu", dtype="fp32")
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     mask = torch.from_numpy(np.stack([random_mask(32, np.random.default_rng(s)) for s in (0, 1)]))[:, None]
-    ours = inpaint_condition(model, images, mask, torch.Generator().manual_seed(5))
+    ours = model.inpaint_condition(images, mask, torch.Generator().manual_seed(5))
     pipe = model.pipeline("inpaint")
     masked = (images * 2 - 1) * (mask < 0.5)  # StableDiffusionInpaintPipeline.__call__
     latent_mask, latents = pipe.prepare_mask_latents(
@@ -109,7 +106,6 @@ def test_missing_inpainting_unet_says_how_to_train_it(tiny_model_dir, monkeypatc
         load("no-such-model", device="cpu")
 
 
-@pytest.mark.skipif(not SHIPPED, reason=f"no {UNET_FOLDER} in {DEMO_WEIGHTS}")
 def test_shipped_demo_inpaint_shares_the_demo_components():
     model, demo = load("demo-inpaint", device="cpu"), load("demo", device="cpu")
     assert model.is_inpainting and not demo.is_inpainting and model.source == "demo-inpaint"
@@ -126,7 +122,6 @@ def test_shipped_demo_inpaint_shares_the_demo_components():
     assert evaluation["trained"]["psnr_masked_region_db"] > evaluation["zero_init"]["psnr_masked_region_db"]
 
 
-@pytest.mark.skipif(not SHIPPED, reason=f"no {UNET_FOLDER} in {DEMO_WEIGHTS}")
 def test_diffusionguard_on_demo_inpaint_keeps_its_budget_and_beats_random_noise():
     from artshield.models.demo.world import render
 

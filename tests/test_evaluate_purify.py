@@ -407,11 +407,13 @@ def test_purify_folder_records_failures_and_goes_on(tmp_path, tiny_model):
 def test_every_prediction_type_recovers_noise_and_sample(kind):
     from types import SimpleNamespace
 
+    from artshield.models import DiffusionModel
+
     x0, eps = torch.randn(2, 4, 3, 3, generator=gen(1)), torch.randn(2, 4, 3, 3, generator=gen(2))
     alpha = torch.tensor(0.7)
     z = alpha.sqrt() * x0 + (1 - alpha).sqrt() * eps
     output = {"epsilon": eps, "sample": x0, "v_prediction": alpha.sqrt() * eps - (1 - alpha).sqrt() * x0}[kind]
-    got_eps, got_x0 = PD._eps_and_x0(SimpleNamespace(prediction_type=kind, source="fake"), output, z, alpha)
+    got_eps, got_x0 = DiffusionModel.noise_and_sample(SimpleNamespace(prediction_type=kind, source="fake"), output, z, alpha)
     torch.testing.assert_close(got_eps, eps)
     torch.testing.assert_close(got_x0, x0)
 

@@ -24,7 +24,7 @@ from artshield.errors import (
     ModelNotFoundError,
     UntrustedCheckpointError,
 )
-from artshield.models import DiffusionModel, load, loading, resolve_device, resolve_dtype
+from artshield.models import DiffusionModel, hub, load, resolve_device, resolve_dtype
 from ldm_format import folder_to_ldm, save_ldm_checkpoint
 
 COMPONENTS = ("unet", "vae", "text_encoder")
@@ -454,6 +454,21 @@ def test_corrupt_files(sd1_file, tiny_model_dir, tmp_path):
     for path in (truncated, garbage, empty, cut):
         with pytest.raises(IncompatibleModelError, match="truncated or corrupt"):
             _load(path, config=tiny_model_dir, trust_pickle=True)
+
+
+@pytest.mark.parametrize("content", [b"\x80\x02garbage" + bytes(range(256)) * 8, b"\0" * 4096, b"not a checkpoint\n" * 64])
+def test_garbage_pickle_is_one_named_error_without_torch_advice(tmp_path, tiny_model_dir, content):
+    """torch.load(weights_only=True)'s refusals advise re-running with weights_only=False; that advice (which
+    would run whatever the file holds) must not reach the user, and the file must be named."""
+    path = tmp_path / "garbage.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(IncompatibleModelError) as info:
+        _load(path, config=tiny_model_dir, trust_pickle=True)
+    message = str(info.value)
+    assert str(path) in message and "truncated or corrupt" in message
+    assert "\n" not in message
+    for advice in ("weights_only", "Re-running", "trusted source", "file an issue", "Could this error message"):
+        assert advice not in message, message
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"\0" * 16)
     with pytest.raises(IncompatibleModelError, match="unsupported file type"):
@@ -471,8 +486,8 @@ def test_hub_id_offline_fails_fast(empty_hf_cache):
 
 def test_hub_id_unreachable_fails_fast(empty_hf_cache, monkeypatch):
     """Not in offline mode but without network: one quick probe, no half-minute retry loop."""
-    monkeypatch.setattr(loading, "hub_offline_mode", lambda: False)
-    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_offline_mode", lambda: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     start = time.monotonic()
     with pytest.raises(ModelNotFoundError, match="cannot be reached"):
         _load("someone/some-model")
@@ -480,9 +495,12 @@ def test_hub_id_unreachable_fails_fast(empty_hf_cache, monkeypatch):
 
 
 def test_hub_probe_respects_offline_mode(monkeypatch):
-    monkeypatch.setattr(loading, "_reachability", None)
+    monkeypatch.setattr(hub, "_reachability", None)
+    probes = []
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: probes.append(timeout) or True)
     start = time.monotonic()
-    assert loading.hub_online() is False  # tests run with HF_HUB_OFFLINE=1
+    assert hub.hub_online() is False  # tests run with HF_HUB_OFFLINE=1
+    assert probes == []  # offline mode is answered without touching the network
     assert time.monotonic() - start < 5
 
 
@@ -503,10 +521,10 @@ def test_sdxl_hub_id_rejected_before_loading(tiny_model_dir, tmp_path, empty_hf_
 
 # ============================================================================================ demo
 def test_demo_model():
+    """The demo weights ship inside the package: missing weights are a failure, not a skip."""
     from artshield.models.demo import DEMO_WEIGHTS
 
-    if not (DEMO_WEIGHTS / "model_index.json").is_file():
-        pytest.skip(f"demo weights not trained yet: no model_index.json in {DEMO_WEIGHTS}")
+    assert (DEMO_WEIGHTS / "model_index.json").is_file(), f"the shipped demo weights are missing from {DEMO_WEIGHTS}"
     model = load("demo", device="cpu")
     assert model.source == "demo" and model.dtype == torch.float32
     assert model.native_resolution == 128 and not model.is_inpainting
@@ -556,7 +574,18 @@ def test_resolve_dtype_policy(monkeypatch):
         assert resolve_dtype(name, cpu) == dtype
     assert resolve_dtype(torch.float64, cpu) == torch.float64
     with pytest.raises(InvalidArgumentError, match="`dtype` must be one of"):
-        resolve_dtype("half", cpu)
+        resolve_dtype("float8", cpu)
+
+
+def test_every_dtype_the_command_line_accepts_is_understood():
+    """`--dtype` is validated at parse time against cli_support's list; the loader must take each of them."""
+    from artshield.cli_support import DTYPE_CHOICES
+
+    expected = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    for name in DTYPE_CHOICES:
+        dtype = resolve_dtype(name, torch.device("cpu"))
+        assert name == "auto" or dtype == expected[{"float32": "fp32", "float16": "fp16", "half": "fp16",
+                                                      "bfloat16": "bf16"}.get(name, name)], name
 
 
 def test_errors_are_model_load_errors():

@@ -78,24 +78,6 @@ def ddim_timesteps(t_start: int, steps: int) -> list[int]:
     return [round(t_start * (steps - i) / steps) for i in range(steps)]
 
 
-def _eps_and_x0(model, output: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The noise and clean-sample estimates from a UNet output of any prediction type."""
-    sqrt_a, sqrt_1ma = alpha.sqrt(), (1.0 - alpha).sqrt()
-    kind = model.prediction_type
-    if kind == "epsilon":
-        eps = output
-        x0 = (z - sqrt_1ma * eps) / sqrt_a
-    elif kind == "v_prediction":
-        x0 = sqrt_a * z - sqrt_1ma * output
-        eps = sqrt_a * output + sqrt_1ma * z
-    elif kind == "sample":
-        x0 = output
-        eps = (z - sqrt_a * x0) / sqrt_1ma
-    else:
-        raise InvalidArgumentError(f"unsupported scheduler prediction_type {kind!r} in {model.source}.")
-    return eps, x0
-
-
 def check_text_to_image(model, what: str) -> None:
     """Diffuse-and-denoise needs a plain (4-channel) UNet: an inpainting UNet would need a mask condition."""
     if getattr(model, "is_inpainting", False):
@@ -135,7 +117,7 @@ def diffuse_denoise(
         alpha = alphas[t]
         alpha_prev = alphas[schedule[index + 1]] if index + 1 < len(schedule) else torch.ones_like(alpha)
         output = model.predict_noise(z, torch.full((batch,), t, dtype=torch.long, device=latents.device), embeds)
-        eps, x0 = _eps_and_x0(model, output, z, alpha)
+        eps, x0 = model.noise_and_sample(output, z, alpha)
         sigma = eta * torch.sqrt((1 - alpha_prev) / (1 - alpha) * (1 - alpha / alpha_prev)) if eta else 0.0
         direction = torch.sqrt((1 - alpha_prev - sigma**2).clamp_min(0.0)) * eps
         z = alpha_prev.sqrt() * x0 + direction

@@ -12,6 +12,7 @@ _DTYPES = {
     "float32": torch.float32,
     "fp16": torch.float16,
     "float16": torch.float16,
+    "half": torch.float16,
     "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16,
 }

@@ -8,13 +8,17 @@ even when the frozen weights are fp16/bf16.
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import InvalidArgumentError
+from ..errors import IncompatibleModelError, InvalidArgumentError, ModelLoadError, ModelNotFoundError
+from .hub import first_line
 
 LatentMode = str  # "sample" (draw from the VAE posterior) or "mean" (its mean)
 
@@ -39,7 +43,9 @@ class DiffusionModel:
     source: str = "unknown"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
-    _prompt_cache: dict = field(default_factory=dict, repr=False)
+    # Not an init field: every copy (``dataclasses.replace``, :meth:`with_lora`) starts with its own cache, so
+    # prompts embedded by a copy whose text encoder differs never reach the original, nor the other way round.
+    _prompt_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -113,19 +119,21 @@ class DiffusionModel:
             # Draw the noise ourselves so a CPU generator works with weights on any device.
             noise = randn_like(posterior.mean, generator)
             latents = posterior.mean + posterior.std * noise
-        return self._scale_latents(latents.float())
+        return self.scale_latents(latents.float())
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode scaled latents to images in [0, 1] (differentiable; clamp is a straight clip)."""
-        z = self._unscale_latents(latents).to(device=self.device, dtype=self.dtype)
+        z = self.unscale_latents(latents).to(device=self.device, dtype=self.dtype)
         images = self.vae.decode(z).sample.float()
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
-    def _scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+    def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """VAE latents (a posterior sample or mean) to the scaled latents the UNet sees."""
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return (z - shift) * self.vae.config.scaling_factor
 
-    def _unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
+    def unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`scale_latents`: what the VAE decoder takes."""
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return z / self.vae.config.scaling_factor + shift
 
@@ -177,10 +185,15 @@ class DiffusionModel:
         t = torch.randint(t_min, t_max, (batch_size,), generator=generator, device=device)
         return t.to(self.device)
 
+    def alphas_cumprod_at(self, timesteps: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
+        """ᾱ_t of the training schedule at `timesteps`, float32 on `like`'s device: shaped (B, 1, ..., 1) to
+        broadcast over a batch like `like` for a (B,) tensor of timesteps, a 0-d tensor for one int timestep."""
+        alphas = self.scheduler.alphas_cumprod.to(device=like.device, dtype=torch.float32)[timesteps]
+        return alphas if alphas.dim() == 0 else alphas.view(-1, *([1] * (like.dim() - 1)))
+
     def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Forward diffusion q(z_t | z_0) with the model's own noise schedule."""
-        alphas = self.scheduler.alphas_cumprod.to(device=latents.device, dtype=torch.float32)[timesteps]
-        alphas = alphas.view(-1, *([1] * (latents.dim() - 1)))
+        alphas = self.alphas_cumprod_at(timesteps, latents)
         return alphas.sqrt() * latents + (1.0 - alphas).sqrt() * noise
 
     def training_target(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -188,12 +201,76 @@ class DiffusionModel:
         if self.prediction_type == "epsilon":
             return noise
         if self.prediction_type == "v_prediction":
-            alphas = self.scheduler.alphas_cumprod.to(device=latents.device, dtype=torch.float32)[timesteps]
-            alphas = alphas.view(-1, *([1] * (latents.dim() - 1)))
+            alphas = self.alphas_cumprod_at(timesteps, latents)
             return alphas.sqrt() * noise - (1.0 - alphas).sqrt() * latents
         if self.prediction_type == "sample":
             return latents
         raise InvalidArgumentError(f"unsupported scheduler prediction_type {self.prediction_type!r} in {self.source}.")
+
+    def noise_and_sample(
+        self, prediction: torch.Tensor, noisy: torch.Tensor, alpha_bar: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise (ε) and clean-sample (x₀) estimates behind a UNet output of any prediction type.
+
+        `prediction` is the UNet's output at `noisy` = √ᾱ x₀ + √(1 − ᾱ) ε, `alpha_bar` that ᾱ (a 0-d tensor or
+        one broadcastable over the batch, e.g. :meth:`alphas_cumprod_at`). Inverts :meth:`training_target`:
+        ε itself, v = √ᾱ ε − √(1 − ᾱ) x₀, or x₀ itself.
+        """
+        sqrt_a, sqrt_1ma = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
+        kind = self.prediction_type
+        if kind == "epsilon":
+            eps = prediction
+            x0 = (noisy - sqrt_1ma * eps) / sqrt_a
+        elif kind == "v_prediction":
+            x0 = sqrt_a * noisy - sqrt_1ma * prediction
+            eps = sqrt_a * prediction + sqrt_1ma * noisy
+        elif kind == "sample":
+            x0 = prediction
+            eps = (noisy - sqrt_a * x0) / sqrt_1ma
+        else:
+            raise InvalidArgumentError(f"unsupported scheduler prediction_type {kind!r} in {self.source}.")
+        return eps, x0
+
+    def ddim_scheduler(self):
+        """A fresh DDIM sampler with the model's training schedule and prediction type, as diffusers'
+        pipelines build one from a checkpoint's scheduler config (``DDIMScheduler.from_config``)."""
+        from diffusers import DDIMScheduler
+
+        return DDIMScheduler.from_config(self.scheduler.config)
+
+    # ------------------------------------------------------------------ inpainting condition
+    @staticmethod
+    def masked_images(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] with the region to repaint (mask 1) mid-grey: 0 in the pipeline's [-1, 1] units,
+        what ``StableDiffusionInpaintPipeline`` hands its VAE."""
+        return images * (1 - mask) + 0.5 * mask
+
+    @staticmethod
+    def latent_mask(mask: torch.Tensor, latent_size: Sequence[int]) -> torch.Tensor:
+        """The mask at latent resolution, resized as the inpainting pipeline resizes it (nearest)."""
+        return F.interpolate(mask, size=tuple(latent_size))
+
+    def inpaint_condition(
+        self,
+        images: torch.Tensor,
+        mask: torch.Tensor,
+        generator: torch.Generator | None = None,
+        mode: LatentMode = "sample",
+    ) -> torch.Tensor:
+        """The (B, 5, h, w) condition an inpainting (9-channel) UNet takes after the noisy latents: the mask at
+        latent resolution, then the latents of the masked image — built as
+        ``StableDiffusionInpaintPipeline.prepare_mask_latents`` builds it (mask binarised at 0.5, masked part
+        mid-grey, VAE posterior sample by default, scaled). Differentiable with respect to `images`.
+
+        Args:
+            images: (B, 3, H, W) in [0, 1]. mask: (B or 1, 1, H, W), 1 = the region to repaint.
+            generator, mode: as :meth:`encode`.
+        """
+        mask = (mask >= 0.5).float()  # the pipeline binarises the mask at 0.5
+        if mask.shape[0] != images.shape[0]:
+            mask = mask.expand(images.shape[0], -1, -1, -1)
+        latents = self.encode(self.masked_images(images, mask), mode=mode, generator=generator)
+        return torch.cat([self.latent_mask(mask, latents.shape[-2:]).to(latents), latents], dim=1)
 
     def predict_noise(
         self,
@@ -247,11 +324,71 @@ class DiffusionModel:
         target = self.training_target(latents, noise, timesteps)
         return F.mse_loss(prediction, target.float(), reduction="none").flatten(1).mean(dim=1)
 
+    # ------------------------------------------------------------------ LoRA
+    def with_lora(self, path: str | os.PathLike) -> DiffusionModel:
+        """A copy of this model with a LoRA applied; this model is left unchanged.
+
+        `path` is a folder or a ``.safetensors`` file in the layout ``pipe.load_lora_weights`` reads: what
+        ``artshield finetune --method lora`` (and diffusers' LoRA scripts) write, with UNet and optionally
+        text-encoder adapters. The copy gets its own UNet (and text encoder, when the LoRA adapts it) with the
+        adapters loaded, shares everything else, and has its own prompt cache.
+
+        Raises:
+            ModelNotFoundError: no such file or folder. IncompatibleModelError: not a LoRA for this model.
+            DependencyError: peft missing or too old for the installed diffusers/transformers.
+        """
+        from ..compat import check_lora_stack
+
+        lora = Path(path).expanduser()
+        if not lora.exists():
+            raise ModelNotFoundError(f"LoRA {os.fspath(path)!r}: no such file or folder.")
+        check_lora_stack(text_encoder=False)  # diffusers' LoRA loader needs peft in any case
+        from diffusers import StableDiffusionPipeline
+
+        from .components import quiet_loading
+
+        where = f"LoRA {lora}"
+        kwargs = {"weight_name": lora.name} if lora.is_file() else {}
+        source = lora.parent if lora.is_file() else lora
+        with quiet_loading():
+            try:
+                state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
+                    os.fspath(source), return_lora_metadata=True, **kwargs
+                )
+            except (OSError, ValueError, KeyError, RuntimeError) as exc:
+                raise IncompatibleModelError(f"{where} could not be read as a LoRA ({first_line(exc)}).") from exc
+            adapts_text = any(key.startswith("text_encoder.") for key in state)
+            if not state or not all("lora" in key for key in state) or not (
+                adapts_text or any(key.startswith("unet.") for key in state)
+            ):
+                raise IncompatibleModelError(
+                    f"{where} is not a LoRA in the layout load_lora_weights reads (unet.*lora*, text_encoder.*lora* keys)."
+                )
+            if adapts_text:
+                check_lora_stack(text_encoder=True)
+            unet = copy.deepcopy(self.unet)
+            text_encoder = copy.deepcopy(self.text_encoder) if adapts_text else self.text_encoder
+            try:
+                StableDiffusionPipeline.load_lora_into_unet(state, alphas, unet=unet, metadata=metadata)
+                if adapts_text:
+                    StableDiffusionPipeline.load_lora_into_text_encoder(
+                        state, alphas, text_encoder=text_encoder, metadata=metadata
+                    )
+            except ModelLoadError:
+                raise
+            except (ValueError, KeyError, RuntimeError, TypeError) as exc:
+                raise IncompatibleModelError(f"{where} does not fit {self.source} ({first_line(exc)}).") from exc
+        for module in (unet, text_encoder):
+            module.requires_grad_(False).eval()
+        return DiffusionModel(
+            vae=self.vae, unet=unet, text_encoder=text_encoder, tokenizer=self.tokenizer, scheduler=self.scheduler,
+            source=f"{self.source} + LoRA {lora}", device=self.device, dtype=self.dtype,
+        )
+
     # ------------------------------------------------------------------ pipelines
     def pipeline(self, task: str = "text2img", scheduler=None):
         """A diffusers pipeline sharing this handle's components (no safety checker: these are test beds)."""
         from diffusers import (
-            DDIMScheduler,
             StableDiffusionImg2ImgPipeline,
             StableDiffusionInpaintPipeline,
             StableDiffusionPipeline,
@@ -266,7 +403,7 @@ class DiffusionModel:
             raise InvalidArgumentError(f"`task` must be one of {', '.join(classes)}, but is {task!r}.")
         if task == "inpaint" and not self.is_inpainting:
             raise InvalidArgumentError(f"{self.source} is not an inpainting model; load an inpainting checkpoint.")
-        scheduler = scheduler or DDIMScheduler.from_config(self.scheduler.config)
+        scheduler = scheduler or self.ddim_scheduler()
         pipe = classes[task](
             vae=self.vae,
             unet=self.unet,

@@ -17,11 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,24 +28,23 @@ from ..errors import (
     ModelNotFoundError,
     UntrustedCheckpointError,
 )
+from .components import (
+    FOLDER_LAYOUT,
+    WEIGHT_COMPONENTS,
+    check_components,
+    load_pretrained_model,
+    quiet_loading,
+    transformers_dtype_kwarg,
+)
 from .device import resolve_device, resolve_dtype
 from .handle import DiffusionModel
+from .hub import first_line, hub_error_message, hub_errors, hub_online, looks_like_hub_id
+from .single_file import load_single_file
 
 logger = logging.getLogger(__name__)
 
-COMPONENTS = ("vae", "unet", "text_encoder", "tokenizer", "scheduler")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-# What a diffusers Stable Diffusion folder must hold (relative paths), per component.
-FOLDER_LAYOUT = {
-    "vae": "vae/config.json",
-    "unet": "unet/config.json",
-    "text_encoder": "text_encoder/config.json",
-    "tokenizer": "tokenizer",
-    "scheduler": "scheduler/scheduler_config.json",
-}
-_WEIGHT_COMPONENTS = ("vae", "unet", "text_encoder")
 DEMO_INPAINT_UNET = "unet_inpaint"  # the demo model's inpainting UNet, a subfolder of its weights
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 _UNSUPPORTED_PIPELINES = {
     "StableDiffusion3Pipeline": "Stable Diffusion 3",
     "FluxPipeline": "FLUX",
@@ -60,10 +54,6 @@ _UNSUPPORTED_PIPELINES = {
     "StableUnCLIPPipeline": "Stable unCLIP",
     "StableUnCLIPImg2ImgPipeline": "Stable unCLIP",
 }
-# How long a "can the hub be reached?" answer is trusted, so that loading several models does not probe
-# the network for each, while a machine that comes online is noticed soon after.
-_REACHABILITY_TTL_S = 60.0
-_reachability: tuple[float, bool] | None = None
 
 
 def load(
@@ -130,8 +120,6 @@ def load(
                 _reject_config(config, f"folder {spec_str}")
                 components = _load_folder(path, dtype, trust_pickle=trust_pickle)
             elif path.is_file():
-                from .single_file import load_single_file
-
                 components = load_single_file(path, config=config, trust_pickle=trust_pickle, dtype=dtype)
             elif looks_like_hub_id(spec_str) and not spec_str.lower().endswith(SINGLE_FILE_SUFFIXES):
                 _reject_config(config, f"hub id {spec_str}")
@@ -149,11 +137,6 @@ def load(
         return model.to(device, dtype).freeze()
 
 
-def looks_like_hub_id(text: str) -> bool:
-    """True for ``owner/name`` strings (what the hub accepts as a model id)."""
-    return bool(_HUB_ID.match(text)) and ".." not in text
-
-
 def _reject_config(config: str | os.PathLike | None, what: str) -> None:
     if config is not None:
         raise InvalidArgumentError(
@@ -162,112 +145,7 @@ def _reject_config(config: str | os.PathLike | None, what: str) -> None:
         )
 
 
-# ---------------------------------------------------------------------------------------------- quiet
-@contextmanager
-def quiet_loading() -> Iterator[None]:
-    """Silence diffusers' and transformers' per-load chatter ("Loading weights" bars, load reports, the
-    spurious fp32-modules warning) and restore the caller's settings afterwards.
-
-    Errors still raise; problems those warnings would have reported (missing or mismatched weights) are
-    checked explicitly by the loaders instead. Hub *download* progress bars stay as they were: a
-    multi-gigabyte download needs one. Not thread-safe (the libraries' verbosity is global).
-    """
-    from diffusers.utils import logging as diffusers_logging
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-    from transformers.utils import logging as transformers_logging
-
-    saved_diffusers = diffusers_logging.get_verbosity()
-    saved_transformers = transformers_logging.get_verbosity()
-    diffusers_bars = diffusers_logging.is_progress_bar_enabled()
-    transformers_bars = transformers_logging.is_progress_bar_enabled()
-    hub_bars_off = are_progress_bars_disabled()
-    diffusers_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()  # also turns the hub's bars off: turn them back on below
-    if not hub_bars_off:
-        enable_progress_bars()
-    try:
-        with warnings.catch_warnings():
-            # diffusers still passes this retired argument to huggingface_hub on every hub load.
-            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
-            yield
-    finally:
-        diffusers_logging.set_verbosity(saved_diffusers)
-        transformers_logging.set_verbosity(saved_transformers)
-        if diffusers_bars:
-            diffusers_logging.enable_progress_bar()
-        if transformers_bars:
-            transformers_logging.enable_progress_bar()
-        # transformers' enable/disable also flip the hub's switch: put the hub's back as it was.
-        if hub_bars_off:
-            disable_progress_bars()
-        else:
-            enable_progress_bars()
-
-
 # ---------------------------------------------------------------------------------------------- hub access
-def hub_offline_mode() -> bool:
-    """True when the user asked for no network (``HF_HUB_OFFLINE``/``TRANSFORMERS_OFFLINE``)."""
-    from huggingface_hub import constants
-
-    flag = constants.is_offline_mode() if callable(getattr(constants, "is_offline_mode", None)) else constants.HF_HUB_OFFLINE
-    # The hub reads the variables once at import; honour them if they were set later too.
-    late = any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return bool(flag) or late
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick request to the hub endpoint (through the hub client's own session, so proxies apply).
-
-    Needed because huggingface_hub retries unreachable hosts with backoff for about half a minute before
-    giving up; a machine with no network should get its one-line error at once.
-    """
-    global _reachability
-    now = time.monotonic()
-    if _reachability is not None and now - _reachability[0] < _REACHABILITY_TTL_S:
-        return _reachability[1]
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    try:
-        get_session().head(constants.ENDPOINT, timeout=timeout)
-        reachable = True
-    except Exception:  # any failure (DNS, refused, timeout, offline mode) means "not reachable"
-        reachable = False
-    _reachability = (now, reachable)
-    return reachable
-
-
-def hub_online() -> bool:
-    """Whether loaders may contact the hub: not in offline mode, and the hub answers."""
-    return not hub_offline_mode() and hub_reachable()
-
-
-def _hub_errors() -> dict[str, type[BaseException]]:
-    import huggingface_hub.errors as hub_errors
-
-    return {
-        name: getattr(hub_errors, name)
-        for name in ("GatedRepoError", "RepositoryNotFoundError", "RevisionNotFoundError", "EntryNotFoundError")
-        if hasattr(hub_errors, name)
-    }
-
-
-def hub_error_message(repo_id: str, exc: BaseException, what: str = "model") -> str | None:
-    """A one-line explanation for the hub client's 'no such repo / gated / no such revision' errors."""
-    errors = _hub_errors()
-    if "GatedRepoError" in errors and isinstance(exc, errors["GatedRepoError"]):
-        return (
-            f"{what} {repo_id!r} is gated: accept its licence on the hub and log in (`hf auth login`), then retry."
-        )
-    if "RepositoryNotFoundError" in errors and isinstance(exc, errors["RepositoryNotFoundError"]):
-        return f"{what} {repo_id!r} does not exist on the hub (or is private: log in with `hf auth login`)."
-    if "RevisionNotFoundError" in errors and isinstance(exc, errors["RevisionNotFoundError"]):
-        return f"{what} {repo_id!r}: no such revision on the hub ({first_line(exc)})."
-    return None
-
-
 def _hub_model_index(repo_id: str, revision: str | None, online: bool) -> Path:
     """The repo's model_index.json on disk: from the cache offline, fetched (a few hundred bytes) online."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
@@ -283,7 +161,7 @@ def _hub_model_index(repo_id: str, revision: str | None, online: bool) -> Path:
         message = hub_error_message(repo_id, exc)
         if message:
             raise ModelNotFoundError(message) from exc
-        errors = _hub_errors()
+        errors = hub_errors()
         if "EntryNotFoundError" in errors and isinstance(exc, errors["EntryNotFoundError"]):
             raise IncompatibleModelError(
                 f"hub repo {repo_id!r} has no model_index.json, so it is not a diffusers Stable Diffusion repository; "
@@ -368,7 +246,7 @@ def _load_folder(folder: Path, dtype: torch.dtype, *, trust_pickle: bool, unet: 
         raise IncompatibleModelError(
             f"{where} is not a diffusers Stable Diffusion folder: missing {', '.join(missing)}.{hint}"
         )
-    for name in _WEIGHT_COMPONENTS:
+    for name in WEIGHT_COMPONENTS:
         files = [p.name for p in (folder / name).iterdir() if p.is_file()]
         if any(f.endswith(".safetensors") for f in files):
             continue
@@ -389,29 +267,6 @@ def _load_folder(folder: Path, dtype: torch.dtype, *, trust_pickle: bool, unet: 
 
 
 # ---------------------------------------------------------------------------------------------- components
-def transformers_dtype_kwarg() -> str:
-    """transformers 5 renamed `torch_dtype` to `dtype` (the old name still works, with a warning)."""
-    import transformers
-
-    return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-
-
-def load_pretrained_model(cls, source: str | Path, subfolder: str, where: str, **kwargs):
-    """`cls.from_pretrained` that fails on missing or mis-shaped weights instead of leaving them random
-    (transformers) or on the meta device (diffusers) with only a log line to say so."""
-    model, info = cls.from_pretrained(source, subfolder=subfolder, output_loading_info=True, **kwargs)
-    missing = sorted(info.get("missing_keys") or [])
-    mismatched = [str(m[0]) if isinstance(m, tuple | list) else str(m) for m in info.get("mismatched_keys") or []]
-    if missing or mismatched:
-        bad = missing or mismatched
-        kind = "missing from" if missing else "of the wrong shape in"
-        raise IncompatibleModelError(
-            f"{where}: {len(bad)} {subfolder} weights are {kind} its weights file (e.g. {', '.join(bad[:3])}); "
-            f"the weights do not match {subfolder}/config.json."
-        )
-    return model
-
-
 def _load_components(
     source: str | Path, dtype: torch.dtype, *, where: str, trust_pickle: bool, unet: str = "unet", **hub_kwargs
 ) -> dict:
@@ -435,38 +290,6 @@ def _load_components(
     scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", **files)
     check_components(unet, text_encoder, vae, where)
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
-
-
-def check_components(unet, text_encoder, vae, where: str) -> None:
-    """Reject checkpoints whose parts do not fit together as an SD 1.x/2.x text-to-image/inpainting model."""
-    in_channels = unet.config.in_channels
-    if in_channels not in (4, 9):
-        raise IncompatibleModelError(
-            f"{where}: the UNet takes {in_channels} input channels; artshield supports 4 (text-to-image) and 9 (inpainting)."
-        )
-    if getattr(unet.config, "addition_embed_type", None) or getattr(unet.config, "class_embed_type", None):
-        raise IncompatibleModelError(
-            f"{where}: the UNet uses added conditioning (SDXL-style or class embeddings), which is not supported."
-        )
-    hidden = text_encoder.config.hidden_size
-    if unet.config.cross_attention_dim != hidden:
-        raise IncompatibleModelError(
-            f"{where}: the UNet's cross_attention_dim is {unet.config.cross_attention_dim} but the text encoder's "
-            f"hidden size is {hidden}; the components come from different models."
-        )
-    if vae.config.latent_channels != unet.config.out_channels:
-        raise IncompatibleModelError(
-            f"{where}: the VAE has {vae.config.latent_channels} latent channels but the UNet predicts "
-            f"{unet.config.out_channels}."
-        )
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (library messages run to paragraphs), at most 300 chars."""
-    text = str(exc).strip() or type(exc).__name__
-    # Strip terminal escapes some libraries put in messages (torch's bold "do those steps only if ...").
-    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
-    return text.splitlines()[0][:300]
 
 
 __all__ = ["load", "ModelLoadError"]

@@ -34,16 +34,8 @@ from pathlib import Path
 import torch
 
 from ..errors import IncompatibleModelError, ModelLoadError, ModelNotFoundError, UntrustedCheckpointError
-from .loading import (
-    FOLDER_LAYOUT,
-    check_components,
-    first_line,
-    hub_error_message,
-    hub_online,
-    load_pretrained_model,
-    looks_like_hub_id,
-    transformers_dtype_kwarg,
-)
+from .components import FOLDER_LAYOUT, check_components, load_pretrained_model, transformers_dtype_kwarg
+from .hub import first_line, hub_error_message, hub_online, looks_like_hub_id
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +173,26 @@ def _refused_global(exc: BaseException) -> str:
 
 def _unreadable_pickle(path: Path, exc: BaseException) -> IncompatibleModelError:
     return IncompatibleModelError(
-        f"checkpoint {path} could not be read as a PyTorch checkpoint ({first_line(exc)}); it may be truncated "
+        f"checkpoint {path} could not be read as a PyTorch checkpoint ({_load_failure(exc)}); it may be truncated "
         "or corrupt: download it again."
     )
+
+
+def _load_failure(exc: BaseException) -> str:
+    """What went wrong in ``torch.load(weights_only=True)``, without torch's advice to rerun it with
+    ``weights_only=False`` (which would run whatever code a damaged or hostile file holds)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:  # the restricted unpickler met bytes that are no pickle it reads: random or damaged data
+        return f"not a readable pickle: {detail.group(1).strip().rstrip('.')}"
+    if "legacy .tar format" in text:  # neither a zip archive nor a pickle: torch guessed its oldest format
+        return "neither a zip-format PyTorch checkpoint nor a pickle"
+    if "weights_only" in text or "Re-running" in text:
+        return f"{type(exc).__name__} from the restricted unpickler"
+    # torch's C++ checks end with a request to report them upstream; the check itself is the first part.
+    line = re.sub(r"\s*\(Could this error message be improved\?.*", "", first_line(exc)).strip()
+    name = type(exc).__name__
+    return name if line in ("", name) else f"{name}: {line}"
 
 
 def _normalise(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

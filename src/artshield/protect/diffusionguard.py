@@ -30,19 +30,11 @@ import math
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import InvalidArgumentError
 from ..masks import centre_ellipse_mask, contour_shrink, distance_to_editable
 from ..models import randn_like
 from .base import ProtectionMethod
-
-
-def ddim_scheduler(model):
-    """A DDIM scheduler with the model's training schedule (as diffusers' pipelines build one)."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler.from_config(model.scheduler.config)
 
 
 class DiffusionGuard(ProtectionMethod):
@@ -84,7 +76,7 @@ class DiffusionGuard(ProtectionMethod):
         super().__init__(model, **settings)
         self.prompt, self.num_inference_steps, self.augment = prompt, num_inference_steps, augment
         self.contour_iters, self.contour_strength, self.contour_smoothness = contour_iters, contour_strength, contour_smoothness
-        scheduler = ddim_scheduler(model)
+        scheduler = model.ddim_scheduler()
         scheduler.set_timesteps(num_inference_steps)
         self.first_timestep = int(scheduler.timesteps[0])
         self.init_noise_sigma = float(scheduler.init_noise_sigma)
@@ -104,8 +96,8 @@ class DiffusionGuard(ProtectionMethod):
             mask = contour_shrink(mask, depth, radius[..., :1, :1], generator, self.contour_iters,
                                   self.contour_strength, self.contour_smoothness)
         mask = mask.expand(batch, -1, -1, -1)
-        masked = self.model.encode(images * (1 - mask) + 0.5 * mask, mode="sample", generator=generator)
-        condition = torch.cat([F.interpolate(mask, size=masked.shape[-2:]), masked], dim=1)
+        condition = self.model.inpaint_condition(images, mask, generator)
+        masked = condition[:, 1:]  # the masked image's latents
         latents = randn_like(masked, generator) * self.init_noise_sigma
         timesteps = torch.full((batch,), self.first_timestep, device=masked.device, dtype=torch.long)
         embeds = self.model.embed_prompt(self.prompt, batch_size=batch)

@@ -14,12 +14,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from ..masks import centre_ellipse_mask
 from ..models import randn_like
 from .base import ProtectionMethod
-from .diffusionguard import ddim_scheduler
 from .targets import TargetImage
 
 
@@ -107,7 +105,7 @@ class PhotoGuardDiffusion(ProtectionMethod):
         self.eta, self.strength = eta, strength
         self._target = TargetImage(target)
         self.target = self._target.description
-        self.scheduler = ddim_scheduler(model)
+        self.scheduler = model.ddim_scheduler()
 
     def default_mask(self, images: torch.Tensor) -> torch.Tensor | None:
         return centre_ellipse_mask(images) if self.model.is_inpainting else None
@@ -122,11 +120,10 @@ class PhotoGuardDiffusion(ProtectionMethod):
         condition = None
         if model.is_inpainting:
             mask = mask.expand(batch, -1, -1, -1)
-            masked = model.encode(images * (1 - mask) + 0.5 * mask, mode="sample", generator=generator)
-            condition = torch.cat([F.interpolate(mask, size=masked.shape[-2:]), masked], dim=1)
+            condition = model.inpaint_condition(images, mask, generator)
             self.scheduler.set_timesteps(self.denoising_steps)
             timesteps = self.scheduler.timesteps
-            latents = randn_like(masked, generator) * self.scheduler.init_noise_sigma
+            latents = randn_like(condition[:, 1:], generator) * self.scheduler.init_noise_sigma
         else:
             self.scheduler.set_timesteps(max(self.denoising_steps, round(self.denoising_steps / self.strength)))
             timesteps = self.scheduler.timesteps[-self.denoising_steps :]

@@ -19,8 +19,11 @@ e. cache the VAE posterior of every training image and train the UNet and the te
 f. fit the style metric (:mod:`artshield.models.demo.style`) on clean images and VAE reconstructions of
    all styles including the artist's, and measure it on held-out images (artist-vs-rest ROC AUC) and on
    images the trained model generates for every training-style prompt;
-g. write the diffusers folder (weights in fp16), ``style_metric/`` and ``training_info.json`` into a
-   temporary folder next to ``--output-dir`` and rename it into place.
+g. write the diffusers folder (VAE and UNet weights in fp16; the text encoder, 0.1 M parameters, in fp32
+   holding fp16-rounded values, so that stock ``DiffusionPipeline.from_pretrained(folder)`` — which loads a
+   transformers model in the dtype its config records — gets every component in fp32), ``style_metric/``
+   and ``training_info.json`` into a staging folder next to ``--output-dir`` and swap it into place
+   (:func:`artshield.fileio.publish_folder`).
 
 The shipped weights (``artshield/models/demo/weights``) are one run of this script with its defaults.
 """
@@ -29,11 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +40,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...cli_support import ArgumentParser, non_negative_int, positive_int
 from ...errors import InvalidArgumentError
+from ...fileio import publish_folder, staging_folder, write_json_atomic
+from .training import (
+    CAPTION_DROPOUT,
+    GUIDANCE_SCALE,
+    SAMPLING_STEPS,
+    cpu_settings,
+    encode_posteriors,
+    environment_info,
+    folder_size,
+    log,
+    log_progress,
+    round_to_fp16,
+    run_script,
+    save_grid,
+    to_tensor,
+)
 from .world import ARTIST_STYLE, STYLES, SUBJECTS, caption, make_dataset
 
 # Defaults sized for "under an hour on two CPU cores" (about 0.45 s per VAE step and 0.55 s per UNet step
@@ -50,12 +66,13 @@ DEFAULTS = {
     "demo": {"vae_steps": 800, "unet_steps": 1800, "batch_size": 32, "vae_batch_size": 16, "images_per_style": 300},
     "tiny": {"vae_steps": 20, "unet_steps": 20, "batch_size": 8, "vae_batch_size": 8, "images_per_style": 6},
 }
-CAPTION_DROPOUT = 0.1
 VAE_CROP = 64
 VAE_LR, UNET_LR = 6e-4, 5e-4
 KL_WEIGHT = 1e-6
 METRIC_PER_STYLE, EVAL_PER_STYLE, GEN_PER_SUBJECT = 60, 30, 2
-GUIDANCE_SCALE, SAMPLING_STEPS = 5.0, 20
+
+#: How the weights are stored (the text encoder is tiny; fp32 keeps stock diffusers loading every part in fp32).
+WEIGHTS_DTYPE = {"vae": "float16", "unet": "float16", "text_encoder": "float32 (fp16-rounded values)"}
 
 NOTE = (
     "A ~7M-parameter Stable Diffusion-architecture model trained for minutes on a CPU on a procedural world of "
@@ -69,50 +86,26 @@ NOTE = (
 )
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def log_progress(phase: str, step: int, total: int, losses: list[float], start: float, what: str = "loss") -> None:
-    """Every 50 steps and at the last: the mean of the last 50 losses, time per step and the time left."""
-    done = step + 1
-    if done % 50 and done != total:
-        return
-    per_step = (time.time() - start) / done
-    log(f"{phase} step {done}/{total} {what} {np.mean(losses[-50:]):.4f} "
-        f"({per_step:.2f} s/step, eta {per_step * (total - done):.0f} s)")
-
-
-def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m artshield.models.demo.train",
         description="Train the artshield demo model (Stable Diffusion architecture) on its procedural world.",
     )
     parser.add_argument("--output-dir", required=True, help="folder to write (replaced atomically if it exists)")
     parser.add_argument("--architecture", default="demo", choices=sorted(DEFAULTS))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=None)
-    parser.add_argument("--unet-steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None, help="UNet batch size")
-    parser.add_argument("--vae-batch-size", type=int, default=None)
-    parser.add_argument("--images-per-style", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (results depend on it slightly)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--vae-steps", type=non_negative_int, default=None)
+    parser.add_argument("--unet-steps", type=non_negative_int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="UNet batch size")
+    parser.add_argument("--vae-batch-size", type=positive_int, default=None)
+    parser.add_argument("--images-per-style", type=positive_int, default=None)
+    parser.add_argument("--threads", type=positive_int, default=2,
+                        help="torch CPU threads (results depend on it slightly)")
     parser.add_argument("--samples-png", default=None, help="also save a grid of generated samples here")
     args = parser.parse_args(argv)
     for key, value in DEFAULTS[args.architecture].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("vae_steps", "unet_steps"):
-        if getattr(args, key) < 0:
-            parser.error(f"--{key.replace('_', '-')} must be >= 0")
-    for key in ("batch_size", "vae_batch_size", "images_per_style", "threads"):
-        if getattr(args, key) < 1:
-            parser.error(f"--{key.replace('_', '-')} must be >= 1")
     return args
 
 
@@ -150,17 +143,6 @@ def train_vae(vae, images: torch.Tensor, args, generator: torch.Generator) -> li
     return losses
 
 
-@torch.no_grad()
-def encode_posteriors(vae, images: torch.Tensor, batch: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unscaled posterior mean and std of every image (the UNet phase samples from them)."""
-    means, stds = [], []
-    for i in range(0, images.shape[0], batch):
-        posterior = vae.encode(images[i : i + batch] * 2.0 - 1.0).latent_dist
-        means.append(posterior.mean)
-        stds.append(posterior.std)
-    return torch.cat(means), torch.cat(stds)
-
-
 def train_unet(model, means, stds, captions: list[str], args, generator: torch.Generator) -> list[float]:
     """UNet + text encoder on cached latents with caption dropout; returns per-step losses."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -173,12 +155,11 @@ def train_unet(model, means, stds, captions: list[str], args, generator: torch.G
     warmup = min(100, args.unet_steps // 10 + 1)
     schedule = get_cosine_schedule_with_warmup(optimizer, warmup, max(args.unet_steps, 1))
     ema = EMAModel(params, decay=0.999, use_ema_warmup=True, power=2 / 3)
-    scale = model.vae.config.scaling_factor
     losses: list[float] = []
     start = time.time()
     for step in range(args.unet_steps):
         index = torch.randint(0, means.shape[0], (args.batch_size,), generator=generator)
-        latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scale
+        latents = model.scale_latents(means[index] + stds[index] * torch.randn(means[index].shape, generator=generator))
         drop = torch.rand(args.batch_size, generator=generator) < CAPTION_DROPOUT
         prompts = ["" if d else captions[i] for d, i in zip(drop.tolist(), index.tolist(), strict=True)]
         embeds = model.encode_prompt_uncached(prompts)
@@ -237,47 +218,26 @@ def accuracy(metric, images: torch.Tensor, labels: list[str]) -> float:
     return float(np.mean(np.array(metric.predict(images)) == np.array(labels)))
 
 
-def round_to_fp16(*modules: torch.nn.Module) -> None:
-    """Round weights to fp16 precision in place (still fp32 tensors): what we evaluate is what we ship."""
-    with torch.no_grad():
-        for module in modules:
-            for tensor in (*module.parameters(), *module.buffers()):
-                if tensor.is_floating_point():
-                    tensor.copy_(tensor.half().float())
-
-
 def count(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def folder_size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
-def save_grid(images: torch.Tensor, columns: int, path: str) -> None:
-    from PIL import Image
-
-    rows = -(-images.shape[0] // columns)
-    pad = torch.zeros(rows * columns - images.shape[0], *images.shape[1:])
-    grid = torch.cat([images, pad]).reshape(rows, columns, *images.shape[1:])
-    grid = grid.permute(0, 3, 1, 4, 2).reshape(rows * images.shape[2], columns * images.shape[3], 3)
-    Image.fromarray((grid.numpy() * 255 + 0.5).astype(np.uint8)).save(path)
-
-
 # ----------------------------------------------------------------------------------- main
 def train(args: argparse.Namespace) -> dict:
-    """Run every phase and write the output folder; returns the training info."""
-    import diffusers
+    """Run every phase and write the output folder; returns the training info. The process-wide torch
+    settings it changes (threads, flushing denormals) are restored afterwards."""
+    with cpu_settings(args.threads):
+        return _train(args)
 
+
+def _train(args: argparse.Namespace) -> dict:
+    from ..components import quiet_loading
     from ..handle import DiffusionModel
     from .architecture import ARCHITECTURES, build_components, save_components
     from .style import StyleMetric
     from .tokenizer import build_tokenizer
     from .world import ALL_STYLES
 
-    torch.set_num_threads(args.threads)
-    # Denormal floats (tiny weights and gradients early in training) can slow CPU kernels manyfold.
-    torch.set_flush_denormal(True)
     torch.manual_seed(args.seed)
     arch = ARCHITECTURES[args.architecture]
     resolution = arch["resolution"]
@@ -374,17 +334,18 @@ def train(args: argparse.Namespace) -> dict:
         save_grid(torch.cat(rows), columns, args.samples_png)
         log(f"samples grid written to {args.samples_png}")
 
-    # (g) write atomically: a temporary sibling folder, renamed into place.
+    # (g) write into a staging folder beside the output, then swap it into place.
     tick = time.time()
-    temporary = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
-        for module in (model.vae, model.unet, model.text_encoder):
-            module.to(torch.float16)  # halves the files; loading with torch_dtype=float32 upcasts exactly
-        # diffusers warns that casting with .to() may differ from torch_dtype=; our weights were rounded already.
-        diffusers.utils.logging.set_verbosity_error()
-        save_components({**components, "vae": model.vae, "unet": model.unet, "text_encoder": model.text_encoder},
-                        str(temporary))
-        metric.save(temporary / "style_metric")
+    with staging_folder(output) as staged:
+        # VAE and UNet in fp16 halves the files (loading with torch_dtype=float32 upcasts exactly). The text
+        # encoder stays fp32 (its values rounded to fp16 above): transformers loads a model in the dtype its config
+        # records, and stock diffusers users expect every component in one dtype.
+        with quiet_loading():  # diffusers warns that casting with .to() may differ from torch_dtype=
+            for module in (model.vae, model.unet):
+                module.to(torch.float16)
+            save_components({**components, "vae": model.vae, "unet": model.unet, "text_encoder": model.text_encoder},
+                            str(staged))
+        metric.save(staged / "style_metric")
         seconds["save"] = time.time() - tick
         seconds["total"] = time.time() - started
         info = {
@@ -407,7 +368,7 @@ def train(args: argparse.Namespace) -> dict:
             "kl_weight": KL_WEIGHT,
             "vae_scaling_factor": float(model.vae.config.scaling_factor),
             "parameters": params,
-            "weights_dtype": "float16",
+            "weights_dtype": WEIGHTS_DTYPE,
             "final_losses": {
                 "vae_reconstruction": float(np.mean(vae_losses[-50:])) if vae_losses else None,
                 "unet": float(np.mean(unet_losses[-100:])) if unet_losses else None,
@@ -418,55 +379,12 @@ def train(args: argparse.Namespace) -> dict:
             **environment_info("artshield.models.demo.train", args),
             "note": NOTE,
         }
-        (temporary / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        info["size_bytes"] = folder_size(temporary)
-        (temporary / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        previous = None
-        if output.exists():
-            previous = output.with_name(f".{output.name}.old-{os.getpid()}")
-            output.rename(previous)
-        temporary.rename(output)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+        write_json_atomic(staged / "training_info.json", info, what="training info")
+        info["size_bytes"] = folder_size(staged)  # the JSON's own size changes by a few digits at most
+        write_json_atomic(staged / "training_info.json", info, what="training info")
+        publish_folder(staged, output)
     log(f"wrote {output} ({info['size_bytes'] / 1e6:.1f} MB) in {seconds['total']:.0f} s total")
     return info
-
-
-def environment_info(module: str, args: argparse.Namespace) -> dict:
-    """Library versions, the machine and the command line, for a training-info JSON."""
-    import diffusers
-    import transformers
-
-    return {
-        "versions": {
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__,
-            "numpy": np.__version__,
-        },
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
-        "command": " ".join(["python", "-m", module, *getattr(args, "argv", [])]),
-    }
-
-
-def run_script(module: str, train_fn, parse_args_fn, argv: list[str] | None) -> int:
-    """The ``main`` of a training script: offline, user errors as one line and exit status 2."""
-    from ...cli_support import run_command
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args_fn(argv)
-    args.argv = argv
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    def body() -> int:
-        train_fn(args)
-        return 0
-
-    return run_command(f"python -m {module}", body, "no partial output folder was left.")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,24 +50,23 @@ ceiling.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from ...cli_support import ArgumentParser, non_negative_int, positive_float, positive_int
 from ...errors import InvalidArgumentError
-from .train import (
+from ...fileio import publish_folder, sha256_file, staging_folder, write_json_atomic
+from ..handle import DiffusionModel
+from .training import (
     CAPTION_DROPOUT,
     GUIDANCE_SCALE,
     SAMPLING_STEPS,
+    cpu_settings,
     encode_posteriors,
     environment_info,
     folder_size,
@@ -75,6 +74,7 @@ from .train import (
     log_progress,
     round_to_fp16,
     run_script,
+    save_fp16,
     save_grid,
     to_tensor,
 )
@@ -107,7 +107,7 @@ NOTE = (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m artshield.models.demo.train_inpaint",
         description="Train the demo model's inpainting UNet (9 input channels) from the demo model.",
     )
@@ -115,29 +115,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"folder to write {UNET_FOLDER}/ and {INFO_FILE} into (each replaced atomically)")
     parser.add_argument("--base", default="demo", help="the text-to-image model to start from: demo or a diffusers folder")
     parser.add_argument("--tiny", action="store_true", help="a few-second configuration for tests")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (warmup, then cosine decay)")
-    parser.add_argument("--condition-lr-multiplier", type=float, default=1.0,
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--steps", type=non_negative_int, default=None)
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (warmup, then cosine decay)")
+    parser.add_argument("--condition-lr-multiplier", type=positive_float, default=1.0,
                         help="learning-rate multiplier of conv_in's 5 new (zero-initialised) input channels")
-    parser.add_argument("--images-per-style", type=int, default=None)
-    parser.add_argument("--masks-per-image", type=int, default=None, help="cached partial masks per training image")
-    parser.add_argument("--eval-per-style", type=int, default=None, help="held-out images per style for the evaluation")
-    parser.add_argument("--eval-sampling-steps", type=int, default=None, help="DDIM steps of the inpainting evaluation")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (results depend on it slightly)")
+    parser.add_argument("--images-per-style", type=positive_int, default=None)
+    parser.add_argument("--masks-per-image", type=positive_int, default=None, help="cached partial masks per training image")
+    parser.add_argument("--eval-per-style", type=positive_int, default=None,
+                        help="held-out images per style for the evaluation")
+    parser.add_argument("--eval-sampling-steps", type=positive_int, default=None,
+                        help="DDIM steps of the inpainting evaluation")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (results depend on it slightly)")
     parser.add_argument("--samples-png", default=None, help="also save a grid (truth, masked, zero-init, trained) here")
     args = parser.parse_args(argv)
     for key, value in DEFAULTS["tiny" if args.tiny else "demo"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.steps < 0:
-        parser.error("--steps must be >= 0")
-    for key in ("batch_size", "images_per_style", "masks_per_image", "eval_per_style", "eval_sampling_steps", "threads"):
-        if getattr(args, key) < 1:
-            parser.error(f"--{key.replace('_', '-')} must be >= 1")
-    if not args.lr > 0 or not args.condition_lr_multiplier > 0:
-        parser.error("--lr and --condition-lr-multiplier must be > 0")
     return args
 
 
@@ -211,30 +206,12 @@ def random_masks(count: int, size: int, rng: np.random.Generator) -> torch.Tenso
 
 
 # ----------------------------------------------------------------------------------- condition
-def latent_mask(mask: torch.Tensor, latent_size: tuple[int, int]) -> torch.Tensor:
-    """The mask at latent resolution, as diffusers' inpainting pipeline resizes it (nearest)."""
-    return F.interpolate(mask, size=latent_size)
-
-
-def masked_images(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] with the region to repaint mid-grey: 0 in the pipeline's [-1, 1] units."""
-    return images * (1 - mask) + 0.5 * mask
-
-
-def inpaint_condition(model, images: torch.Tensor, mask: torch.Tensor,
-                      generator: torch.Generator | None = None, mode: str = "sample") -> torch.Tensor:
-    """The (B, 5, h, w) condition of a 9-channel UNet — latent mask, then masked-image latents — exactly as
-    ``StableDiffusionInpaintPipeline.prepare_mask_latents`` and ``DiffusionGuard.objective`` build it."""
-    mask = (mask >= 0.5).float()  # the pipeline binarises the mask at 0.5
-    latents = model.encode(masked_images(images, mask), mode=mode, generator=generator)
-    return torch.cat([latent_mask(mask, latents.shape[-2:]).to(latents), latents], dim=1)
-
-
+# The condition itself (mask at latent resolution + masked-image latents, as diffusers' inpainting pipeline
+# builds it) is :meth:`DiffusionModel.inpaint_condition`; training caches the VAE posteriors of the masked
+# images instead and draws the latents from them each step (:func:`_scaled`).
 def _scaled(model, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """A posterior sample of cached (unscaled) VAE posteriors, scaled as the UNet sees latents."""
-    shift = getattr(model.vae.config, "shift_factor", None) or 0.0
-    z = mean + std * torch.randn(mean.shape, generator=generator)
-    return (z - shift) * model.vae.config.scaling_factor
+    return model.scale_latents(mean + std * torch.randn(mean.shape, generator=generator))
 
 
 # ----------------------------------------------------------------------------------- training
@@ -364,7 +341,7 @@ def build_evalset(model, args, resolution: int, latent_size: tuple[int, int]) ->
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         latents = model.encode(images, "sample", generator)
-        conditions = inpaint_condition(model, images, masks, generator)
+        conditions = model.inpaint_condition(images, masks, generator)
     n = len(images)
     # Evenly spaced timesteps (0.5/K .. (K-0.5)/K of the schedule), shifted per image by a random offset.
     base = (torch.arange(EVAL_TIMESTEPS) + 0.5) / EVAL_TIMESTEPS * model.num_train_timesteps
@@ -384,16 +361,6 @@ def vae_ceiling(model, images: torch.Tensor, masks: torch.Tensor, seed: int) -> 
 
 
 # ----------------------------------------------------------------------------------- output
-def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _base_folder(spec: str) -> Path | None:
     if spec == "demo":
         from . import DEMO_WEIGHTS
@@ -404,54 +371,27 @@ def _base_folder(spec: str) -> Path | None:
 
 
 def write_outputs(unet, info: dict, output: Path) -> dict:
-    """Save `unet` (fp16) as ``output/unet_inpaint`` and `info` as ``output/inpaint_training_info.json``:
-    both written into a temporary folder inside `output`, then renamed into place."""
-    import diffusers
-
-    output.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=".inpaint.tmp-", dir=output))
-    try:
-        diffusers.utils.logging.set_verbosity_error()  # weights were rounded to fp16 already
-        unet.to(torch.float16).save_pretrained(str(temporary / UNET_FOLDER), safe_serialization=True)
-        unet.float()
-        info["size_bytes"] = folder_size(temporary / UNET_FOLDER)
-        (temporary / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        target = output / UNET_FOLDER
-        previous = None
-        if target.exists():
-            previous = output / f".{UNET_FOLDER}.old-{os.getpid()}"
-            target.rename(previous)
-        (temporary / UNET_FOLDER).rename(target)
-        os.replace(temporary / INFO_FILE, output / INFO_FILE)
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
+    """Save `unet` (fp16) as ``output/unet_inpaint`` and `info` as ``output/inpaint_training_info.json``: the
+    UNet folder staged beside its destination and swapped into place, then the JSON written atomically."""
+    target = output / UNET_FOLDER
+    with staging_folder(target) as staged:
+        save_fp16(unet, staged)  # weights were rounded to fp16 already
+        info["size_bytes"] = folder_size(staged)
+        publish_folder(staged, target)
+    write_json_atomic(output / INFO_FILE, info, what="training info")
     return info
 
 
 # ----------------------------------------------------------------------------------- main
-def _flush_denormal_enabled() -> bool:
-    return float(torch.tensor(1e-40) * 1.0) == 0.0  # a float32 subnormal survives unless flushed
-
-
 def train(args: argparse.Namespace) -> dict:
     """Build, train, evaluate and write the inpainting UNet; returns the training info. The process-wide
     torch settings it changes (threads; flushing denormals, which keeps CPU kernels fast) are restored."""
-    threads, flush = torch.get_num_threads(), _flush_denormal_enabled()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    try:
+    with cpu_settings(args.threads):
         return _train(args)
-    finally:
-        torch.set_num_threads(threads)
-        torch.set_flush_denormal(flush)
 
 
 def _train(args: argparse.Namespace) -> dict:
-
-    from .. import load
-    from ..handle import DiffusionModel
+    from ..loading import load
 
     torch.manual_seed(args.seed)
     output = Path(args.output_dir).expanduser().resolve()
@@ -482,10 +422,10 @@ def _train(args: argparse.Namespace) -> dict:
     masked_means, masked_stds, latent_masks = [], [], []
     for _ in range(args.masks_per_image):
         masks = random_masks(len(images), resolution, rng)
-        mean, std = encode_posteriors(model.vae, masked_images(images, masks))
+        mean, std = encode_posteriors(model.vae, DiffusionModel.masked_images(images, masks))
         masked_means.append(mean)
         masked_stds.append(std)
-        latent_masks.append(latent_mask(masks, latent_size))
+        latent_masks.append(DiffusionModel.latent_mask(masks, latent_size))
     full_mean, full_std = encode_posteriors(model.vae, torch.full((1, 3, resolution, resolution), 0.5))
     data = {
         "means": means, "stds": stds, "captions": captions, "full_mean": full_mean, "full_std": full_std,
@@ -516,7 +456,7 @@ def _train(args: argparse.Namespace) -> dict:
     ceiling = vae_ceiling(model, evalset["images"], evalset["masks"], args.seed + EVAL_SEED_OFFSET)
     if args.samples_png:
         rows = min(len(evalset["images"]), 8)
-        shown = [evalset["images"][:rows], masked_images(evalset["images"][:rows], evalset["masks"][:rows]),
+        shown = [evalset["images"][:rows], DiffusionModel.masked_images(evalset["images"][:rows], evalset["masks"][:rows]),
                  inpainted_before[:rows], inpainted_after[:rows]]
         save_grid(torch.stack(shown, 1).flatten(0, 1), 4, args.samples_png)
         log(f"samples grid (truth, masked, zero-init, trained) written to {args.samples_png}")
@@ -525,7 +465,7 @@ def _train(args: argparse.Namespace) -> dict:
     info = {
         "base": args.base,
         "base_files_sha256": {
-            name: _sha256(base_folder / name) if base_folder else None
+            name: sha256_file(base_folder / name) if base_folder and (base_folder / name).is_file() else None
             for name in ("unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors",
                          "text_encoder/model.safetensors")
         },
@@ -584,4 +524,4 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-__all__ = ["DEFAULTS", "inpaint_condition", "inpainting_unet", "main", "parse_args", "random_mask", "train"]
+__all__ = ["DEFAULTS", "inpainting_unet", "main", "parse_args", "random_mask", "train"]
