@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -531,8 +532,6 @@ def save_final(run: Run) -> str:
 
 def save_final_pipeline(config: TrainConfig, model, unet, text_encoder, weight_dtype, deterministic) -> Path:
     """Save a complete pipeline (trained UNet/text encoder, the base VAE/tokenizer, the base sampler)."""
-    from diffusers import StableDiffusionPipeline
-
     from ..models.loading import quiet_loading
 
     vae, frozen_text = model.vae, model.text_encoder
@@ -540,18 +539,9 @@ def save_final_pipeline(config: TrainConfig, model, unet, text_encoder, weight_d
         # The frozen parts were cast down for training; ship the base model's full-precision weights.
         base = load_base_model(config)
         vae, frozen_text = base.vae, base.text_encoder
+    trained = dataclasses.replace(model, vae=vae, unet=unet, text_encoder=text_encoder if text_encoder is not None else frozen_text)
     with deterministic(unet), quiet_loading():
-        pipeline = StableDiffusionPipeline(
-            vae=vae,
-            unet=unet,
-            text_encoder=text_encoder if text_encoder is not None else frozen_text,
-            tokenizer=model.tokenizer,
-            scheduler=inference_scheduler(config, model),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        return publish_pipeline(config.output_dir, pipeline)
+        return publish_pipeline(config.output_dir, trained.pipeline("text2img", scheduler=inference_scheduler(config, model)))
 
 
 def inference_scheduler(config: TrainConfig, model):

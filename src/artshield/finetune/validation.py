@@ -6,6 +6,7 @@ Imports torch and diffusers only when called (the command line's ``--help`` and 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -32,7 +33,7 @@ def log_validation(
     """
     import numpy as np
     import torch
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import DPMSolverMultistepScheduler
 
     from ..imageio import from_pil, write_png
 
@@ -44,17 +45,8 @@ def log_validation(
     variance_type = model.scheduler.config.get("variance_type")
     if variance_type in ("learned", "learned_range"):
         scheduler_args["variance_type"] = "fixed_small"
-    pipeline = StableDiffusionPipeline(
-        vae=model.vae,
-        unet=unet,
-        text_encoder=text_encoder,
-        tokenizer=model.tokenizer,
-        scheduler=DPMSolverMultistepScheduler.from_config(model.scheduler.config, **scheduler_args),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.set_progress_bar_config(disable=True)
+    current = dataclasses.replace(model, unet=unet, text_encoder=text_encoder)
+    pipeline = current.pipeline("text2img", scheduler=DPMSolverMultistepScheduler.from_config(model.scheduler.config, **scheduler_args))
     modes = [(m, m.training) for m in (unet, text_encoder)]
     for m, _ in modes:
         m.eval()

@@ -63,24 +63,13 @@ def save_pruned_checkpoint(
     interruption leaves no half-written checkpoint. It loads with ``artshield.models.load`` and
     ``StableDiffusionPipeline.from_pretrained``.
     """
-    from diffusers import StableDiffusionPipeline
-
     from ...models.loading import quiet_loading
 
     out = check_checkpoint_output(model.source, output, overwrite=overwrite)
     with staging_folder(out) as tmp:
         if dtype is not None and dtype != model.dtype:
             model.to(dtype=dtype)
-        pipe = StableDiffusionPipeline(
-            vae=model.vae,
-            text_encoder=model.text_encoder,
-            tokenizer=model.tokenizer,
-            unet=model.unet,
-            scheduler=model.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        pipe = model.pipeline("text2img", scheduler=model.scheduler)
         try:
             with quiet_loading():
                 pipe.save_pretrained(str(tmp), safe_serialization=True)
