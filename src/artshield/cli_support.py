@@ -101,7 +101,7 @@ def run_command(prog: str, body: Callable[[], int], kept_on_interrupt: str) -> i
     try:
         return body()
     except ArtshieldError as exc:
-        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; {kept_on_interrupt}", file=sys.stderr)
@@ -126,7 +126,8 @@ def run_cli(
     return run_command(prog, lambda: body(args), kept_on_interrupt)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An error message on one line (messages that wrap, or embed a library's multi-line text, are folded)."""
     return " ".join(str(exc).split())
 
 
@@ -142,6 +143,7 @@ __all__ = [
     "device_name",
     "finite_float",
     "non_negative_int",
+    "one_line",
     "positive_float",
     "positive_int",
     "run_cli",

@@ -153,12 +153,26 @@ def check_output_file(label: str, path: PathLike) -> Path:
     path = Path(path).expanduser()
     if path.is_dir():
         raise OutputWriteError(f"{label} {str(path)!r} is a folder; give a file name.")
+    _check_parents(label, path)
+    return path
+
+
+def check_output_folder(label: str, path: PathLike) -> Path:
+    """Refuse, before any work, an output folder path that cannot be a folder: an existing file, or a parent
+    that is a file. Returns the expanded path."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputWriteError(f"{label} {str(path)!r} is a file, not a folder; give a folder.")
+    _check_parents(label, path)
+    return path
+
+
+def _check_parents(label: str, path: Path) -> None:
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise OutputWriteError(f"{label} {str(path)!r}: {str(parent)!r} is a file, not a folder.")
             break
-    return path
 
 
 def refuse_overlaps(inputs: Iterable[tuple[str, PathLike]], outputs: Iterable[tuple[str, PathLike]]) -> None:
@@ -258,6 +272,7 @@ def remove_stale_staging(folder: PathLike) -> list[Path]:
 __all__ = [
     "atomic_write",
     "check_output_file",
+    "check_output_folder",
     "default_file_mode",
     "default_folder_mode",
     "fsync_folder",

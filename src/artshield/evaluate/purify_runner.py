@@ -17,7 +17,7 @@ import torch
 
 from .. import __version__
 from ..errors import ArtshieldError, ImageReadError, InvalidArgumentError, OutputWriteError
-from ..fileio import check_output_file, same_path
+from ..fileio import check_output_file, check_output_folder, same_path
 from .purify_base import Purification, image_seed
 from .purify_spec import get_purification
 
@@ -85,13 +85,7 @@ def plan_folder_run(
     in_dir = Path(os.fspath(input_dir)).expanduser()
     out_dir = Path(os.fspath(output_dir)).expanduser()
     listing = iter_images(in_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputWriteError(f"output folder {str(out_dir)!r} is a file; give a folder.")
-    for parent in out_dir.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputWriteError(f"output folder {str(out_dir)!r}: {str(parent)!r} is a file, not a folder.")
-            break
+    check_output_folder("output folder", out_dir)
     if same_path(out_dir, in_dir):
         raise InvalidArgumentError(
             f"output folder {str(out_dir)!r} is the input folder; choose another so originals are never replaced."

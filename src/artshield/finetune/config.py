@@ -34,7 +34,7 @@ from typing import Any
 
 from ..cli_support import bounded, non_negative_int, positive_float, positive_int
 from ..errors import InvalidArgumentError, OutputWriteError
-from ..fileio import refuse_overlaps
+from ..fileio import check_output_folder, refuse_overlaps
 
 logger = logging.getLogger(__name__)
 
@@ -468,13 +468,7 @@ class TrainConfig:
         trainer writes weights, checkpoints, logs and validation images there; class images are generated into
         ``class_data_dir``, which must then not be the instance folder)."""
         output = Path(self.output_dir).expanduser()
-        if output.exists() and not output.is_dir():
-            raise OutputWriteError(f"--output_dir {str(output)!r} is a file, not a folder; give a folder name.")
-        for parent in output.parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise OutputWriteError(f"--output_dir {str(output)!r}: {str(parent)!r} is a file, not a folder.")
-                break
+        check_output_folder("--output_dir", output)
         data = [(f"--{name}", getattr(self, name)) for name in ("instance_data_dir", "class_data_dir", "train_data_dir")
                 if getattr(self, name)]  # fmt: skip
         if self.dataset_name and Path(self.dataset_name).expanduser().is_dir():

@@ -34,6 +34,7 @@ from ..cli_support import (
     add_common_arguments,
     add_model_arguments,
     non_negative_int,
+    one_line,
     positive_int,
     run_cli,
 )
@@ -397,30 +398,23 @@ class _Run:
                 loaded = self.first if self.single else read_source(job.source, args.max_pixels)
                 source_hash = fingerprint(job.source)
                 reason = skip_reason(job, settings, source_hash, args.overwrite, loaded)
-            except (ArtshieldError, OSError) as exc:
-                if self.single:
-                    raise
-                errors.append((job.source, str(exc)))
-                report["skipped"].append({"input": str(job.source), "reason": f"error: {exc}"})
-                _say(f"error {job.source}: {_one_line(exc)} (skipped)", bar, err=True)
-                continue
-            if reason is not None:
-                if self.single and reason.startswith("output "):
-                    raise OutputWriteError(reason)
-                report["skipped"].append({"input": str(job.source), "reason": reason})
-                _say(f"skip {job.source}: {reason}", bar)
-                continue
-            try:
+                if reason is not None:
+                    if self.single and reason.startswith("output "):
+                        raise OutputWriteError(reason)
+                    report["skipped"].append({"input": str(job.source), "reason": reason})
+                    _say(f"skip {job.source}: {reason}", bar)
+                    continue
                 entry = protect_file(
                     method, job, eval_samples=args.eval_samples, source_hash=source_hash, mask=self.mask,
                     mask_path=self.mask_path, loaded=loaded, notes=notes,
                 )
-            except ArtshieldError as exc:
+            except (ArtshieldError, OSError) as exc:
                 if self.single:
                     raise
+                # A folder run goes on: this image is skipped, named, and counted for the exit status.
                 errors.append((job.source, str(exc)))
                 report["skipped"].append({"input": str(job.source), "reason": f"error: {exc}"})
-                _say(f"error {job.source}: {_one_line(exc)} (skipped)", bar, err=True)
+                _say(f"error {job.source}: {one_line(exc)} (skipped)", bar, err=True)
                 continue
             done += 1
             report["images"].append(entry)
@@ -450,9 +444,6 @@ def _check_mask_size(mask, mask_path, image, source) -> None:
     (mh, mw), (ih, iw) = mask.shape[-2:], image.shape[-2:]
     raise MaskError(f"mask {str(mask_path)!r} is {mw}×{mh} pixels but image {str(source)!r} is {iw}×{ih}; they must match.")
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _number(value, fmt: str, missing: str = "n/a") -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidArgumentError, MaskError
-from ..fileio import sha256_file
+from ..fileio import check_output_folder, sha256_file
 from ..imageio import LoadedImage, iter_images, read_image, write_png
 
 logger = logging.getLogger(__name__)
@@ -62,13 +62,7 @@ def plan_jobs(target: str | os.PathLike, output: str | os.PathLike | None = None
                 )
         return [Job(target, destination)], []
     out_dir = Path(output).expanduser() if output is not None else target.with_name(f"{target.name}_protected")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InvalidArgumentError(f"output {str(out_dir)!r} must be a folder when the input is a folder.")
-    for parent in out_dir.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InvalidArgumentError(f"output {str(out_dir)!r}: {str(parent)!r} is a file, not a folder.")
-            break
+    check_output_folder("output", out_dir)  # the input is a folder, so the output must be one
     listing = iter_images(target)
     images, skipped = listing.images, listing.skipped
     same_folder = out_dir.resolve() == target.resolve()

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ...errors import OutputWriteError
-from ...fileio import publish_folder, same_path, staging_folder, write_json_atomic
+from ...fileio import check_output_folder, publish_folder, same_path, staging_folder, write_json_atomic
 from ...models.handle import DiffusionModel
 from .location import MemorizationMasks
 
@@ -30,15 +30,9 @@ def check_checkpoint_output(model_source: str, output: str | os.PathLike, *, ove
 
     if same_path(out, DEMO_WEIGHTS) or (model_source == "demo" and same_path(out, DEMO_WEIGHTS.parent)):
         raise OutputWriteError(f"output {str(out)!r}: refusing to overwrite the shipped demo weights; choose another output.")
-    if out.exists() and not out.is_dir():
-        raise OutputWriteError(f"output {str(out)!r} exists and is not a folder.")
+    check_output_folder("output", out)
     if out.exists() and not overwrite:
         raise OutputWriteError(f"output {str(out)!r} already exists; pass --overwrite to replace it.")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise OutputWriteError(f"output {str(out)!r}: {str(parent)!r} is a file, not a folder.")
-            break
     return out
 
 
