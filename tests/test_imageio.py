@@ -473,3 +473,24 @@ def test_is_image_file_and_iter_images(tmp_path: Path) -> None:
         iter_images(tmp_path / "nowhere")
     with pytest.raises(ImageReadError):
         iter_images(tmp_path / "b.png")
+
+
+def test_package_split_keeps_the_public_api_and_logger(tmp_path: Path, caplog) -> None:
+    # artshield.imageio is a package (reading / writing / listing); its public names are the submodules'
+    # objects (so patching the submodule is what takes effect), and every part logs as "artshield.imageio".
+    import artshield.imageio as imageio
+    from artshield.imageio import listing, reading, writing
+
+    assert sorted(imageio.__all__) == sorted([
+        "IMAGE_EXTENSIONS", "as_rgb", "ImageListing", "ImageTooLargeError", "LoadedImage", "from_pil",
+        "is_image_file", "iter_images", "quantize", "read_image", "read_mask", "to_pil", "write_png",
+    ])
+    for name in imageio.__all__:
+        owners = [m for m in (reading, writing, listing) if getattr(m, name, None) is getattr(imageio, name)]
+        assert owners and name in owners[0].__all__, name
+    assert {reading.logger.name, writing.logger.name} == {"artshield.imageio"}
+    frames = [Image.new("L", (4, 4), 40 * i) for i in range(2)]
+    frames[0].save(tmp_path / "two.gif", save_all=True, append_images=frames[1:])
+    with caplog.at_level(logging.WARNING, logger="artshield.imageio"):
+        read_image(tmp_path / "two.gif")
+    assert [r.name for r in caplog.records if "frames" in r.getMessage()] == ["artshield.imageio"]
