@@ -225,7 +225,8 @@ def load_upscaler(spec: str, device: torch.device, dtype: torch.dtype):
     Raises:
         ModelNotFoundError: one line saying what to do, never the hub client's traceback.
     """
-    from ..models.loading import first_line, hub_error_message, hub_online, looks_like_hub_id, quiet_loading
+    from ..models.components import quiet_loading
+    from ..models.hub import first_line, hub_error_message, hub_online, looks_like_hub_id
 
     spec = UPSCALER_ALIASES.get(spec, spec)
     path = Path(os.path.expanduser(spec))

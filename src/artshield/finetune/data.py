@@ -303,7 +303,7 @@ def _train_split(loaded: Any, dataset_name: str) -> Any:
 def _load_hub_dataset(datasets: Any, dataset_name: str, config_name: str | None, cache_dir: str | None) -> Any:
     """``load_dataset`` for a hub id: online as usual; offline (or hub unreachable) from the cache only, with
     one clear line when the dataset is not cached (instead of half a minute of retries and a traceback)."""
-    from ..models.loading import first_line, hub_online
+    from ..models.hub import first_line, hub_online
 
     online = hub_online()
     switches = [k for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if hasattr(datasets.config, k)]
@@ -358,7 +358,7 @@ def hub_dataset_examples(
             "--dataset_name needs the `datasets` package: pip install 'artshield[finetune]' (or download the "
             "images and pass --train_data_dir with a metadata.jsonl)."
         ) from exc
-    from ..models.loading import first_line
+    from ..models.hub import first_line
 
     local = Path(dataset_name).expanduser()
     if _is_saved_dataset(local):

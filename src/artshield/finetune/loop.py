@@ -143,7 +143,7 @@ def setup_model(config: TrainConfig, model, accelerator, bayesian: ModuleType | 
     layers (after the adapters, before the optimizer)."""
     from diffusers.training_utils import cast_training_params
 
-    from ..models.loading import quiet_loading
+    from ..models.components import quiet_loading
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     unet, text_encoder = model.unet, model.text_encoder
@@ -339,7 +339,7 @@ def resume(run: Run) -> None:
     except ArtshieldError:
         raise
     except Exception as exc:
-        from ..models.loading import first_line
+        from ..models.hub import first_line
 
         raise InvalidArgumentError(
             f"--resume_from_checkpoint {path}: cannot restore it ({first_line(exc)}); was it written by a "
@@ -532,7 +532,7 @@ def save_final(run: Run) -> str:
 
 def save_final_pipeline(config: TrainConfig, model, unet, text_encoder, weight_dtype, deterministic) -> Path:
     """Save a complete pipeline (trained UNet/text encoder, the base VAE/tokenizer, the base sampler)."""
-    from ..models.loading import quiet_loading
+    from ..models.components import quiet_loading
 
     vae, frozen_text = model.vae, model.text_encoder
     if weight_dtype != torch.float32:

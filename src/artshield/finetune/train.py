@@ -137,7 +137,7 @@ def check_environment(config: TrainConfig) -> tuple[list[str] | None, ModuleType
                 "--enable_xformers_memory_efficient_attention needs the xformers package (pip install xformers)."
             )
     if config.push_to_hub:
-        from ..models.loading import hub_online
+        from ..models.hub import hub_online
 
         if not hub_online():
             raise InvalidArgumentError(
@@ -353,7 +353,7 @@ def create_hub_repo(config: TrainConfig) -> str:
     """Create (or reuse) the hub repository before training, so auth problems surface at once."""
     from huggingface_hub import create_repo
 
-    from ..models.loading import first_line
+    from ..models.hub import first_line
 
     name = config.hub_model_id or Path(config.output_dir).resolve().name
     try:
@@ -367,7 +367,7 @@ def push_to_hub(config: TrainConfig, repo_id: str) -> None:
     from huggingface_hub import upload_folder
 
     from ..fileio import STAGING_PREFIX, write_text_atomic
-    from ..models.loading import first_line
+    from ..models.hub import first_line
 
     kind = "LoRA weights" if config.method == "lora" else f"{config.method} fine-tuned pipeline"
     prompt = config.instance_prompt or "captions of the training data"

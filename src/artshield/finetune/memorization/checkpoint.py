@@ -57,7 +57,7 @@ def save_pruned_checkpoint(
     interruption leaves no half-written checkpoint. It loads with ``artshield.models.load`` and
     ``StableDiffusionPipeline.from_pretrained``.
     """
-    from ...models.loading import quiet_loading
+    from ...models.components import quiet_loading
 
     out = check_checkpoint_output(model.source, output, overwrite=overwrite)
     with staging_folder(out) as tmp:
