@@ -11,7 +11,6 @@ from .perturb import (
     PerturbConfig,
     Perturber,
     PerturbResult,
-    Transform,
     check_objective_output,
     evaluate_objective,
 )
@@ -25,6 +24,7 @@ from .transforms import (
     RandomChoice,
     RandomCrop,
     Resize,
+    Transform,
     default_robust_transforms,
     parse_transforms,
 )

@@ -52,18 +52,13 @@ from .steps import (
     seeded_generator,
     step_size_at,
 )
+from .transform_base import Transform
 
 logger = logging.getLogger(__name__)
 
 
 class Objective(Protocol):
     """A per-sample loss on a batch: ``(B, ...) -> (B,)``, differentiable with respect to the batch."""
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
-
-
-class Transform(Protocol):
-    """A random, differentiable transform for EOT: same shape in, same shape out, randomness from `generator`."""
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor: ...
 
