@@ -99,7 +99,7 @@ def test_tiled_objective_gradient_is_the_mean_of_tile_gradients():
         expected_grad[..., top : top + h, left : left + w] += weights[..., :h, :w]
         expected_value += float((images.detach()[..., top : top + h, left : left + w] * weights[..., :h, :w]).sum())
     assert torch.allclose(grad, expected_grad / len(boxes), atol=1e-6)
-    assert float(value) == pytest.approx(expected_value / len(boxes), rel=1e-5)
+    assert float(value.detach()) == pytest.approx(expected_value / len(boxes), rel=1e-5)
 
 
 def test_large_images_are_tiled_and_keep_the_budget(tiny_model):
