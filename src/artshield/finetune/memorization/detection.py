@@ -177,14 +177,7 @@ def detect(
         "tool": "artshield memorization detect",
         "method": "Wen et al. ICLR 2024: mean ||eps(x_t,c) - eps(x_t,'')||_2 over the first DDIM steps and seeds",
         "model": model.source,
-        "config": {
-            "seeds": seeds,
-            "steps": int(steps),
-            "num_inference_steps": int(sampler.num_inference_steps),
-            "guidance_scale": float(sampler.guidance_scale),
-            "resolution": resolution,
-            "prediction_type": model.prediction_type,
-        },
+        "config": {**sampler.report(seeds, steps, resolution), "prediction_type": model.prediction_type},
         "threshold": threshold_info,
         "prompts": rows,
         "summary": {

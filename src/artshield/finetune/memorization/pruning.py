@@ -103,11 +103,7 @@ def prune(
         "model": model.source,
         "output": None if output is None else str(output),
         "config": {
-            "seeds": seeds,
-            "steps": int(steps),
-            "num_inference_steps": int(sampler.num_inference_steps),
-            "guidance_scale": float(sampler.guidance_scale),
-            "resolution": resolution,
+            **sampler.report(seeds, steps, resolution),
             "utility_prompts": utility_prompts,
             "perturbations": [float(m) for m in perturbations],
         },

@@ -31,6 +31,16 @@ class SamplerConfig:
     resolution: int | None = None
     batch_size: int = 8
 
+    def report(self, seeds, steps: int, resolution: int) -> dict:
+        """The sampling settings a detection or pruning report records."""
+        return {
+            "seeds": seeds,
+            "steps": int(steps),
+            "num_inference_steps": int(self.num_inference_steps),
+            "guidance_scale": float(self.guidance_scale),
+            "resolution": resolution,
+        }
+
     def check(self, model: DiffusionModel) -> int:
         """Validate against `model`; returns the resolution to use."""
         if int(self.num_inference_steps) < 1:
