@@ -215,6 +215,20 @@ def staging_folder(beside: PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def publish_file(staged: PathLike, dest: PathLike) -> Path:
+    """Move a finished file `staged` (written elsewhere in the same file system, e.g. by a library's own
+    ``save`` into a staging folder) to `dest` in one rename, with normal permissions."""
+    staged, dest = Path(staged), Path(dest)
+    with contextlib.suppress(OSError):
+        os.chmod(staged, default_file_mode())
+    try:
+        os.replace(staged, dest)
+    except OSError as exc:
+        raise OutputWriteError(f"file {str(dest)!r} could not be written ({exc.strerror or exc}).") from exc
+    fsync_folder(dest.parent)
+    return dest
+
+
 def publish_folder(staged: PathLike, dest: PathLike) -> Path:
     """Move a finished folder `staged` to `dest`, replacing an existing `dest` by renames only.
 
@@ -276,6 +290,7 @@ __all__ = [
     "default_file_mode",
     "default_folder_mode",
     "fsync_folder",
+    "publish_file",
     "publish_folder",
     "refuse_overlaps",
     "remove_stale_staging",

@@ -441,12 +441,7 @@ def publish_lora(
     root = Path(os.fspath(output_dir))
     final = root / LORA_WEIGHT_NAME
     with fileio.staging_folder(final) as staged_folder:
-        staged = save_lora(staged_folder, unet, text_encoder)
-        with contextlib.suppress(OSError):
-            os.chmod(staged, fileio.default_file_mode())
-        os.replace(staged, final)
-    fileio.fsync_folder(root)
-    return final
+        return fileio.publish_file(save_lora(staged_folder, unet, text_encoder), final)
 
 
 def publish_pipeline(output_dir: str | os.PathLike, pipeline) -> Path:
@@ -471,13 +466,8 @@ def publish_pipeline(output_dir: str | os.PathLike, pipeline) -> Path:
             if entry.is_dir():
                 fileio.publish_folder(entry, target)
             else:
-                with contextlib.suppress(OSError):
-                    os.chmod(entry, fileio.default_file_mode())
-                os.replace(entry, target)
-        with contextlib.suppress(OSError):
-            os.chmod(staged / "model_index.json", fileio.default_file_mode())
-        os.replace(staged / "model_index.json", index)
-    fileio.fsync_folder(root)
+                fileio.publish_file(entry, target)
+        fileio.publish_file(staged / "model_index.json", index)
     return root
 
 

@@ -34,6 +34,10 @@ class LoraSurrogate:
     def __init__(self, model, *, rank: int = 4, learning_rate: float = 1e-4, generator: torch.Generator | None = None):
         from peft import LoraConfig
 
+        from ..compat import check_lora_stack
+
+        check_lora_stack(text_encoder=False)  # the surrogate trains a UNet LoRA through diffusers/peft
+
         unet = copy.deepcopy(model.unet)
         unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
         self.parameters = []
