@@ -337,3 +337,22 @@ def test_module_entry_point_runs():
         timeout=120,
     )
     assert result.returncode == 0 and result.stdout.startswith("artshield ")
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_epsilon_difference_is_the_difference_of_the_noise_estimates(kind, tiny_model):
+    """Wen et al.'s metric is in ε units whatever the model predicts: converting a difference of two UNet
+    outputs at one x_t equals the difference of the two outputs' ε estimates."""
+    import dataclasses
+
+    scheduler = tiny_model.scheduler.__class__.from_config(tiny_model.scheduler.config, prediction_type=kind)
+    model = dataclasses.replace(tiny_model, scheduler=scheduler)
+    generator = torch.Generator().manual_seed(0)
+    noisy, text, uncond = (torch.randn(2, 4, 4, 4, generator=generator) for _ in range(3))
+    t = 600
+    alpha_bar = model.alphas_cumprod_at(t, noisy)
+    expected = model.noise_and_sample(text, noisy, alpha_bar)[0] - model.noise_and_sample(uncond, noisy, alpha_bar)[0]
+    got = M.epsilon_difference(model, text - uncond, torch.tensor([t]))
+    assert torch.allclose(got, expected, atol=1e-5)
+    if kind != "epsilon":
+        assert not torch.allclose(got, text - uncond)  # a real conversion happened

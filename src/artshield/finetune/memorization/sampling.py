@@ -4,7 +4,6 @@ way, plus the argument checks every memorization step shares."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -102,17 +101,13 @@ def epsilon_difference(model: DiffusionModel, diff: torch.Tensor, timestep: torc
     eps = a v + s x_t, so eps_c - eps_u = a (v_c - v_u); for sample prediction eps = (x_t - a x_0) / s, so
     eps_c - eps_u = -(a / s) (x0_c - x0_u).
     """
-    kind = model.prediction_type
-    if kind == "epsilon":
+    if model.prediction_type == "epsilon":
         return diff
+    # The conversion is linear in the prediction and its x_t term cancels in a difference at one x_t, so the
+    # difference converts as the ε estimate of a prediction `diff` at x_t = 0.
     t = int(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else int(timestep)
-    alpha_bar = float(model.scheduler.alphas_cumprod[t])
-    a, s = math.sqrt(alpha_bar), math.sqrt(max(1.0 - alpha_bar, 1e-12))
-    if kind == "v_prediction":
-        return diff * a
-    if kind == "sample":
-        return diff * (-a / s)
-    raise IncompatibleModelError(f"unsupported scheduler prediction_type {kind!r} in {model.source}.")
+    eps, _ = model.noise_and_sample(diff, torch.zeros_like(diff), model.alphas_cumprod_at(t, diff))
+    return eps
 
 
 class _NoiseNormTracker:
