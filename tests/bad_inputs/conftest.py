@@ -47,6 +47,17 @@ def run_tool(argv: list[str]) -> int:
 
 
 @pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a model is loaded: argument and path errors must be caught before that."""
+    import artshield.models
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(artshield.models, "load", forbidden)
+
+
+@pytest.fixture
 def refused(tmp_path, capsys, monkeypatch):
     """``refused(argv, *names, status=2)``: run the tool in `tmp_path` and assert a clean refusal."""
     monkeypatch.chdir(tmp_path)

@@ -9,15 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-
-@pytest.fixture(autouse=True)
-def no_model_load(monkeypatch):
-    import artshield.models
-
-    def forbidden(*args, **kwargs):
-        raise AssertionError("a model was loaded before the arguments were checked")
-
-    monkeypatch.setattr(artshield.models, "load", forbidden)
+pytestmark = pytest.mark.usefixtures("no_model_load")
 
 
 @pytest.fixture

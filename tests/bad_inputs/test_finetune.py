@@ -15,6 +15,9 @@ from PIL import Image
 from artshield import compat
 
 
+pytestmark = pytest.mark.usefixtures("no_model_load")
+
+
 @pytest.fixture
 def base(tmp_path) -> list[str]:
     """A valid command line (relative paths: the `refused` fixture runs in tmp_path) and its one image."""

@@ -8,6 +8,9 @@ import pytest
 PROMPT = "a tree in ink style\n"
 
 
+pytestmark = pytest.mark.usefixtures("no_model_load")
+
+
 @pytest.fixture
 def files(tmp_path):
     """A prompts file, an empty prompts file, a fake model folder, a fake single-file model and a file."""

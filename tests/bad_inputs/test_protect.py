@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import artshield.models
-
 
 def image(path: Path, size=(24, 16)) -> Path:
     rng = np.random.default_rng(0)
@@ -19,14 +17,7 @@ def image(path: Path, size=(24, 16)) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def no_model_loads(monkeypatch):
-    """Every case here must be refused before a model is loaded."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded for a bad input")
-
-    monkeypatch.setattr(artshield.models, "load", refuse)
+pytestmark = pytest.mark.usefixtures("no_model_load")
 
 
 @pytest.fixture
