@@ -6,7 +6,7 @@ Layers (README, "For contributors"), lowest first:
 - core      engine (knows nothing of diffusion), models (loading, the handle, the demo model and its world)
 - methods   protect, finetune
 - studies   evaluate, authenticate, fl_bridge
-- commands  artshield.cli, artshield.__main__, and every ``cli`` / ``*_cli`` module
+- commands  artshield.cli, artshield.__main__, every ``cli`` / ``*_cli`` module, and artshield.web (the local page)
 
 A module may import its own room and any lower layer; rooms of one layer never import each other; nothing
 imports a command module but another command module. Every import counts, including those inside functions
@@ -56,6 +56,8 @@ def is_package(name: str) -> bool:
 
 def is_command(name: str) -> bool:
     last = name.rsplit(".", 1)[-1]
+    if name == f"{PACKAGE}.web" or name.startswith(f"{PACKAGE}.web."):
+        return True  # the local web page is a front end, like the command line
     return name in (f"{PACKAGE}.cli", f"{PACKAGE}.__main__") or last == "cli" or last.endswith("_cli")
 
 
