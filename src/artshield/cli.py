@@ -55,12 +55,19 @@ def _purify(argv: list[str]) -> int:
     return purify_main(argv, prog="artshield purify")
 
 
+def _serve(argv: list[str]) -> int:
+    from .web.serve import main as serve_main
+
+    return serve_main(argv, prog="artshield serve")
+
+
 COMMANDS = {
     "protect": ("protect an image or a folder (same as the `protect` command)", None),
     "finetune": ("fine-tune with LoRA, DreamBooth or full training (as `accelerate launch -m artshield.finetune.train`)", _finetune),
     "memorization": ("detect memorized prompts and prune the memorization subspace", _memorization),
     "purify": ("apply a purification attack (jpeg, resize, noise, diffpure, impress, ...) to a folder", _purify),
     "evaluate": ("run mimicry (LoRA, SDEdit, inpainting) on clean vs protected+purified images; JSON + HTML report", _evaluate),
+    "serve": ("start a local web page to protect images in the browser (needs artshield[web])", _serve),
     "info": ("show versions, the device and how the demo model was made", _info),
 }
 
