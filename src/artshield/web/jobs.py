@@ -362,14 +362,16 @@ class JobStore:
             data["running_ahead"] = self.running is not None and position is not None
             return json.loads(json.dumps(data))  # a snapshot, not live lists
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop the worker: queued jobs stay queued on disk (a restart marks them failed), a running one is
+        cancelled at its next step; waits up to `timeout` seconds for it."""
         with self.lock:
             self._stop = True
-            for job_id in list(self.queue):
-                self.queue.remove(job_id)
             if self.running:
                 self.jobs[self.running].cancel_requested = True
             self.lock.notify_all()
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
 
     def wait(self, job_id: str, timeout: float = 60.0) -> dict:
         """Block until the job has finished (for tests and scripts); its description."""
@@ -527,7 +529,7 @@ class JobStore:
             with self.lock:
                 job.progress = {**job.progress, "phase": "protecting", "image": index + 1, "images": n,
                                 "name": name, "step": 0}
-            timing["start"] = None
+            timing["start"] = time.perf_counter()  # the time left counts the method's set-up too
             source = job.folder / "inputs" / name
             out_name = f"{Path(name).stem}.protected.png"
             mask_path = job.folder / "masks" / f"{Path(name).stem}.mask.png"

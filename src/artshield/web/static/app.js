@@ -10,7 +10,7 @@ const el = (tag, attrs = {}, ...children) => {
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else if (value !== undefined && value !== null && value !== false) node.setAttribute(key, value === true ? "" : value);
   }
-  for (const child of children) if (child) node.append(child);
+  for (const child of children) if (child !== null && child !== undefined && child !== false) node.append(child);
   return node;
 };
 
@@ -48,7 +48,7 @@ async function loadConfig() {
   for (const s of config.strengths) {
     box.append(el("label", { class: "strength" },
       el("input", { type: "radio", name: "strength", value: s.name, checked: s.default }),
-      el("b", { text: `${s.name} · ${s.eps_255}/255, ${s.steps} steps` }),
+      el("span", {}, el("b", { class: "cap", text: s.name }), el("span", { class: "meta", text: ` · budget ${s.eps_255}/255, ${s.steps} steps` })),
       el("span", { class: "hint", text: s.note })));
   }
   const methods = $("#method");
@@ -67,7 +67,7 @@ function updateSettings() {
   $("#method-summary").textContent = method ? method.summary + (method.needs_mask ? " Uses the mask (a default centre region when none is given)." : "") : "";
   const model = selectedModel();
   $("#demo-notice").hidden = !model.is_demo;
-  if (model.is_demo) $("#demo-notice-text").textContent = model.notice;
+  if (model.is_demo) $("#demo-notice-text").textContent = model.notice.charAt(0).toUpperCase() + model.notice.slice(1);
   updateButton();
 }
 
@@ -267,7 +267,7 @@ function renderJob(job) {
     ? el("button", { class: "small danger cancel", type: "button", text: job.progress && job.state === "running" && job.cancelling ? "Cancelling…" : "Cancel",
       onclick: async (e) => { e.target.disabled = true; e.target.textContent = "Cancelling…"; try { renderJob(await api(`/api/jobs/${job.id}/cancel`, { method: "POST" })); } catch (err) { showError(err.message); } } })
     : null;
-  view.head.replaceChildren(el("span", {}, el("span", { class: `state ${job.state}`, text: job.state }), el("span", { class: "meta", text: ` · ${label}` })), cancel);
+  view.head.replaceChildren(el("span", {}, el("span", { class: `state ${job.state}`, text: job.state }), el("span", { class: "meta", text: ` · ${label}` })), ...(cancel ? [cancel] : []));
   const fraction = job.state === "done" ? 1 : (job.progress && job.progress.fraction) || 0;
   view.bar.value = fraction;
   view.bar.hidden = ["failed", "cancelled"].includes(job.state) && fraction === 0;
@@ -307,7 +307,7 @@ function renderResult(job, r) {
   return el("div", { class: "result", "data-index": r.index },
     el("div", { class: "job-head" },
       el("span", { class: "name", text: `${r.name} → ${r.output}` }),
-      el("a", { class: "button small download", href: fileUrl(job, r.output, true), download: r.output, text: "Download PNG" })),
+      el("a", { class: "button small primary-link download", href: fileUrl(job, r.output, true), download: r.output, text: "Download PNG" })),
     el("div", { class: "metrics" },
       el("span", {}, "Size ", el("b", { text: `${r.width} × ${r.height}` })),
       el("span", {}, "Largest change ", el("b", { text: `${Math.round(r.linf_255)}/255` })),
