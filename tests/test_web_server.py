@@ -207,3 +207,36 @@ def test_filenames_are_sanitised():
     assert sanitise_filename(".hidden.png") == "hidden.png"
     assert sanitise_filename("") == "image"
     assert len(sanitise_filename("a" * 300 + ".png")) == 100 and sanitise_filename("a" * 300 + ".png").endswith(".png")
+
+
+def test_serve_command_starts_on_loopback_and_prints_the_address(monkeypatch, capsys):
+    import uvicorn
+
+    from artshield.cli import main
+
+    seen = {}
+
+    def fake_run(self, sockets=None):  # stands in for the blocking server loop
+        seen["address"] = sockets[0].getsockname()
+        seen["app"] = self.config.app
+
+    monkeypatch.setattr(uvicorn.Server, "run", fake_run)
+    assert main(["serve", "--port", "0", "--model", "demo"]) == 0
+    out, err = capsys.readouterr()
+    host, port = seen["address"][:2]
+    assert host == "127.0.0.1" and port > 0
+    assert f"http://127.0.0.1:{port}/" in out and "NOT protect against real mimicry" in err
+    client = TestClient(seen["app"], base_url=f"http://127.0.0.1:{port}")
+    assert client.get("/api/config").json()["models"][0]["is_demo"] is True
+    assert TestClient(seen["app"], base_url="http://attacker.example").get("/").status_code == 400  # DNS rebinding
+
+
+def test_serve_argument_errors_are_one_line(capsys):
+    from artshield.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--port", "70000"])
+    assert exit_info.value.code == 2
+    assert main(["serve", "--model", "./no/such/folder", "--port", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--port" in err[0] and "no such file or folder" in err[1]

@@ -136,7 +136,7 @@ def run(args: argparse.Namespace, prog: str = "artshield serve") -> int:
         allowed = LOOPBACK_NAMES if is_loopback(args.host) else None
         app = create_app(store, max_upload_bytes=args.max_upload_mb * 1024 * 1024, allowed_hosts=allowed)
         port = sock.getsockname()[1]
-        shown = "localhost" if args.host in ("127.0.0.1", "localhost") else args.host
+        shown = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
         print(f"{prog}: open http://{shown}:{port}/ in your browser (Ctrl-C stops the server)", flush=True)
         for choice in choices:
             if choice.is_demo:
