@@ -36,12 +36,11 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import ArtshieldError, InvalidArgumentError, MaskError
+from .previews import comparison_previews, crop_png, png_bytes, thumbnail
 
 logger = logging.getLogger("artshield.web")
 
 THUMB_SIZE = 256  # thumbnails in the drop list
-PREVIEW_SIZE = 1024  # before / after / ×10 previews (the full image only through downloads and 1:1 crops)
-AMPLIFY = 10  # the perturbation is shown ×10 around mid-grey
 ID_PATTERN = re.compile(r"[0-9a-f]{32}")
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINISHED = ("done", "failed", "cancelled")
@@ -157,25 +156,6 @@ class ModelChoice:
     spec: str
     is_demo: bool
     notice: str
-
-
-def thumbnail(rgb, alpha, size: int):
-    """A PIL image of at most `size` pixels a side from (1, C, H, W) tensors (Lanczos; alpha kept)."""
-    from PIL import Image
-
-    from ..imageio import to_pil
-
-    image = to_pil(rgb[0], None if alpha is None else alpha[0], bit_depth=8)
-    if image.mode not in ("RGB", "RGBA", "L", "LA"):
-        image = image.convert("RGBA" if alpha is not None else "RGB")
-    image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    return image
-
-
-def png_bytes(image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=3)
-    return buffer.getvalue()
 
 
 class JobStore:
@@ -547,11 +527,7 @@ class JobStore:
             output = publish_file(work / out_name, outputs / out_name)
             saved = read_image(output)
             stem = f"{index:03d}"
-            previews = {
-                f"{stem}.before.png": thumbnail(loaded.rgb, loaded.alpha, PREVIEW_SIZE),
-                f"{stem}.after.png": thumbnail(saved.rgb, saved.alpha, PREVIEW_SIZE),
-                f"{stem}.diff.png": thumbnail(((saved.rgb - loaded.rgb) * AMPLIFY + 0.5).clamp(0, 1), None, PREVIEW_SIZE),
-            }
+            previews = {f"{stem}.{kind}.png": image for kind, image in comparison_previews(loaded, saved).items()}
             for preview_name, image in previews.items():
                 write_bytes_atomic(outputs / preview_name, png_bytes(image), what="preview")
             entry = {**entry, "input": name, "output": out_name, "mask": mask_path.name if job.masked else None}
@@ -600,22 +576,9 @@ class JobStore:
         from ..imageio import read_image
 
         result = job.results[index]
-        size = max(16, min(int(size), 512))
         before = read_image(job.folder / "inputs" / result["name"], max_pixels=self.max_pixels)
-        width, height = before.size
-        w, h = min(size, width), min(size, height)
-        left = min(max(int(x * width - w / 2), 0), width - w)
-        top = min(max(int(y * height - h / 2), 0), height - h)
-        window = (slice(None), slice(None), slice(top, top + h), slice(left, left + w))
-        if kind == "before":
-            rgb, alpha = before.rgb[window], None if before.alpha is None else before.alpha[window]
-        else:
-            after = read_image(job.folder / "outputs" / result["output"], max_pixels=self.max_pixels)
-            if kind == "after":
-                rgb, alpha = after.rgb[window], None if after.alpha is None else after.alpha[window]
-            else:
-                rgb, alpha = ((after.rgb[window] - before.rgb[window]) * AMPLIFY + 0.5).clamp(0, 1), None
-        return png_bytes(thumbnail(rgb, alpha, size))
+        after = None if kind == "before" else read_image(job.folder / "outputs" / result["output"], max_pixels=self.max_pixels)
+        return crop_png(before, after, kind, x, y, size)
 
 
 def _finite(value):
