@@ -55,6 +55,12 @@ def _purify(argv: list[str]) -> int:
     return purify_main(argv, prog="artshield purify")
 
 
+def _authenticate(argv: list[str]) -> int:
+    from .authenticate.cli import main as authenticate_main
+
+    return authenticate_main(argv, prog="artshield authenticate")
+
+
 def _serve(argv: list[str]) -> int:
     from .web.serve import main as serve_main
 
@@ -67,6 +73,7 @@ COMMANDS = {
     "memorization": ("detect memorized prompts and prune the memorization subspace", _memorization),
     "purify": ("apply a purification attack (jpeg, resize, noise, diffpure, impress, ...) to a folder", _purify),
     "evaluate": ("run mimicry (LoRA, SDEdit, inpainting) on clean vs protected+purified images; JSON + HTML report", _evaluate),
+    "authenticate": ("did a fine-tuned model (or LoRA) learn an artist's images? CGI-DM + baselines; JSON + HTML report", _authenticate),
     "serve": ("start a local web page to protect images in the browser (needs artshield[web])", _serve),
     "info": ("show versions, the device and how the demo model was made", _info),
 }
