@@ -121,3 +121,22 @@ def test_cli_end_to_end(tiny_model_dir, lora_file, folders, tmp_path, capsys):
     assert report["settings"]["baselines"] == ["loss", "pia"] and report["settings"]["cgidm"]["steps"] == 1
     assert (out / "report.html").is_file()
     assert capsys.readouterr().err.strip() == ""
+
+
+def test_proof_example_smoke_run(tmp_path):
+    """examples/authenticate_proof.py with tiny settings: a suspect and a control on the demo model."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "authenticate_proof.py"
+    spec = importlib.util.spec_from_file_location("authenticate_proof_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = [str(tmp_path / "proof"), "--images", "4", "--size", "32", "--lora-steps", "1", "--cgidm-steps", "1",
+            "--seeds", "0", "--control-images", "2", "--variance-draws", "2", "--device", "cpu", "--dtype", "fp32", "-q"]  # fmt: skip
+    assert module.main(argv) == 0
+    results = json.loads((tmp_path / "proof" / "results.json").read_text())
+    run = results["runs"][0]
+    assert run["suspect"]["verdict"] is not None and run["control"]["verdict"] is not None
+    assert "cgidm" in run["suspect"]["metrics"] and run["suspect"]["gradient_variance"]["draws"] == 2
+    assert "| cgidm |" in (tmp_path / "proof" / "table.md").read_text()
