@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,7 +93,9 @@ def _tuner_layers(module: torch.nn.Module):
 
 
 def _has_adapters(module: torch.nn.Module) -> bool:
-    return bool(getattr(module, "peft_config", None)) or bool(_tuner_layers(module))
+    """True when `module` holds adapter weights (peft wrappers emptied by a refused LoRA do not count)."""
+    config = getattr(module, "peft_config", None)
+    return bool(config) or any(len(getattr(layer, "lora_A", {})) for layer in _tuner_layers(module))
 
 
 def _set_adapter(module: torch.nn.Module, enabled: bool) -> None:
@@ -118,6 +121,17 @@ def _remove_adapter(module: torch.nn.Module) -> None:
                 del module.peft_config
         if hasattr(module, "_hf_peft_config_loaded") and not getattr(module, "peft_config", None):
             module._hf_peft_config_loaded = False
+
+
+@contextlib.contextmanager
+def _silenced(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _count_adapter_tensors(module: torch.nn.Module) -> int:
@@ -221,7 +235,7 @@ class ModelPair:
 
         kwargs = {"weight_name": lora.name} if lora.is_file() else {}
         folder = lora.parent if lora.is_file() else lora
-        with quiet_loading():
+        with quiet_loading(), contextlib.ExitStack() as stack:
             try:
                 state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(
                     os.fspath(folder), return_lora_metadata=True, **kwargs
@@ -238,6 +252,7 @@ class ModelPair:
                 check_lora_stack(text_encoder=True)
             modules = ([base.unet] if unet_keys else []) + ([base.text_encoder] if text_keys else [])
             try:
+                stack.enter_context(_silenced("diffusers.loaders.peft"))  # it logs the error we raise, in lines
                 if unet_keys:
                     StableDiffusionPipeline.load_lora_into_unet(
                         state, alphas, unet=base.unet, adapter_name=ADAPTER_NAME, metadata=metadata
@@ -250,8 +265,8 @@ class ModelPair:
                     loaded = _count_adapter_tensors(module) if keys else 0
                     if keys and loaded != len(keys):
                         raise IncompatibleModelError(
-                            f"{where} does not fit base {base.source}: {loaded} of its {len(keys)} {label} tensors "
-                            "found a matching layer."
+                            f"{where} does not fit base {base.source}: its {len(keys)} {label} tensors made {loaded} "
+                            "adapter weights (a layer, a pair or a shape does not match)."
                         )
             except (IncompatibleModelError, ModelLoadError):
                 for module in modules:
