@@ -98,8 +98,8 @@ def _has_adapters(module: torch.nn.Module) -> bool:
     return bool(config) or any(len(getattr(layer, "lora_A", {})) for layer in _tuner_layers(module))
 
 
-def _set_adapter(module: torch.nn.Module, enabled: bool) -> None:
-    for layer in _tuner_layers(module):
+def _set_adapter(module: torch.nn.Module | None, enabled: bool, layers: list | None = None) -> None:
+    for layer in _tuner_layers(module) if layers is None else layers:
         layer.enable_adapters(enabled)
         # peft's enable_adapters(True) marks the adapter trainable again; an audit never trains it, and a
         # trainable adapter would make every gradient with respect to the latents build graphs for it too.
@@ -159,7 +159,7 @@ class ModelPair:
         self.is_lora = bool(is_lora)
         self.source = source or suspect.source
         self._suspect = suspect
-        self._lora_modules: list[torch.nn.Module] = []
+        self._lora_layers: list[torch.nn.Module] = []  # the peft layers the toggle switches
         self._active = "base"
 
     # ------------------------------------------------------------------ loading
@@ -280,7 +280,7 @@ class ModelPair:
                 module.requires_grad_(False).eval()
                 module.to(device=base.device, dtype=base.dtype)
                 _set_adapter(module, False)
-        self._lora_modules = modules
+        self._lora_layers = [layer for module in modules for layer in _tuner_layers(module)]
         # The suspect handle shares every module with the base; it only needs its own prompt cache, since
         # the text encoder's output changes with the adapter when the LoRA adapts it.
         self._suspect = dataclasses.replace(base, source=f"{base.source} + {where}")
@@ -310,20 +310,17 @@ class ModelPair:
 
     def _switch(self, which: str) -> None:
         if which != self._active:
-            for module in self._lora_modules:
-                _set_adapter(module, which == "suspect")
+            _set_adapter(None, which == "suspect", self._lora_layers)
             self._active = which
 
     # ------------------------------------------------------------------ shared operations
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] to scaled latent means, with the base model's VAE (shared)."""
-        with self.using("base") as model:
-            return model.encode(images, mode="mean")
+        return self.base.encode(images, mode="mean")  # the VAE is never adapted: no switching needed
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents to images in [0, 1], with the base model's VAE."""
-        with self.using("base") as model:
-            return model.decode(latents)
+        return self.base.decode(latents)
 
     def embeddings(self, which: str, batch_size: int) -> torch.Tensor:
         """`which` model's own text embedding of :attr:`prompt`, repeated to `batch_size`."""
