@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-import authenticate_stub  # noqa: F401  (stand-in for pair/baselines/calibration until they are merged)
 from artshield.authenticate import Auditor
 from artshield.authenticate.cgidm import CGIDM
 from artshield.cli import main as artshield_main
@@ -107,7 +106,7 @@ def test_audit_refuses_overlap_and_single_image_reference(auditor, folders):
 
 
 def test_suspect_of_another_architecture_is_refused(tiny_model_dir, tiny_inpaint_dir):
-    with pytest.raises(ArtshieldError, match="suspect"):  # the Auditor's check, or ModelPair.load's own
+    with pytest.raises(ArtshieldError, match="suspect"):  # ModelPair.load refuses it
         Auditor(str(tiny_model_dir), suspect=str(tiny_inpaint_dir), device="cpu", dtype="fp32")
 
 

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-import authenticate_stub  # noqa: F401  (stand-in for pair/baselines/calibration until they are merged)
 from artshield.authenticate.cgidm import CGIDM, CGIDMConfig, latent_keep_mask
 from artshield.authenticate.features import FeatureSpace, max_cosine, paired_cosine
 from artshield.errors import InvalidArgumentError

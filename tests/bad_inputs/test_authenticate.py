@@ -9,8 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-import authenticate_stub  # noqa: F401  (stand-in for pair/baselines/calibration until they are merged)
-
 
 def _image(path, value: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,5 +107,4 @@ def test_lora_that_does_not_fit_the_base(refused, base, tiny_model_dir, misfit_l
 
 def test_suspect_of_another_architecture(refused, base, tiny_model_dir, tiny_inpaint_dir):
     argv = with_flag(with_flag(base, "--base", str(tiny_model_dir)), "--lora", None)
-    # The Auditor's check names the differing field ("in_channels"); ModelPair.load may refuse first, naming the suspect.
-    refused(argv + ["--suspect", str(tiny_inpaint_dir), "--device", "cpu"], "suspect")
+    refused(argv + ["--suspect", str(tiny_inpaint_dir), "--device", "cpu"], "suspect", "in_channels")

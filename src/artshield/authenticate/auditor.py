@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..errors import ImageReadError, IncompatibleModelError, InvalidArgumentError
+from ..errors import ImageReadError, InvalidArgumentError
 from ..fileio import sha256_file, write_json_atomic
 from .cgidm import CGIDM, CGIDMConfig
 from .features import FeatureSpace, max_cosine, paired_cosine
@@ -167,31 +167,6 @@ def _file_identity(path) -> str:
     return str(path)
 
 
-def _architecture(model) -> dict:
-    unet = model.unet.config
-    return {
-        "unet in_channels": int(unet.in_channels),
-        "unet cross_attention_dim": unet.cross_attention_dim,
-        "unet block_out_channels": list(unet.block_out_channels),
-        "latent channels": int(model.latent_channels),
-        "VAE scale factor": int(model.vae_scale_factor),
-        "prediction type": model.prediction_type,
-    }
-
-
-def check_same_architecture(pair) -> None:
-    """Refuse a suspect whose architecture differs from the base's (their losses would not be comparable)."""
-    with pair.using("base") as base:
-        expected, base_name = _architecture(base), getattr(base, "source", "base")
-    with pair.using("suspect") as suspect:
-        found, suspect_name = _architecture(suspect), getattr(suspect, "source", "suspect")
-    for key, value in expected.items():
-        if found[key] != value:
-            raise IncompatibleModelError(
-                f"the suspect {suspect_name} is not a fine-tune of the base {base_name}: {key} {found[key]} vs {value}."
-            )
-
-
 class Auditor:
     """Audit a suspect model against an artist's images.
 
@@ -241,7 +216,6 @@ class Auditor:
             from .pair import ModelPair
 
             pair = ModelPair.load(base, suspect=suspect, lora=lora, prompt=prompt, device=device, dtype=dtype)
-        check_same_architecture(pair)
         self.pair = pair
         model = pair.base
         multiple = model.pixel_multiple

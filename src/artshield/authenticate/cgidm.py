@@ -171,8 +171,8 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 class CGIDM:
-    """CGI-DM on a :class:`~artshield.authenticate.pair.ModelPair` (anything with ``encode``, ``decode``,
-    ``losses``, ``using``, ``base`` and ``prompt``).
+    """CGI-DM on a :class:`~artshield.authenticate.pair.ModelPair` (its ``encode``, ``decode``, ``losses``,
+    ``predict`` and ``base``).
 
         >>> recovery = CGIDM(pair, steps=100).recover(images)     # images (B, 3, H, W) in [0, 1]
         >>> recovery.contrast, recovery.base, recovery.degraded
@@ -209,13 +209,15 @@ class CGIDM:
 
     def base_loss(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Per-image ``L_pre`` (B,) of the base model alone, averaged like :meth:`contrast_loss`."""
+        base = self.pair.base
         total = 0.0
-        with self.pair.using("base") as model:
-            embeds = model.embed_prompt(self.pair.prompt, batch_size=latents.shape[0])
-            for _ in range(self.config.timesteps_per_step):
-                t = self._timesteps(latents.shape[0], generator)
-                noise = randn_like(latents, generator)
-                total = total + model.training_loss(latents, embeds, timesteps=t.to(model.device), noise=noise)
+        for _ in range(self.config.timesteps_per_step):
+            t = self._timesteps(latents.shape[0], generator).to(latents.device)
+            noise = randn_like(latents, generator)
+            noisy = base.add_noise(latents, noise, t)
+            prediction = self.pair.predict("base", noisy, t)
+            target = base.training_target(latents, noise, t)
+            total = total + F.mse_loss(prediction, target.to(prediction), reduction="none").flatten(1).mean(dim=1)
         return total / self.config.timesteps_per_step
 
     @torch.no_grad()
