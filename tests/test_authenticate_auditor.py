@@ -114,9 +114,10 @@ def test_cli_end_to_end(tiny_model_dir, lora_file, folders, tmp_path, capsys):
     out = tmp_path / "cli-report"
     argv = ["authenticate", "--base", str(tiny_model_dir), "--lora", str(lora_file), "--images", str(folders / "artist"),
             "--holdout", str(folders / "holdout"), "-o", str(out), "--steps", "1", "--baselines", "loss,pia",
-            "--device", "cpu", "--dtype", "fp32", "-q"]  # fmt: skip
+            "--device", "cpu", "--dtype", "fp32", "--verdict-score", "pia", "-q"]  # fmt: skip
     assert artshield_main(argv) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["verdict"]["score"] == "pia"
     assert report["settings"]["baselines"] == ["loss", "pia"] and report["settings"]["cgidm"]["steps"] == 1
     assert (out / "report.html").is_file()
     assert capsys.readouterr().err.strip() == ""

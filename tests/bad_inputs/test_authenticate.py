@@ -80,6 +80,9 @@ class TestBeforeAnyModelLoads:
     def test_negative_steps(self, refused, base):
         refused(base + ["--steps", "-1"], "--steps")
 
+    def test_verdict_score_not_computed(self, refused, base):
+        refused(base + ["--baselines", "loss", "--verdict-score", "pia"], "--verdict-score", "pia")
+
     def test_unknown_baseline(self, refused, base):
         refused(base + ["--baselines", "loss,guess"], "--baselines", "guess")
 

@@ -179,7 +179,9 @@ class Auditor:
         baselines: names in :data:`.baselines.BASELINES` to run alongside.
         resolution: square side images are resized and cropped to (default: the base's native resolution).
         features: ``"auto"`` (CLIP when local, else DCT), ``"clip"`` or ``"dct"``.
-        alpha: the verdict's significance level (its false-accusation rate). seed: baselines' randomness.
+        alpha: the verdict's significance level (its false-accusation rate).
+        verdict_score: the score the verdict and per-image flags use (default ``"cgidm"``; any CGI-DM score or
+            a baseline that is run, e.g. ``"loss-diff"``, which did better on the demo world). seed: randomness.
         device, dtype: where and in which precision the weights live.
     """
 
@@ -195,6 +197,7 @@ class Auditor:
         resolution: int | None = None,
         features: str = "auto",
         alpha: float = 0.01,
+        verdict_score: str = PRIMARY,
         seed: int = 0,
         device=None,
         dtype=None,
@@ -207,6 +210,10 @@ class Auditor:
         unknown = [name for name in baselines if name not in BASELINES]
         if unknown:
             raise InvalidArgumentError(f"unknown baseline(s) {', '.join(map(repr, unknown))}; choose from {', '.join(BASELINES)}.")
+        allowed = (PRIMARY, "cgidm-gain", "cgidm-max", *baselines)
+        if verdict_score not in allowed:
+            raise InvalidArgumentError(f"`verdict_score` must be one of {', '.join(allowed)}, but is {verdict_score!r}.")
+        self.verdict_score = verdict_score
         if not 0 < alpha < 1:
             raise InvalidArgumentError(f"`alpha` must be in (0, 1), but is {alpha!r}.")
         self.cgidm_config = cgidm if isinstance(cgidm, CGIDMConfig) else CGIDMConfig(**(cgidm or {}))
@@ -251,10 +258,11 @@ class Auditor:
             "features": self.features.name,
             "seed": self.seed,
             "alpha": self.alpha,
+            "verdict_score": self.verdict_score,
         }
 
     def cell_key(self, sha256: str) -> str:
-        keyed = {k: v for k, v in self.settings.items() if k != "alpha"}  # alpha does not change a cell
+        keyed = {k: v for k, v in self.settings.items() if k not in ("alpha", "verdict_score")}  # not in a cell
         text = json.dumps({"image": sha256, "settings": keyed, "cell_version": 1}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -368,11 +376,13 @@ class Auditor:
         if reference is None:
             result.notes.append("no hold-out or calibration images: scores only, no verdict and no metrics.")
         else:
-            verdict = model_verdict(result.scores("artist"), result.scores(reference), alpha=self.alpha, seed=self.seed)
-            result.verdict = {**verdict.to_dict(), "reference": reference}
-            result.threshold = float(fit_threshold(result.scores(reference), 0.01))
+            score = self.verdict_score
+            verdict = model_verdict(result.scores("artist", score), result.scores(reference, score), alpha=self.alpha,
+                                    seed=self.seed)  # fmt: skip
+            result.verdict = {**verdict.to_dict(), "reference": reference, "score": score}
+            result.threshold = float(fit_threshold(result.scores(reference, score), 0.01))
             for image in result.split("artist"):
-                image.flagged = bool(image.scores[PRIMARY] > result.threshold)
+                image.flagged = bool(image.scores[score] > result.threshold)
             if len(sets[reference]) < 100:
                 result.notes.append(
                     f"the 1 % FPR threshold is fitted on only {len(sets[reference])} {reference} images; per-image "

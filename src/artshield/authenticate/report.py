@@ -78,7 +78,7 @@ def render_html(result) -> str:
     if result.verdict is not None:
         v = result.verdict
         parts.append(
-            f"<p>Test: {esc(str(v['method']))}; statistic {_fmt(v['statistic'])}, p-value {_fmt(v['p_value'], 4)}, "
+            f"<p>Score: {esc(SCORE_LABELS.get(v.get('score', 'cgidm'), str(v.get('score'))))}. Test: {esc(str(v['method']))}; statistic {_fmt(v['statistic'])}, p-value {_fmt(v['p_value'], 4)}, "
             f"level {_fmt(v['alpha'])}. {esc(str(v['explanation']))}</p>"
         )
     if result.metrics:
