@@ -45,7 +45,9 @@ def _save_images(folder: Path, style: str, indices, size: int, seed: int) -> lis
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in indices:
-        subject = SUBJECTS[i % len(SUBJECTS)]
+        # Pairs (2k, 2k + 1) share a subject, so members (even) and hold-out (odd) cover the same subjects:
+        # with i % 6 they would not, and any score that sees the subject would separate them (a confound).
+        subject = SUBJECTS[(i // 2) % len(SUBJECTS)]
         path = folder / f"{style}_{i:03d}.png"
         Image.fromarray(np.ascontiguousarray(render(style, subject, (size, size), seed=seed * 1000 + i))).save(path)
         paths.append(path)
