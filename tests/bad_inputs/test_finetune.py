@@ -14,7 +14,6 @@ from PIL import Image
 
 from artshield import compat
 
-
 pytestmark = pytest.mark.usefixtures("no_model_load")
 
 
