@@ -7,32 +7,20 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from artshield.authenticate import Auditor
 from artshield.authenticate.cgidm import CGIDM
 from artshield.cli import main as artshield_main
 from artshield.errors import ArtshieldError, InvalidArgumentError
+from tiny_lora import local_lora
 
 TINY = {"steps": 2, "eps": 0.5, "step_size": 0.3}
 
 
 @pytest.fixture(scope="module")
 def lora_file(tiny_model_dir, tmp_path_factory):
-    from safetensors.torch import save_file
-
-    from artshield.finetune import LocalTrainer
-    from artshield.models import load
-
-    model = load(str(tiny_model_dir), device="cpu", dtype="fp32")
-    side = model.native_resolution
-    gen = torch.Generator().manual_seed(3)
-    images = [torch.rand(3, side, side, generator=gen) for _ in range(2)]
-    update = LocalTrainer(model, rank=4, learning_rate=0.05, resolution=side, seed=0).train_steps(images, 2, prompt="sks")
-    path = tmp_path_factory.mktemp("lora") / "suspect.safetensors"
-    save_file({k: v.contiguous() for k, v in update.state_dict.items()}, str(path))
-    return path
+    return local_lora(tiny_model_dir, tmp_path_factory.mktemp("lora") / "suspect.safetensors", steps=2)
 
 
 @pytest.fixture(scope="module")

@@ -11,23 +11,14 @@ import torch
 from artshield.authenticate.cgidm import CGIDM, CGIDMConfig, latent_keep_mask
 from artshield.authenticate.features import FeatureSpace, max_cosine, paired_cosine
 from artshield.errors import InvalidArgumentError
+from tiny_lora import local_lora
 
 
 @pytest.fixture(scope="module")
 def lora_file(tiny_model_dir, tmp_path_factory):
     """A LoRA written by the project's LocalTrainer: a few high-learning-rate steps on two images."""
-    from safetensors.torch import save_file
-
-    from artshield.finetune import LocalTrainer
-    from artshield.models import load
-
-    model = load(str(tiny_model_dir), device="cpu", dtype="fp32")
-    side = model.native_resolution
-    gen = torch.Generator().manual_seed(3)
-    images = [torch.rand(3, side, side, generator=gen) for _ in range(2)]
-    update = LocalTrainer(model, rank=4, learning_rate=0.05, resolution=side, seed=0).train_steps(images, 3, prompt="sks")
     folder = tmp_path_factory.mktemp("lora")
-    save_file({k: v.contiguous() for k, v in update.state_dict.items()}, str(folder / "pytorch_lora_weights.safetensors"))
+    local_lora(tiny_model_dir, folder / "pytorch_lora_weights.safetensors", steps=3)
     return folder
 
 

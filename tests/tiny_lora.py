@@ -31,3 +31,22 @@ def train_lora(base: str | Path, folder: Path, *, resolution: int, text_encoder:
     assert main(argv) == 0
     assert (output / "pytorch_lora_weights.safetensors").is_file()
     return output
+
+
+def local_lora(base: str | Path, path: Path, *, steps: int) -> Path:
+    """A rank-4 LoRA from `steps` high-learning-rate LocalTrainer steps on two random images of the model's
+    native size, saved (safetensors, diffusers' keys) at `path`; returns `path`."""
+    import torch
+    from safetensors.torch import save_file
+
+    from artshield.finetune import LocalTrainer
+    from artshield.models import load
+
+    model = load(str(base), device="cpu", dtype="fp32")
+    side = model.native_resolution
+    gen = torch.Generator().manual_seed(3)
+    images = [torch.rand(3, side, side, generator=gen) for _ in range(2)]
+    update = LocalTrainer(model, rank=4, learning_rate=0.05, resolution=side, seed=0).train_steps(images, steps, prompt="sks")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in update.state_dict.items()}, str(path))
+    return path
