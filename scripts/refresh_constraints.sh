@@ -13,7 +13,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q --upgrade pip
-"$work/venv/bin/pip" install -q torch==2.14.1 torchvision==0.29.1 -e ".[dev,metrics,finetune,web]"
+"$work/venv/bin/pip" install -q torch==2.14.1 torchvision==0.29.1 -e ".[dev,metrics,finetune,web,fl]"
 "$work/venv/bin/pip" freeze --exclude-editable | LC_ALL=C sort -f > "$work/frozen.txt"
 echo "+ test suite against the new set"
 HF_HUB_OFFLINE=1 "$work/venv/bin/python" -m pytest -q -p no:cacheprovider
