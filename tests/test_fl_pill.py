@@ -144,20 +144,38 @@ def test_the_adjusted_update_lies_within_the_benign_ranges():
     assert torch.any(metrics(loud, mean)["dist"] > benign["dist"].max())
 
 
+def leave_one_out(rows: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each row's metrics against the mean of the other rows."""
+    m = rows.shape[0]
+    others = (rows.sum(0, keepdim=True) - rows) / (m - 1)
+    return {"cos": torch.nn.functional.cosine_similarity(rows, others, dim=1), "norm": rows.norm(dim=1),
+            "dist": (rows - others).norm(dim=1)}
+
+
 def test_omniscient_base_sees_the_benign_updates_and_the_result_stays_in_their_range():
     layout = layout_of(mlp())
-    benign = updates(layout, 8, seed=3)
-    own = benign[:3].clone()  # attackers whose honest updates look like the benign ones
+    clients = updates(layout, 19, seed=3)
+    benign, own = clients[3:], clients[:3]  # attackers whose honest updates look like the benign ones
     base = FakeLIE(z=3.0)
     attack = Pill(base)
     assert attack.needs_benign and attack.name == "pill"
     sent = attack(context(layout, own, benign=benign))
     assert base.seen.benign is benign
-    mean = benign.mean(0)
-    reference, result = metrics(benign, mean), metrics(sent, mean)
+    # The attackers are outside the benign set: their metrics against the benign mean are compared with each
+    # benign update's metrics against the mean of the other benign updates.
+    reference, honest = leave_one_out(benign), metrics(own, benign.mean(0))
+    result = metrics(sent, benign.mean(0))
+
+    def inside(values, key):
+        return (values[key] >= reference[key].min() * (1 - 1e-5)) & (values[key] <= reference[key].max() * (1 + 1e-5))
+
+    fits = inside(honest, "cos") & inside(honest, "norm") & inside(honest, "dist")
+    assert fits.tolist() == [True, True, False]  # the third attacker's honest update is itself an outlier
     for key in ("cos", "norm", "dist"):
-        assert torch.all(result[key] >= reference[key].min() * (1 - 1e-5)), key
-        assert torch.all(result[key] <= reference[key].max() * (1 + 1e-5)), key
+        assert torch.all(inside(result, key)[fits]), key
+    assert torch.all(attack.last_scales[fits] > 0)
+    # The outlier gets the scale of least violation: its pill does not push it further out.
+    assert result["cos"][2] >= honest["cos"][2]
 
     # An omniscient base without benign updates gets the attackers' own updates as the estimate.
     base2 = FakeLIE()

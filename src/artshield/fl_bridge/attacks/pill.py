@@ -25,9 +25,14 @@ same prefix ending in ``bias`` and shape ``(out,)`` if present; 1-D weights (nor
 
 Choices
 -------
-The paper's full text was not available to us (only the abstract, reviews of its OpenReview version and
-third-party summaries; no public code exists), so the following are our decisions, each a plausible
-reading of what those sources say; they are the knobs to check first against the paper.
+The paper's full text was not available to us, and no public code exists. What we had: the abstract, the
+reviews of its OpenReview version (which say that the pill search starts from a neuron of the first layer
+and proceeds layer by layer, that the benign update is estimated as the mean of the compromised clients'
+extra-trained updates, and that SimAdjust and DisAdjust, lines 16-17 of the paper's Algorithm 1, keep the
+magnitude of the change in line with benign updates) and third-party summaries ("one neuron per layer
+except the last two layers", "approximate max pill search", static and dynamic search patterns). The
+following are our decisions, each a reading of those sources; they are the knobs to check first against
+the paper.
 
 - **Pill = whole neurons.** Selected neurons contribute their whole row / output channel and bias entry,
   so the pill's size is ``neurons_per_layer`` x (row size + 1) per eligible layer.
@@ -62,7 +67,14 @@ reading of what those sources say; they are the knobs to check first against the
   scale satisfies every bound (e.g. an omniscient attacker whose own update is itself an outlier), the
   scale with the least total violation (relative to each range's width) is used. ``adjust="none"`` sends
   the poison at scale 1 unchecked.
-- The search and the adjustment are vectorised: the adjustment needs seven inner products per client,
+- **Like with like.** When the reference is the benign updates (omniscient), each is measured against the
+  mean of the *other* benign updates, as the attackers' updates are against a mean they are not part of
+  (against a mean containing it, a benign update's distance is understated by about sqrt((m-1)/(m+1)) and
+  every outside update would look like an outlier); when the reference is the attackers' own updates,
+  each is measured against their full mean, as the sent updates are. An attacker whose honest update
+  already sits on an edge of a range has no room left and gets scale 0 (without benign updates the
+  attackers' own updates define the ranges, so some of them always do).
+- The search and the adjustment are vectorised: the adjustment needs a few inner products per client,
   after which every candidate scale is checked in closed form (a grid, then bisection to the boundary).
 """
 
@@ -325,7 +337,9 @@ class Pill(ModelPoisoning):
         pill = poison[:, index] - mean[index]
 
         if self._adjust:
-            scales = self._scales(carrier, pill, index, reference, mean)
+            # Benign updates are the reference: measure them leave-one-out, as the attackers' are outside it.
+            leave_one_out = context.benign is not None and len(context.benign) > 0
+            scales = self._scales(carrier, pill, index, reference, mean, leave_one_out)
         else:
             scales = torch.ones(own.shape[0], dtype=own.dtype, device=own.device)
         self.last_scales = scales
@@ -334,9 +348,9 @@ class Pill(ModelPoisoning):
         return sent
 
     def _scales(self, carrier: torch.Tensor, pill: torch.Tensor, index: torch.Tensor, reference: torch.Tensor,
-                mean: torch.Tensor) -> torch.Tensor:
+                mean: torch.Tensor, leave_one_out: bool) -> torch.Tensor:
         """(f,) the largest pill scale in [0, max_scale] that keeps each update inside the benign ranges."""
-        bounds = self._benign_ranges(reference, mean)
+        bounds = self._benign_ranges(reference, mean, leave_one_out)
         # Six inner products per client give every metric of carrier + s * pill in closed form.
         on_pill = carrier[:, index]
         terms = {
@@ -385,22 +399,34 @@ class Pill(ModelPoisoning):
         scales = torch.where(refine, low, scales)
         return scales.to(carrier.dtype)
 
-    def _benign_ranges(self, reference: torch.Tensor, mean: torch.Tensor) -> dict[str, tuple[float, float]]:
-        """[low, high] of each checked metric over the reference (benign-estimate) updates."""
+    def _benign_ranges(self, reference: torch.Tensor, mean: torch.Tensor,
+                       leave_one_out: bool) -> dict[str, tuple[float, float]]:
+        """[low, high] of each checked metric over the reference (benign-estimate) updates.
+
+        With `leave_one_out` each reference update is measured against the mean of the *other* ones: an
+        update outside the reference (the attacker's, compared with the benign mean) is then compared with
+        like; measuring a benign update against a mean that contains it would understate its distance (by
+        a factor about sqrt((m - 1) / (m + 1)) for independent noise) and overstate its cosine.
+        """
         # One matrix-vector product and the row norms give all three metrics without an (m, d) temporary.
+        m = reference.shape[0]
         dots = (reference @ mean).to(torch.float64)
         norms = norm_of(reference, "l2").to(torch.float64)
-        mean_norm = float(mean.norm())
+        mean_sq = torch.full_like(norms, float(mean.to(torch.float64).dot(mean.to(torch.float64))))
+        if leave_one_out and m > 1:  # the mean of the others, in closed form
+            mean_sq = (m * m * mean_sq - 2 * m * dots + norms * norms) / (m - 1) ** 2
+            dots = (m * dots - norms * norms) / (m - 1)
+        mean_sq = mean_sq.clamp_min(0)
         values: dict[str, torch.Tensor] = {}
-        if "sim" in self._adjust and mean_norm > 0:
-            values["cos"] = dots / (norms * mean_norm).clamp_min(1e-30)
+        if "sim" in self._adjust and float(mean.norm()) > 0:
+            values["cos"] = dots / (norms * mean_sq.sqrt()).clamp_min(1e-30)
         if "dis" in self._adjust:
             values["norm"] = norms
-            values["dist"] = (norms * norms - 2 * dots + mean_norm ** 2).clamp_min(0).sqrt()
+            values["dist"] = (norms * norms - 2 * dots + mean_sq).clamp_min(0).sqrt()
         q = torch.tensor([self.quantile, 1 - self.quantile], dtype=torch.float64)
         ranges = {}
         for key, v in values.items():
-            low, high = torch.quantile(v.detach().to(torch.float64).cpu(), q).tolist()
+            low, high = torch.quantile(v.detach().cpu(), q).tolist()
             ranges[key] = (low, high)
         return ranges
 
