@@ -172,7 +172,7 @@ def test_root_data_update_and_differentiable_loss(digits):
     assert float(loss.detach()) == pytest.approx(evaluate_model(model, layout, vector, root_set)["loss"], rel=1e-5)
     # Training on the root data lowers the root loss: the update points downhill.
     assert float(root.loss(vector + update)) < float(loss.detach())
-    assert float(loss_at(model, layout, root_set)(vector)) == pytest.approx(float(loss))
+    assert float(loss_at(model, layout, root_set)(vector)) == pytest.approx(float(loss.detach()))
 
 
 def test_styles_cnn_trains_through_the_same_path(tmp_path, monkeypatch):
