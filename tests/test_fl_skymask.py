@@ -181,6 +181,14 @@ def test_no_client_in_the_servers_cluster_uses_the_server_update_or_nothing():
     assert torch.equal(Lonely(LinearRoot(), empty="zero")(updates).delta, torch.zeros(D))
 
 
+def test_an_overflowing_update_is_dropped_not_everyone_kept():
+    updates = _round(attack="none")
+    updates.deltas[:2] = 3e38  # finite, but the masked mixture overflows and the root loss is not finite
+    result = SkyMask(LinearRoot())(updates)
+    assert result.metrics["dropped_nonfinite"] == 2.0 and not result.accepted[:2].any()
+    assert torch.isfinite(result.delta).all() and result.accepted[2:].any()  # (no attack: the mixture still splits)
+
+
 def test_bad_settings_are_refused_with_the_setting_named():
     root = LinearRoot()
     for kwargs, name in [({"mask_lr": 0}, "mask_lr"), ({"mask_lr": "fast"}, "mask_lr"), ({"threshold": 1.0}, "threshold"),

@@ -43,9 +43,21 @@ The mixture is scikit-learn's ``GaussianMixture(2, random_state=seed)``.
   client identical to every other), or a mixture that cannot be fitted: no clustering; the clients whose
   mask is closest to the server's (smallest Hamming distance, ties kept) are accepted. With all masks
   identical that keeps everyone, which is the only honest answer when the masks carry no signal.
+- the masked model's root loss is not finite at the start (an update so large that the mixture overflows):
+  clients whose own model ``global + Δ_i`` has a non-finite root loss are dropped and the masks retrained
+  on the rest (``dropped_nonfinite`` in the metrics); if it is still not finite, nobody is accepted.
 - the server's cluster holds no client (every client looks malicious, e.g. an all-malicious round): the
   round's delta is the server's own update ``g_0`` (``empty="server"``, the default) or zero
   (``empty="zero"``: keep the old model).
+
+**What to expect** (measured on digits, 20 clients, Dirichlet 0.5, 8 rounds, 2 seeds, MLP and small CNN):
+large or incoherent attacks (sign flip ×10, Gaussian) are caught at 20 % and 50 % (TPR 0.92-1, FPR 0);
+LIE at 20-80 % on the CNN TPR 1, FPR 0; IPM at 20 % is only half caught (TPR 0.44-0.69, FPR 0.27-0.38);
+at 80 % LIE/IPM/Gaussian are caught (TPR 1) but sign flip ×10 only at TPR 0.86-0.95, and one missed ×10
+update ruins the round. Like the reference, the two-component mixture always splits: **with no attack at
+all it drops about a third of the honest clients** (FPR 0.34-0.47). ``bic_check=True`` (ours, off by
+default) keeps everyone when one Gaussian explains the PCA points better than two (by BIC); it lowered the
+no-attack FPR only a little there (0.43 → 0.36) and did not change the attacked cases.
 """
 
 from __future__ import annotations
@@ -77,7 +89,7 @@ def pca_2d(points: torch.Tensor) -> np.ndarray:
     scores = vectors * values.sqrt()
     if scores.shape[1] < 2:  # one point only
         scores = torch.cat([scores, torch.zeros(scores.shape[0], 2 - scores.shape[1], dtype=scores.dtype)], 1)
-    return scores.numpy()
+    return scores.cpu().numpy()
 
 
 def _quantile_abs(values: torch.Tensor, q: float) -> float:
@@ -165,8 +177,8 @@ class SkyMask(AggregationRule):
         """Masks (k, d) trained on the root loss of the masked model; `deltas` (k, d) end with the server's."""
         k, d = deltas.shape
         deltas = deltas.detach().to(torch.float32)
-        global_vector = global_vector.detach().to(torch.float32)
-        masks = torch.full((k, d), self.mask_init, dtype=torch.float32, requires_grad=True)
+        global_vector = global_vector.detach().to(deltas.device, torch.float32)
+        masks = torch.full((k, d), self.mask_init, dtype=torch.float32, device=deltas.device, requires_grad=True)
         lr, clip = self.mask_lr, self.clip
         losses: list[float] = []
         last_check = float("inf")
@@ -204,6 +216,7 @@ class SkyMask(AggregationRule):
         """Benign flags (k,) for the binary masks (k, d) whose last row is the server's, and how they were found."""
         k = binary.shape[0]
         n = k - 1
+        binary = binary.cpu()
         x = binary.to(torch.float32)
         hamming = (x[:-1] != x[-1]).sum(1)
         closest = hamming == hamming.min() if n else torch.zeros(0, dtype=torch.bool)
@@ -227,7 +240,12 @@ class SkyMask(AggregationRule):
         except (ValueError, np.linalg.LinAlgError):
             return fallback, {"fallback": 1.0}
         benign = torch.as_tensor(labels == labels[-1])
-        return benign, {"fallback": 0.0}
+        return benign, {"fallback": 0.0, "single_cluster": 0.0}
+
+    def _finite_clients(self, deltas: torch.Tensor, global_vector: torch.Tensor) -> torch.Tensor:
+        global_vector = global_vector.detach().to(deltas.device, torch.float32)
+        with torch.no_grad():
+            return torch.tensor([bool(torch.isfinite(self._root.loss(global_vector + delta))) for delta in deltas])
 
     # -- the rule -------------------------------------------------------------------------------------
 
@@ -235,26 +253,39 @@ class SkyMask(AggregationRule):
         deltas = updates.deltas.detach().to(torch.float32)
         n, d = deltas.shape
         start = time.perf_counter()
-        server = self._root.update(updates.global_vector.detach()).detach().to(torch.float32).reshape(-1)
+        server = self._root.update(updates.global_vector.detach()).detach().to(deltas.device, torch.float32).reshape(-1)
         if server.numel() != d:
             raise InvalidArgumentError(f"the root update has {server.numel()} entries, the model has {d}")
         server_seconds = time.perf_counter() - start
-        everyone = torch.cat([deltas, server[None]], 0)
         start = time.perf_counter()
-        masks, info = self.train_masks(everyone, updates.global_vector)
+        usable = torch.ones(n, dtype=torch.bool)
+        masks, info = self.train_masks(torch.cat([deltas, server[None]], 0), updates.global_vector)
+        if not np.isfinite(info["mask_loss_start"]):
+            # the masked model itself is broken (an update so large that the mixture overflows): the masks
+            # learnt nothing, so first drop every client whose own model has a non-finite root loss
+            usable = self._finite_clients(deltas, updates.global_vector)
+            everyone = torch.cat([deltas[usable.to(deltas.device)], server[None]], 0)
+            masks, info = self.train_masks(everyone, updates.global_vector)
         mask_seconds = time.perf_counter() - start
         start = time.perf_counter()
         binary = self.binarise(masks)
-        benign, how = self.classify(binary)
+        if np.isfinite(info["mask_loss_start"]):
+            benign, how = self.classify(binary)
+        else:  # still broken: keep nobody rather than everyone
+            benign, how = torch.cat([torch.zeros(len(binary) - 1, dtype=torch.bool), torch.ones(1, dtype=torch.bool)]), {}
         cluster_seconds = time.perf_counter() - start
-        accepted = benign[:-1].clone()
+        accepted = torch.zeros(n, dtype=torch.bool)
+        accepted[usable] = benign[:-1]
+        binary_clients = torch.zeros(n, d, dtype=torch.bool)
+        binary_clients[usable] = binary[:-1].cpu()
         kept = int(accepted.sum())
         if kept:
-            weights = updates.num_examples.to(torch.float32)[accepted]
+            chosen = accepted.to(deltas.device)
+            weights = updates.num_examples.to(deltas.device, torch.float32)[chosen]
             weights = weights / weights.sum() if float(weights.sum()) > 0 else torch.full_like(weights, 1.0 / kept)
-            delta = (weights[:, None] * deltas[accepted]).sum(0)
+            delta = (weights[:, None] * deltas[chosen]).sum(0)
         else:
-            delta = server.clone() if self.empty == "server" else torch.zeros(d)
+            delta = server.clone() if self.empty == "server" else torch.zeros_like(server)
         metrics = {
             "seconds_server_update": server_seconds,
             "seconds_masks": mask_seconds,
@@ -262,8 +293,11 @@ class SkyMask(AggregationRule):
             "cluster_benign": float(kept),
             "cluster_malicious": float(n - kept),
             "server_only": float(kept == 0),
-            "mask_ones_benign": float(binary[:-1][accepted].float().mean()) if kept else float("nan"),
+            "mask_ones_benign": float(binary_clients[accepted].float().mean()) if kept else float("nan"),
             "mask_ones_server": float(binary[-1].float().mean()),
+            "dropped_nonfinite": float(n - int(usable.sum())),
+            "fallback": 0.0,
+            "single_cluster": 0.0,
             **how,
             **info,
         }
