@@ -160,6 +160,32 @@ def test_one_seed_has_no_interval_column(experiment, federation, tmp_path):
     assert "| fedavg | 95.0 | 65.0 |" in md and "[" not in md.split("\n", 3)[3]
 
 
+def _script(relative: str):
+    name = "script_" + relative.replace("/", "_").removesuffix(".py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_proof_script_quick_and_its_readme_table(federation, tmp_path, capsys):
+    proof = _script("examples/fl_proof.py")
+    results = tmp_path / "fl_proof.json"
+    argv = ["--quick", "-o", str(tmp_path / "sw"), "--results", str(results), "-q", "--resamples", "50"]
+    assert proof.main(argv) == 0
+    data = json.loads(results.read_text())
+    assert data["config"]["task"]["name"] == "digits" and len(data["cells"]) == 6 == data["computed"]
+    lie = data["goals"]["lie"]
+    assert lie["best_defense"] == "median" and lie["fedavg_drop_points"] == pytest.approx(30.0)
+    assert lie["met"] is False and lie["best_gap_points"] == pytest.approx(12.0)
+    assert (tmp_path / "sw" / "report.html").is_file()
+    table = _script("benchmarks/render_readme.py").render("fl-proof", source=results)
+    assert "Task `digits`, 10 clients (20 % malicious), Dirichlet α = 0.5, 2 rounds, seeds 0" in table
+    assert "| median | 95.0 | 83.0 | 71.0 |" in table and "×" in table
+    assert "Under lie: best defense **median** at 83.0 %" in table and "not met" in table
+    assert proof.main(argv) == 0 and json.loads(results.read_text())["reused"] == 6
+
+
 @pytest.mark.skipif(importlib.util.find_spec("artshield.fl_bridge.federation") is None,
                     reason="the platform's federation module is not in this tree yet")
 def test_quickstart_runs_end_to_end(tmp_path):
