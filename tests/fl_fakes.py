@@ -52,6 +52,15 @@ def make_defense(name: str, *, root=None, num_malicious: int = 0, **params):
     return types.SimpleNamespace(name=name, params=params, num_malicious=num_malicious)
 
 
+def flower_strategy(name: str, **params):
+    if name.removeprefix("flower-") not in ("krum", "multikrum", "bulyan", "median", "trimmedmean"):
+        raise InvalidArgumentError(f"unknown Flower strategy {name!r}")
+    for key in params:
+        if key not in ("num_malicious_nodes", "num_nodes_to_select", "beta"):
+            raise InvalidArgumentError(f"{name} has no parameter {key!r}")
+    return types.SimpleNamespace(name=name, params=params)
+
+
 def describe(name: str) -> str:
     params = ATTACK_PARAMS.get(name) or DEFENSE_PARAMS.get(name) or ()
     return ", ".join(sorted(params)) or "(no parameters)"
@@ -87,6 +96,7 @@ def install_registries(monkeypatch) -> None:
         "artshield.fl_bridge.defenses.registry": dict(DEFENSES=DEFENSES, make_defense=make_defense, describe=describe),
         "artshield.fl_bridge.tasks": dict(TASKS=TASKS),
         "artshield.fl_bridge.training": dict(LocalTraining=LocalTraining),
+        "artshield.fl_bridge.strategy": dict(flower_strategy=flower_strategy),
     }
     for name, attributes in fakes.items():
         if not _importable(name):
@@ -132,8 +142,9 @@ class FakeFederation:
                       "tpr": 0.75 if defense in SELECTING and attack else None,
                       "fpr": 0.125 if defense in SELECTING and attack else None,
                       "dropped": 1 if r == 1 else 0, "seconds": 0.01}
+            record["sampled"] = config.num_clients
             if r == 1:
-                record["dropped-nan"] = 1
+                record["metrics"] = {"dropped": 1, "dropped-nan": 1}  # as the platform reports the reasons
             rounds.append(record)
             if progress is not None:
                 progress(record)

@@ -61,7 +61,7 @@ def test_a_valid_file_parses_into_what_it_says():
     assert dict(exp.training) == {"epochs": 2, "lr": 0.1, "batch_size": 16, "momentum": 0.9, "weight_decay": 0.0}
     assert (exp.attack, exp.attack_fraction, dict(exp.attack_params)) == ("lie", 0.2, {"z": 1.5})
     assert (exp.defense, dict(exp.defense_params)) == ("trimmedmean", {"beta": 0.2})
-    assert exp.num_malicious == 2 and exp.clients_per_round == 5
+    assert exp.num_malicious == 2 and exp.clients_per_round == 5 and exp.root_size == 100
     assert exp.sweep_attacks == ("clean", "lie", "pill+lie") and exp.sweep_seeds == (0, 1)
 
 
@@ -168,6 +168,27 @@ def test_config_hash_follows_what_changes_the_result():
     changed = [exp.replace(rounds=4), exp.replace(seed=5), exp.cell("lie", "median", 4),
                exp.replace(training={**exp.training, "lr": 0.2}), exp.replace(attack_params={"z": 1.0})]
     assert len({exp.config_hash(), *(e.config_hash() for e in changed)}) == 1 + len(changed)
+
+
+def test_flowers_own_strategies_are_defenses():
+    exp = parse_experiment(edit(VALID, 'name = "trimmedmean"\nbeta = 0.2', 'name = "flower-krum"\nnum_malicious_nodes = 2'))
+    assert exp.defense == "flower-krum" and dict(exp.defense_params) == {"num_malicious_nodes": 2}
+    with pytest.raises(InvalidArgumentError, match=r"^e.toml: \[defense\] .*'nodes'"):
+        parse_experiment(edit(VALID, 'name = "trimmedmean"\nbeta = 0.2', 'name = "flower-krum"\nnodes = 2'),
+                         source="e.toml")
+    check_grid(exp, ["lie"], ["flower-median", "median"])
+
+
+def test_platform_options_reach_the_config(monkeypatch):
+    FakeFederation().install(monkeypatch)
+    text = edit(VALID, "seed = 4", "seed = 4\nmax_update_norm = 50.0\nroot_size = 64\nray_num_cpus = 2")
+    exp = parse_experiment(text)
+    config = exp.federation_config()
+    assert (config.max_update_norm, config.root_size, config.ray_num_cpus) == (50.0, 64, 2)
+    assert exp.config_hash() != parse_experiment(VALID).config_hash()
+    assert exp.config_hash() == exp.replace(ray_num_cpus=None).config_hash()
+    with pytest.raises(InvalidArgumentError, match=r"\[federation\] root_size must be >= 1"):
+        parse_experiment(edit(VALID, "seed = 4", "root_size = 0"))
 
 
 def test_check_grid_names_the_option():

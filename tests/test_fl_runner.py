@@ -53,7 +53,7 @@ def test_run_writes_rounds_and_summary(experiment, federation, tmp_path):
     assert rounds["finished"] is True and len(rounds["rounds"]) == 3 == len(seen)
     first = rounds["rounds"][0]
     assert list(first)[:9] == ["round", "accuracy", "loss", "error_rate", "asr", "tpr", "fpr", "dropped", "seconds"]
-    assert first["dropped-nan"] == 1 and first["error_rate"] == pytest.approx(1 - first["accuracy"])
+    assert first["dropped-nan"] == 1 and first["sampled"] == 10 and "metrics" not in first and first["error_rate"] == pytest.approx(1 - first["accuracy"])
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
     expected = FakeFederation.final_accuracy("lie", "median", 0)

@@ -22,6 +22,9 @@ the fraction of malicious clients and its parameters) and the server's defense (
     rounds = 5
     seed = 0
     engine = "inprocess"                # inprocess | ray
+    # max_update_norm = 100.0           # replies whose delta is longer are dropped as malformed
+    # root_size = 100                   # the server's clean root examples (FLTrust, SkyMask)
+    # ray_num_cpus = 2                  # engine = "ray" only
 
     [training]
     epochs = 1
@@ -36,7 +39,8 @@ the fraction of malicious clients and its parameters) and the server's defense (
     # every other key is a parameter of the attack (e.g. z = 1.5)
 
     [defense]
-    name = "median"                     # any name of defenses.registry.DEFENSES (default fedavg)
+    name = "median"                     # defenses.registry.DEFENSES, or flower-krum|flower-multikrum|
+                                        # flower-bulyan|flower-median|flower-trimmedmean (default fedavg)
     # every other key is a parameter of the defense
 
     [sweep]                             # defaults of `artshield fl sweep`
@@ -75,7 +79,9 @@ SECTIONS = ("task", "partition", "federation", "training", "attack", "defense", 
 TOP_KEYS = ("name", "description", *SECTIONS)
 TASK_KEYS = ("name", "root", "params")
 PARTITION_KEYS = ("scheme", "alpha", "shards_per_client")
-FEDERATION_KEYS = ("clients", "fraction", "rounds", "seed", "engine")
+FEDERATION_KEYS = ("clients", "fraction", "rounds", "seed", "engine", "max_update_norm", "root_size", "ray_num_cpus")
+#: Flower's own robust strategies, run as they are (``fl_bridge.strategy.flower_strategy``), beside the registry's.
+FLOWER_DEFENSES = ("flower-krum", "flower-multikrum", "flower-bulyan", "flower-median", "flower-trimmedmean")
 TRAINING_KEYS = ("epochs", "lr", "batch_size", "momentum", "weight_decay")
 SWEEP_KEYS = ("attacks", "defenses", "seeds")
 #: Local training defaults, the same as ``fl_bridge.training.LocalTraining``'s.
@@ -103,6 +109,9 @@ class Experiment:
     fraction: float = 1.0
     seed: int = 0
     engine: str = "inprocess"
+    max_update_norm: float | None = None
+    root_size: int = 100
+    ray_num_cpus: int | None = None
     training: MappingProxyType = field(default_factory=lambda: _frozen(TRAINING_DEFAULTS))
     attack: str = CLEAN
     attack_fraction: float = 0.0
@@ -124,7 +133,7 @@ class Experiment:
 
     @property
     def clients_per_round(self) -> int:
-        return max(1, int(round(self.fraction * self.clients)))
+        return max(1, int(self.fraction * self.clients))
 
     @property
     def label(self) -> str:
@@ -161,7 +170,8 @@ class Experiment:
             "task": {"name": self.task, "root": self.task_root, "params": dict(self.task_params)},
             "partition": {"scheme": self.partition, "alpha": self.alpha, "shards_per_client": self.shards_per_client},
             "federation": {"clients": self.clients, "fraction": self.fraction, "rounds": self.rounds,
-                           "seed": self.seed, "engine": self.engine},
+                           "seed": self.seed, "engine": self.engine, "max_update_norm": self.max_update_norm,
+                           "root_size": self.root_size, "ray_num_cpus": self.ray_num_cpus},
             "training": dict(self.training),
             "attack": {"name": self.attack, "fraction": self.attack_fraction, "params": dict(self.attack_params)},
             "defense": {"name": self.defense, "params": dict(self.defense_params)},
@@ -169,9 +179,9 @@ class Experiment:
 
     def config_hash(self) -> str:
         """SHA-256 of :meth:`to_dict` as canonical JSON: a cell computed under another configuration has
-        another hash. The engine is left out (both engines run the same federation)."""
+        another hash. The engine and Ray's CPUs are left out (both engines run the same federation)."""
         data = self.to_dict()
-        data["federation"] = {k: v for k, v in data["federation"].items() if k != "engine"}
+        data["federation"] = {k: v for k, v in data["federation"].items() if k not in ("engine", "ray_num_cpus")}
         text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -181,7 +191,7 @@ class Experiment:
         training = importlib.import_module("artshield.fl_bridge.training")
         return federation.FederationConfig(
             task=self.task,
-            task_root=self.task_root,
+            data_root=self.task_root,
             task_params=dict(self.task_params),
             num_clients=self.clients,
             partition=self.partition,
@@ -195,8 +205,11 @@ class Experiment:
             malicious_fraction=self.attack_fraction if self.attack != CLEAN else 0.0,
             defense=self.defense,
             defense_params=dict(self.defense_params),
+            max_update_norm=self.max_update_norm,
+            root_size=self.root_size,
             seed=self.seed,
             engine=self.engine,
+            ray_num_cpus=self.ray_num_cpus,
         )
 
 
@@ -219,7 +232,8 @@ def attack_names() -> tuple[str, ...]:
 
 
 def defense_names() -> tuple[str, ...]:
-    return tuple(_module("artshield.fl_bridge.defenses.registry").DEFENSES)
+    """The registry's defenses, then Flower's own strategies (``flower-krum``...)."""
+    return (*_module("artshield.fl_bridge.defenses.registry").DEFENSES, *FLOWER_DEFENSES)
 
 
 def task_names() -> tuple[str, ...]:
@@ -400,6 +414,9 @@ def parse_experiment(text: str | dict, source: str = "experiment.toml", base: st
     rounds = fed.number("rounds", None, kind=int, low=1, required=True)
     seed = fed.number("seed", 0, kind=int, low=0)
     engine = fed.text("engine", "inprocess", choices=ENGINES)
+    max_update_norm = fed.number("max_update_norm", None, low=0, low_open=True)
+    root_size = fed.number("root_size", 100, kind=int, low=1)
+    ray_num_cpus = fed.number("ray_num_cpus", None, kind=int, low=1)
 
     train = _Fields(source, "training", data.get("training", {}))
     train.refuse_unknown(TRAINING_KEYS)
@@ -443,6 +460,7 @@ def parse_experiment(text: str | dict, source: str = "experiment.toml", base: st
     experiment = Experiment(
         task=task_name, task_root=root, task_params=_frozen(task_params), partition=scheme, alpha=alpha,
         shards_per_client=shards, clients=clients, fraction=fraction, rounds=rounds, seed=seed, engine=engine,
+        max_update_norm=max_update_norm, root_size=root_size, ray_num_cpus=ray_num_cpus,
         training=_frozen(training), attack=attack, attack_fraction=attack_fraction if attack != CLEAN else 0.0,
         attack_params=_frozen(attack_params), defense=defense, defense_params=_frozen(defense_params),
         name=name, description=description or "", sweep_attacks=sweep_attacks, sweep_defenses=sweep_defenses,
@@ -504,9 +522,12 @@ def check_defense(name: str, params: dict, fields: _Fields, num_malicious: int) 
     defenses = defense_names()
     if name not in defenses:
         _unknown(fields, "name", "defense", name, defenses)
-    registry = _module("artshield.fl_bridge.defenses.registry")
     try:
-        registry.make_defense(name, root=_NoRoot(), num_malicious=num_malicious, **params)
+        if name in FLOWER_DEFENSES:
+            _module("artshield.fl_bridge.strategy").flower_strategy(name, **params)
+        else:
+            registry = _module("artshield.fl_bridge.defenses.registry")
+            registry.make_defense(name, root=_NoRoot(), num_malicious=num_malicious, **params)
     except (InvalidArgumentError, TypeError, ValueError) as exc:
         fields.fail(" ".join(str(exc).split()), None)
 
@@ -563,6 +584,7 @@ def parse_list(text: str, label: str) -> tuple[str, ...]:
 __all__ = [
     "CLEAN",
     "ENGINES",
+    "FLOWER_DEFENSES",
     "PILL_PREFIX",
     "SCHEMES",
     "Experiment",

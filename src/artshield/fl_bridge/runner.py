@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Keys of every per-round record, in this order (extra ``dropped-<reason>`` counts follow).
 ROUND_KEYS = ("round", "accuracy", "loss", "error_rate", "asr", "tpr", "fpr", "dropped", "seconds")
+#: Kept when the federation reports them (the platform's clients sampled, malicious among them, model kept).
+EXTRA_KEYS = ("sampled", "sampled_malicious", "kept_model")
 CELL_FORMAT = 1
 
 
@@ -69,16 +71,21 @@ def _number(value: Any) -> float | int | None:
 
 def round_record(record: dict) -> dict:
     """A federation's round dict as written to JSON: the :data:`ROUND_KEYS` (missing ones None, error rate
-    = 1 − accuracy), then any ``dropped-<reason>`` counts; non-finite numbers become None."""
+    = 1 − accuracy), then :data:`EXTRA_KEYS` and any ``dropped-<reason>`` counts (top level or in the record's
+    ``metrics``); non-finite numbers become None."""
     out = {key: _number(record.get(key)) for key in ROUND_KEYS}
     if out["accuracy"] is not None:
         out["error_rate"] = 1.0 - float(out["accuracy"])
     if out["round"] is not None:
         out["round"] = int(out["round"])
     out["dropped"] = int(out["dropped"] or 0)
-    for key in sorted(record):
+    for key in EXTRA_KEYS:
+        if key in record:
+            out[key] = _number(record[key])
+    reasons = {**(record.get("metrics") if isinstance(record.get("metrics"), dict) else {}), **record}
+    for key in sorted(reasons):
         if key.startswith("dropped-"):
-            out[key] = int(_number(record[key]) or 0)
+            out[key] = int(_number(reasons[key]) or 0)
     return out
 
 
