@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +193,7 @@ def test_quickstart_runs_end_to_end(tmp_path):
     """The real platform: the quickstart file, two rounds, through the command line."""
     from artshield.cli import main
 
-    text = (ROOT / "examples/fl/quickstart.toml").read_text().replace("rounds = 5", "rounds = 2")
+    text = re.sub(r"(?m)^rounds = \d+", "rounds = 2", (ROOT / "examples/fl/quickstart.toml").read_text())
     path = tmp_path / "quick.toml"
     path.write_text(text)
     assert main(["fl", "run", str(path), "-o", str(tmp_path / "out"), "-q"]) == 0

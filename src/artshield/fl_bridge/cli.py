@@ -120,6 +120,7 @@ def _run(args) -> int:
 
     from .runner import run_experiment
 
+    _quiet_flower(args)
     with tqdm(total=experiment.rounds, unit="round", desc=f"{experiment.defense} / {experiment.label}",
               disable=args.quiet) as bar:
 
@@ -156,6 +157,7 @@ def _sweep(args) -> int:
     from .report import markdown, write_report
     from .runner import sweep
 
+    _quiet_flower(args)
     result = sweep(experiment, attacks, defenses, seeds, output, progress=not args.quiet)
     report = write_report(result.cells, output, title=f"{experiment.name}: federated poisoning sweep")
     if not args.quiet:
@@ -166,24 +168,32 @@ def _sweep(args) -> int:
     return 0
 
 
-def _describe(module, name: str) -> str:
+def _describe(module, name: str, verbose: bool = False) -> str:
+    """One line from a registry's ``describe(name)``: its kind and parameters with their defaults (and, with
+    ``-v``, its summary)."""
     describe = getattr(module, "describe", None)
     if describe is None:
         return ""
     try:
-        text = describe(name)
+        info = describe(name)
     except TypeError:
         table = describe()
-        text = table.get(name, "") if isinstance(table, dict) else ""
-    if isinstance(text, dict):
-        text = ", ".join(f"{key}={value!r}" for key, value in text.items())
-    return " ".join(str(text).split())
+        info = table.get(name, "") if isinstance(table, dict) else ""
+    if not isinstance(info, dict):
+        return " ".join(str(info).split())
+    params = info.get("params", {k: v for k, v in info.items() if k not in ("name", "kind", "summary")})
+    text = ", ".join(f"{key}={value!r}" for key, value in params.items()) if isinstance(params, dict) else str(params)
+    kind = info.get("kind")
+    line = f"[{kind}] {text or '(no parameters)'}" if kind else (text or "(no parameters)")
+    if verbose and info.get("summary"):
+        line += "\n" + " " * 17 + " ".join(str(info["summary"]).split())
+    return line
 
 
 def _list(args) -> int:
     import importlib
 
-    from .experiment import CLEAN, PILL_PREFIX
+    from .experiment import CLEAN, FLOWER_DEFENSES, PILL_PREFIX
 
     sections = (
         ("attacks", "artshield.fl_bridge.attacks.registry", "ATTACKS"),
@@ -198,9 +208,26 @@ def _list(args) -> int:
             print(f"  {CLEAN:14s} no attack (sweeps: the clean baseline); {PILL_PREFIX}<attack> in sweeps wraps a base "
                   "attack in the pill")
         for name in names:
-            text = _describe(module, name)
+            text = _describe(module, name, args.verbose)
             print(f"  {name:14s} {text}".rstrip())
+        if title == "defenses":
+            for name in FLOWER_DEFENSES:
+                print(f"  {name:18s} Flower's own {name.removeprefix('flower-')} strategy, unmodified "
+                      "(params go to the Flower class)")
     return 0
+
+
+def _quiet_flower(args) -> None:
+    """Flower logs every round at INFO (and sets its logger to DEBUG when imported): keep it to warnings unless
+    ``-v``. Called after the checks, right before a federation runs (importing flwr takes a moment)."""
+    if getattr(args, "verbose", False):
+        return
+    import importlib.util
+    import logging
+
+    if importlib.util.find_spec("flwr") is not None:
+        import flwr  # noqa: F401  (its logger is configured on import)
+    logging.getLogger("flwr").setLevel(logging.WARNING)
 
 
 def _body(args) -> int:

@@ -71,7 +71,7 @@ def _number(value: Any) -> float | int | None:
 
 def round_record(record: dict) -> dict:
     """A federation's round dict as written to JSON: the :data:`ROUND_KEYS` (missing ones None, error rate
-    = 1 − accuracy), then :data:`EXTRA_KEYS` and any ``dropped-<reason>`` counts (top level or in the record's
+    = 1 − accuracy), then :data:`EXTRA_KEYS` and the non-zero ``dropped-<reason>`` counts (top level or in the record's
     ``metrics``); non-finite numbers become None."""
     out = {key: _number(record.get(key)) for key in ROUND_KEYS}
     if out["accuracy"] is not None:
@@ -84,8 +84,8 @@ def round_record(record: dict) -> dict:
             out[key] = _number(record[key])
     reasons = {**(record.get("metrics") if isinstance(record.get("metrics"), dict) else {}), **record}
     for key in sorted(reasons):
-        if key.startswith("dropped-"):
-            out[key] = int(_number(reasons[key]) or 0)
+        if key.startswith("dropped-") and _number(reasons[key]):
+            out[key] = int(_number(reasons[key]))
     return out
 
 
