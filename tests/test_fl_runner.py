@@ -199,3 +199,28 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert main(["fl", "run", str(path), "-o", str(tmp_path / "out"), "-q"]) == 0
     rounds = json.loads((tmp_path / "out" / "rounds.json").read_text())["rounds"]
     assert len(rounds) == 2 and 0.0 < rounds[-1]["accuracy"] <= 1.0
+
+
+def test_cli_sweep_writes_the_report_and_resumes(federation, tmp_path, capsys):
+    from artshield.cli import main
+
+    (tmp_path / "exp.toml").write_text(EXPERIMENT)
+    argv = ["fl", "sweep", str(tmp_path / "exp.toml"), "--attacks", "clean,lie", "--defenses", "fedavg,krum",
+            "--seeds", "0,1", "-o", str(tmp_path / "out"), "-q"]
+    assert main(argv) == 0
+    assert "8 cells (8 computed, 0 reused)" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"cells", "plots", "sweep.json", "report.json",
+                                                               "report.md", "report.html"}
+    assert main(argv) == 0 and "(0 computed, 8 reused)" in capsys.readouterr().out
+    assert len(federation.calls) == 8
+    assert main(["fl", "run", str(tmp_path / "exp.toml"), "-o", str(tmp_path / "one"), "--seed", "3", "-q"]) == 0
+    assert "lie vs median, 3 rounds" in capsys.readouterr().out and federation.calls[-1]["seed"] == 3
+
+
+def test_cli_list_names_every_attack_defense_and_task(federation, capsys):
+    from artshield.cli import main
+
+    assert main(["fl", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("lie", "pill", "pill+<attack>", "fedavg", "skymask", "flower-krum", "digits", "styles"):
+        assert f"  {name}" in out or name in out, name
