@@ -21,7 +21,8 @@ Blocks and their sources:
 * ``lora-mimicry``: ``benchmarks/results/lora_artist_mimicry.json`` (``examples/lora_artist_mimicry.py``'s
   ``results.json``);
 * ``memorization-detection``, ``memorization-prune``: ``benchmarks/results/memorization_demo.json``
-  (``examples/memorization_demo.py``'s ``results.json``).
+  (``examples/memorization_demo.py``'s ``results.json``);
+* ``fl-proof``: ``benchmarks/results/fl_proof.json`` (``examples/fl_proof.py`` writes it there itself).
 
 A block whose result file is not committed cannot be in the README (the test refuses it).
 """
@@ -188,6 +189,30 @@ def memorization_prune_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def fl_proof_table(data: dict) -> str:
+    """``examples/fl_proof.py``'s JSON: the sweep report's tables (the same Markdown as ``artshield fl sweep``
+    writes) under a line naming the setting, and the goal line for LIE and min-max."""
+    from artshield.fl_bridge.report import markdown
+
+    config = data["config"]
+    fed, part, attack = config["federation"], config["partition"], config["attack"]
+    split = f"Dirichlet α = {part['alpha']:g}" if part["scheme"] == "dirichlet" else part["scheme"]
+    lines = [
+        f"Task `{config['task']['name']}`, {fed['clients']} clients ({100 * attack['fraction']:g} % malicious), "
+        f"{split}, {fed['rounds']} rounds, seeds {', '.join(map(str, data['seeds']))}; "
+        f"{len(data['cells'])} cells, {data['wall_seconds'] / 60:.0f} min ({data['machine']}).",
+        "",
+        markdown(data["summary"]),
+    ]
+    for name, goal in data.get("goals", {}).items():
+        fedavg = (f"; FedAvg {100 * goal['fedavg_accuracy']:.1f} % ({goal['fedavg_drop_points']:.1f} points below clean)"
+                  if "fedavg_accuracy" in goal else "")
+        lines += ["", f"Under {name}: best defense **{goal['best_defense']}** at {100 * goal['best_accuracy']:.1f} %, "
+                  f"{goal['best_gap_points']:.1f} points below clean FedAvg ({100 * goal['clean_fedavg_accuracy']:.1f} %; "
+                  f"goal ≤ {goal['within_points']:g}: {'met' if goal['met'] else 'not met'}){fedavg}."]
+    return "\n".join(lines)
+
+
 #: Block name -> (result file relative to the repository root, formatter).
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "engine-overhead": ("benchmarks/results/engine_overhead.json", engine_overhead_table),
@@ -199,6 +224,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "lora-mimicry": ("benchmarks/results/lora_artist_mimicry.json", lora_mimicry_table),
     "memorization-detection": ("benchmarks/results/memorization_demo.json", memorization_detection_table),
     "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),
+    "fl-proof": ("benchmarks/results/fl_proof.json", fl_proof_table),
 }
 
 

@@ -61,6 +61,12 @@ def _authenticate(argv: list[str]) -> int:
     return authenticate_main(argv, prog="artshield authenticate")
 
 
+def _fl(argv: list[str]) -> int:
+    from .fl_bridge.cli import main as fl_main
+
+    return fl_main(argv, prog="artshield fl")
+
+
 def _serve(argv: list[str]) -> int:
     from .web.serve import main as serve_main
 
@@ -74,6 +80,7 @@ COMMANDS = {
     "purify": ("apply a purification attack (jpeg, resize, noise, diffpure, impress, ...) to a folder", _purify),
     "evaluate": ("run mimicry (LoRA, SDEdit, inpainting) on clean vs protected+purified images; JSON + HTML report", _evaluate),
     "authenticate": ("did a fine-tuned model (or LoRA) learn an artist's images? CGI-DM + baselines; JSON + HTML report", _authenticate),
+    "fl": ("federated poisoning attacks vs robust defenses on Flower: run / sweep an experiment file, list", _fl),
     "serve": ("start a local web page to protect images in the browser (needs artshield[web])", _serve),
     "info": ("show versions, the device and how the demo model was made", _info),
 }
