@@ -58,6 +58,9 @@ class _ClientRuntime:
         for pid, attack in malicious.items():
             if not isinstance(attack, ModelPoisoning | TrainingAttack):
                 raise TypeError(f"malicious[{pid}] is {type(attack).__name__}, not an attack")
+        from . import training as training_module
+
+        self.T = training_module  # resolved here, in the process that builds the app (Ray ships it by name)
         self.task = task
         self.partitions = list(partitions)
         self.training = training
@@ -70,10 +73,11 @@ class _ClientRuntime:
         self._data: dict[int, Any] = {}
         self._globals_seen: dict[int, torch.Tensor] = {}
         self._crafted: tuple[tuple, torch.Tensor] | None = None
+        self._last_global: tuple | None = None
 
     def __getstate__(self):  # Ray ships the app to its actors: no caches, the model is rebuilt there
         state = dict(self.__dict__)
-        state.update(_model=None, _layout=None, _train_set=None, _data={}, _globals_seen={}, _crafted=None)
+        state.update(_model=None, _layout=None, _train_set=None, _data={}, _globals_seen={}, _crafted=None, _last_global=None)
         return state
 
     @property
@@ -101,6 +105,18 @@ class _ClientRuntime:
     def partition(context: Context) -> int:
         return int(context.node_config[M.PARTITION_ID])
 
+    def global_vector(self, arrays) -> torch.Tensor:
+        """The received global model as a vector; decoded once per round in-process, where every node gets the
+        very same ArrayRecord object (compared by identity, array by array; a copy is returned)."""
+        last = self._last_global
+        values = list(arrays.values())
+        if last is not None and last[0] is arrays and len(last[1]) == len(values) and all(
+                a is b and a.data is b_data for a, b, b_data in zip(values, last[1], last[2], strict=True)):
+            return last[3].clone()
+        vector = M.arrays_to_vector(arrays, self.layout)
+        self._last_global = (arrays, values, [a.data for a in values], vector)
+        return vector.clone()
+
     def _previous_delta(self, server_round: int, global_vector: torch.Tensor) -> torch.Tensor | None:
         """Last round's global change as the attackers saw it (Neurotoxin); None before they saw two rounds."""
         self._globals_seen[server_round] = global_vector
@@ -111,13 +127,12 @@ class _ClientRuntime:
 
     # ---------------------------------------------------------------------------------------------- handlers
     def train(self, message: Message, context: Context) -> Message:
-        from . import training as T
-
+        T = self.T
         pid = self.partition(context)
         arrays = message.content[M.ARRAYS]
         config = message.content[M.CONFIG] if M.CONFIG in message.content.config_records else {}
         server_round = int(config.get(M.SERVER_ROUND, 0))
-        global_vector = M.arrays_to_vector(arrays, self.layout)
+        global_vector = self.global_vector(arrays)
         data = self.data(pid)
         generator = generator_for(self.seed, server_round, pid)
         attack = self.malicious.get(pid)
@@ -136,8 +151,7 @@ class _ClientRuntime:
         return M.train_reply(message, local, len(data))
 
     def craft(self, message: Message, context: Context) -> Message:
-        from . import training as T
-
+        T = self.T
         pid = self.partition(context)
         attack = self.malicious.get(pid)
         if not isinstance(attack, ModelPoisoning):
@@ -164,8 +178,7 @@ class _ClientRuntime:
         return M.train_reply(message, local, len(self.data(pid)))
 
     def evaluate(self, message: Message, context: Context) -> Message:
-        from . import training as T
-
+        T = self.T
         pid = self.partition(context)
         data = self.data(pid)
         vector = M.arrays_to_vector(message.content[M.ARRAYS], self.layout)

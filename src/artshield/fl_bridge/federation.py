@@ -134,6 +134,8 @@ class FederationResult:
 
 @contextlib.contextmanager
 def _flower_log_level(level: int):
+    import flwr.app  # noqa: F401  (importing Flower sets its logger to DEBUG: do it before changing the level)
+
     flower = logging.getLogger("flwr")
     old = flower.level
     flower.setLevel(level)
@@ -223,7 +225,7 @@ def _drive(setup: _Setup, grid, progress: Callable[[dict], None] | None) -> tupl
     from .attacks.base import ModelPoisoning
     from .grid import OmniscientExchange, discover_partitions
 
-    partition_of = discover_partitions(grid)
+    partition_of = discover_partitions(grid, setup.config.num_clients)
     malicious_nodes = {node for node, pid in partition_of.items() if pid in set(setup.malicious_clients)}
     strategy = setup.strategy(malicious_nodes)
     if isinstance(setup.attack, ModelPoisoning):
@@ -278,24 +280,89 @@ def _run_inprocess(setup: _Setup, progress):
     return _drive(setup, grid, progress)
 
 
+class _StopFlag(Exception):
+    pass
+
+
+def _stoppable(grid, stop):
+    """The Simulation Engine's grid, polled faster than its 0.1 s and abandoned when `stop` is set.
+
+    If Ray crashes, Flower 1.42 leaves the ServerApp thread waiting for replies (or for nodes) forever and
+    the process cannot exit; this wrapper makes that thread raise instead."""
+    from flwr.serverapp import Grid
+
+    class StoppableGrid(Grid):
+        def set_run(self, run):
+            grid.set_run(run)
+
+        @property
+        def run(self):
+            return grid.run
+
+        def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+            return grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+        def get_node_ids(self):
+            if stop.is_set():
+                raise _StopFlag("the simulation stopped")
+            return grid.get_node_ids()
+
+        def push_messages(self, messages):
+            return grid.push_messages(messages)
+
+        def pull_messages(self, message_ids):
+            return grid.pull_messages(message_ids)
+
+        def send_and_receive(self, messages, *, timeout=None):
+            pending = set(self.push_messages(messages))
+            end = None if timeout is None else time.monotonic() + timeout
+            out = []
+            while pending and (end is None or time.monotonic() < end):
+                if stop.is_set():
+                    raise _StopFlag("the simulation stopped")
+                replies = list(self.pull_messages(pending))
+                out.extend(replies)
+                pending -= {r.metadata.reply_to_message_id for r in replies}
+                if pending:
+                    stop.wait(0.01)
+            return out
+
+    return StoppableGrid()
+
+
+_NO_RAY = "engine 'ray' needs Flower's simulation extra (Ray): pip install 'flwr[simulation]'"
+
+
 def _run_ray(setup: _Setup, progress):
     """Flower's Simulation Engine (Ray). Flower 1.42's non-deprecated path is the ``flwr run`` CLI on an app
     folder (see ``examples/fl_app``), which cannot run a ServerApp/ClientApp built in this process; the
     Python entry point for that is ``flwr.simulation.run_simulation``, deprecated but present in 1.42."""
+    import importlib.util
+    import os
+    import shutil
+    import tempfile
+    import threading
     import warnings
 
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
+    # Flower 1.42 answers a missing Ray with flwr_exit(701): SystemExit(1) *and* a daemon thread that
+    # os._exit()s the whole process seconds later, so catching SystemExit is not enough: check first.
+    if importlib.util.find_spec("ray") is None:
+        raise DependencyError(_NO_RAY)
     outcome: dict = {}
+    stop = threading.Event()
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid, context) -> None:
-        outcome["result"] = _drive(setup, grid, progress)
+        outcome["result"] = _drive(setup, _stoppable(grid, stop), progress)
 
+    # Ray's AF_UNIX socket paths must stay under 107 bytes: give it a short session folder of its own
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
     backend_config: dict = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                            "init_args": {"include_dashboard": False}}
+                            "init_args": {"include_dashboard": False, "_temp_dir": temp_dir}}
     if setup.config.ray_num_cpus is not None:
         backend_config["init_args"]["num_cpus"] = setup.config.ray_num_cpus
     try:
@@ -303,11 +370,13 @@ def _run_ray(setup: _Setup, progress):
             warnings.simplefilter("ignore", DeprecationWarning)
             run_simulation(server_app=server_app, client_app=setup.client_app(),
                            num_supernodes=setup.config.num_clients, backend_config=backend_config)
-    except SystemExit as exit_:
-        if exit_.code == 701:  # flwr.supercore.exit.ExitCode.SIMULATION_MISSING_EXTRA
-            raise DependencyError("engine 'ray' needs Flower's simulation extra: pip install 'flwr[simulation]'"
-                                  ) from None
+    except SystemExit as exit_:  # flwr_exit: 701 (SIMULATION_MISSING_EXTRA) in older Flower, 1 in 1.42
+        if exit_.code in (1, 701) and importlib.util.find_spec("ray") is None:
+            raise DependencyError(_NO_RAY) from None
         raise RuntimeError(f"Flower's Simulation Engine exited with code {exit_.code}") from None
+    finally:
+        stop.set()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     if "result" not in outcome:
         raise RuntimeError("Flower's Simulation Engine finished without running the ServerApp")
     return outcome["result"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 
 from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -193,19 +194,26 @@ class OmniscientExchange(Grid):
         return Message(crafted.content, reply_to=train_message)
 
 
-def discover_partitions(grid: Grid, timeout: float | None = None) -> dict[int, int]:
+def discover_partitions(grid: Grid, num_nodes: int | None = None, timeout: float = 600.0) -> dict[int, int]:
     """``{node id: partition id}`` for every node, asked through a ``query.partition`` message.
 
     The Simulation Engine gives nodes random ids and tells only each node its ``partition-id``; a server that
-    must know which nodes are malicious (for detection metrics) asks them.
+    must know which nodes are malicious (for detection metrics) asks them. With `num_nodes`, waits (up to
+    `timeout` seconds) until that many nodes are connected, as Flower's own sampling does.
     """
+    end = time.monotonic() + timeout
     node_ids = list(grid.get_node_ids())
+    while num_nodes is not None and len(node_ids) < num_nodes:
+        if time.monotonic() > end:
+            raise RuntimeError(f"only {len(node_ids)} of {num_nodes} nodes connected within {timeout:g} s")
+        time.sleep(0.05)
+        node_ids = list(grid.get_node_ids())
     queries = [Message(RecordDict({M.CONFIG: ConfigRecord({})}), node, M.QUERY_PARTITION) for node in node_ids]
     found = {}
-    for reply in grid.send_and_receive(queries, timeout=timeout):
+    for reply in grid.send_and_receive(queries, timeout=max(1.0, end - time.monotonic())):
         if not reply.has_error():
             found[reply.metadata.src_node_id] = int(reply.content[M.METRICS][M.PARTITION_ID])
     missing = [n for n in node_ids if n not in found]
-    if missing:
-        raise RuntimeError(f"{len(missing)} node(s) did not say which partition they hold")
+    if missing or not found:
+        raise RuntimeError(f"{len(missing)} of {len(node_ids)} node(s) did not say which partition they hold")
     return found

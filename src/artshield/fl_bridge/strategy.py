@@ -97,7 +97,11 @@ class ReplyValidator:
             self.layout = ParameterLayout.from_arrays({k: a.numpy() for k, a in global_arrays.items()})
         self.server_round = int(server_round)
         self.global_arrays = global_arrays
-        self._expected = {name: (a.dtype, tuple(a.shape)) for name, a in global_arrays.items()}
+        self._expected = {}
+        for name, a in global_arrays.items():
+            shape = tuple(int(x) for x in a.shape)
+            self._expected[name] = (a.dtype, shape, math.prod(shape),
+                                    math.prod(shape) * np.dtype(a.dtype).itemsize + _HEADER_SLACK)
         self.global_vector = M.arrays_to_vector(global_arrays, self.layout)
 
     def check(self, replies: Iterable[Message]) -> ValidatedRound:
@@ -105,11 +109,12 @@ class ReplyValidator:
             raise RuntimeError("ReplyValidator.check before start_round (configure_train was not called)")
         replies = list(replies)
         rows = torch.empty(len(replies), self.layout.size)
+        rows_np = rows.numpy()  # shares memory; filled in place
         kept, weights, nodes, drops, dropped_nodes = [], [], [], Counter(), []
         for reply in replies:
             node = reply.metadata.src_node_id
             try:
-                weights.append(self._check_one(reply, rows[len(kept)]))
+                weights.append(self._check_one(reply, rows[len(kept)], rows_np[len(kept)]))
             except _Rejected as rejected:
                 drops[rejected.reason] += 1
                 dropped_nodes.append(node)
@@ -121,7 +126,7 @@ class ReplyValidator:
         return ValidatedRound(rows[:len(kept)], torch.tensor(weights, dtype=torch.float32), nodes, kept, drops,
                               dropped_nodes)
 
-    def _check_one(self, reply: Message, row: torch.Tensor) -> float:
+    def _check_one(self, reply: Message, row: torch.Tensor, row_np: np.ndarray) -> float:
         if reply.has_error():
             raise _Rejected("error", f"the client failed: {reply.error.reason}")
         if reply.metadata.group_id != str(self.server_round):
@@ -147,23 +152,22 @@ class ReplyValidator:
         if keys - expected:
             raise _Rejected("extra-keys", f"unexpected {sorted(keys - expected)[:3]}")
         for name, array in arrays.items():
-            dtype, shape = self._expected[name]
+            dtype, shape, size, limit = self._expected[name]
             if array.dtype != dtype:
                 raise _Rejected("wrong-dtype", f"{name!r} is {array.dtype}, the model's is {dtype}")
             claimed = tuple(int(s) for s in array.shape)
-            limit = int(np.prod(shape)) * np.dtype(dtype).itemsize + _HEADER_SLACK
-            if (len(claimed) and int(np.prod(claimed)) > int(np.prod(shape))) or len(array.data) > limit:
+            if math.prod(claimed) > size or len(array.data) > limit:
                 raise _Rejected("oversized", f"{name!r} carries {len(array.data)} bytes for shape {shape}")
             if claimed != shape:
                 raise _Rejected("wrong-shape", f"{name!r} has shape {claimed}, the model's is {shape}")
         for entry in self.layout:
             try:
-                value = arrays[entry.name].numpy()
+                value = M.decode_array(arrays[entry.name])
             except Exception as error:  # bytes that np.load refuses (never unpickled: allow_pickle=False)
                 raise _Rejected("undecodable", f"{entry.name!r}: {error}") from None
             if value.shape != entry.shape or str(value.dtype) != self._expected[entry.name][0]:
                 raise _Rejected("wrong-shape", f"{entry.name!r} decodes to {value.dtype}{value.shape}")
-            row[entry.span] = torch.from_numpy(np.ascontiguousarray(value)).reshape(-1)
+            row_np[entry.span] = value.reshape(-1)
         if not bool(torch.isfinite(row).all()):
             raise _Rejected("non-finite", "NaN or inf in the update")
         norm = float(torch.linalg.vector_norm(row - self.global_vector))
