@@ -8,7 +8,9 @@ as full weights (``global + delta``) in ``ArrayRecord``s, exactly what a Flower 
 Both sides run in this one process on the same updates; the script checks that the results agree and records
 the median time of each over ``--repeats`` runs, the ratio Flower / ours, and the time our strategy needs to
 turn the same ``ArrayRecord``s into the delta matrix (``stack_s``, paid once per round whatever the rule).
-Our timings exclude FLTrust's root training (a fixed root update is used) and count FLAME's HDBSCAN.
+Each client's delta is Gaussian noise with its own scale (so Krum's choice is unambiguous and the two sides
+can be compared). Our timings exclude FLTrust's root training (a fixed root update is used) and count FLAME's
+HDBSCAN. Threads: whatever torch and NumPy get (set ``OMP_NUM_THREADS``); both sides share them.
 
     python benchmarks/fl_aggregation.py [--dims 1000000] [--clients 100 20] [--repeats 3] [--output FILE]
 
@@ -129,7 +131,10 @@ def run(d: int, n: int, repeats: int, rules: list[str], seed: int = 0) -> list[d
     shapes = layer_shapes(d)
     layout = ParameterLayout(shapes)
     global_np = gen.standard_normal(d, dtype=np.float32)
-    deltas_np = 0.01 * gen.standard_normal((n, d), dtype=np.float32)
+    # Each client's noise has its own scale (0.01 to 0.02, shuffled): Krum's scores are then well apart, so
+    # the selections can be compared although Flower computes distances on full weights in float32.
+    scales = gen.permutation(np.linspace(0.01, 0.02, n, dtype=np.float32))
+    deltas_np = scales[:, None] * gen.standard_normal((n, d), dtype=np.float32)
     counts = gen.integers(10, 100, size=n)
     global_vector = torch.from_numpy(global_np)
     deltas = torch.from_numpy(deltas_np)

@@ -178,6 +178,22 @@ def test_foolsgold_weights_by_hand_and_history():
     assert torch.allclose(out.delta, torch.tensor([0.1, 0.5, 0.65]))
 
 
+def test_foolsgold_history_follows_client_ids_across_rounds():
+    gen = torch.Generator().manual_seed(5)
+    rule, sums = FoolsGold(), {}
+    for server_round, ids in enumerate([[3, 1, 4], [1, 5, 9, 3], [9, 3], [4, 5, 1, 9, 3, 2]]):
+        x = torch.randn(len(ids), 6, generator=gen)
+        out = rule(rounds(x.numpy(), client_ids=ids, server_round=server_round))
+        for cid, row in zip(ids, x, strict=True):
+            sums[cid] = sums.get(cid, torch.zeros(6)) + row
+        history = torch.stack([sums[cid] for cid in ids]).double()
+        weights = foolsgold_weights(robust.cosine_from_gram(history @ history.T))
+        expected = (weights / weights.sum()).float() @ x if weights.sum() > 0 else torch.zeros(6)
+        assert torch.allclose(out.delta, expected, atol=1e-5), server_round
+    with pytest.raises(InvalidArgumentError, match="foolsgold"):
+        rule(rounds(np.ones((2, 6)), client_ids=[1, 1]))
+
+
 def reference_multimetrics(vectors: np.ndarray) -> np.ndarray:
     """The feature loop of siquanhuang/Multi-metrics ``defense.py`` (with a pseudo-inverse)."""
     n = len(vectors)
@@ -220,6 +236,10 @@ def test_flame_keeps_the_majority_cluster_clips_and_adds_seeded_noise():
     bound = torch.from_numpy(np.asarray(np.median(norms.numpy())))
     clipped = x[kept] * torch.clamp(bound / norms[kept], max=1)[:, None]
     assert torch.allclose(out.delta.double(), clipped.mean(0), atol=1e-5)
+    # the paper's space (local models = global + delta) with a zero global model is the delta space
+    assert torch.equal(FLAME(lam=0.0, space="model")(updates).accepted, kept)
+    shifted = rounds(updates.deltas.numpy(), global_vector=np.full(4, 0.3))
+    assert torch.isfinite(FLAME(space="model")(shifted).delta).all()
     noisy_a, noisy_b = FLAME(seed=3)(updates), FLAME(seed=3)(updates)
     assert torch.equal(noisy_a.delta, noisy_b.delta) and not torch.equal(noisy_a.delta, out.delta)
     assert abs(noisy_a.metrics["sigma"] - 0.001 * noisy_a.metrics["bound"]) < 1e-12

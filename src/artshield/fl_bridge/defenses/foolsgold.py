@@ -47,29 +47,45 @@ class FoolsGold(AggregationRule):
     selects = True
 
     def __init__(self):
-        self._history: dict[int, torch.Tensor] = {}
+        self._rows: dict[int, int] = {}  # client id -> row of the history matrix
+        self._matrix: torch.Tensor | None = None  # (capacity, d) summed deltas, rows in order of first appearance
 
     def reset(self) -> None:
         """Forget every client's history (a new federation)."""
-        self._history.clear()
+        self._rows.clear()
+        self._matrix = None
 
     def config(self) -> dict:
         return {}
 
+    def _history_rows(self, ids: list[int], x: torch.Tensor) -> torch.Tensor:
+        """Add this round's deltas to the clients' histories (in place) and return the row indices."""
+        matrix = self._matrix
+        if matrix is not None and (matrix.shape[1] != x.shape[1] or matrix.device != x.device):
+            self.reset()
+            matrix = None
+        new = [cid for cid in dict.fromkeys(ids) if cid not in self._rows]
+        for cid in new:
+            self._rows[cid] = len(self._rows)
+        if matrix is None or len(self._rows) > matrix.shape[0]:
+            capacity = max(len(self._rows), 2 * (0 if matrix is None else matrix.shape[0]))
+            grown = torch.zeros(capacity, x.shape[1], dtype=x.dtype, device=x.device)
+            if matrix is not None:
+                grown[: matrix.shape[0]] = matrix
+            self._matrix = matrix = grown
+        rows = torch.tensor([self._rows[cid] for cid in ids], device=x.device)
+        matrix.index_add_(0, rows, x.to(matrix.dtype))
+        return rows
+
     def aggregate(self, updates: RoundUpdates) -> Aggregate:
         x, _ = round_matrix(self.name, updates)
         ids = [int(c) for c in updates.client_ids]
-        if len(ids) != x.shape[0]:
-            raise InvalidArgumentError(f"defense 'foolsgold': {len(ids)} client ids for {x.shape[0]} updates")
-        rows = []
-        for cid, delta in zip(ids, x, strict=True):
-            past = self._history.get(cid)
-            if past is None or past.shape != delta.shape or past.device != delta.device:
-                past = torch.zeros_like(delta)
-            past = past + delta
-            self._history[cid] = past
-            rows.append(past)
-        history = torch.stack(rows)
+        if len(ids) != x.shape[0] or len(set(ids)) != len(ids):
+            raise InvalidArgumentError(f"defense 'foolsgold': needs {x.shape[0]} distinct client ids, got {ids}")
+        rows = self._history_rows(ids, x)
+        first = int(rows[0])
+        contiguous = bool((rows == torch.arange(first, first + len(ids), device=rows.device)).all())
+        history = self._matrix[first:first + len(ids)] if contiguous else self._matrix[rows]  # a view when possible
         weights = foolsgold_weights(cosine_from_gram((history @ history.T).double()))
         accepted = (weights > 0).cpu()
         total = weights.sum()

@@ -65,9 +65,14 @@ def combine(x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
 
 
 def weighted_mean(x: torch.Tensor, weights: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean of the rows (or of the rows in `index`) weighted by `weights` (renormalised over those rows)."""
+    """Mean of the rows (or of the rows in `index`) weighted by `weights` (renormalised over those rows); one
+    matrix-vector product over all rows with zero coefficients elsewhere, so no rows are copied."""
     if index is not None:
-        x, weights = x[index], weights[index]
+        chosen = torch.zeros_like(weights)
+        chosen[index] = weights[index]
+        if not chosen.sum() > 0:
+            chosen[index] = 1.0
+        weights = chosen
     total = weights.sum()
     weights = weights / total if total > 0 else torch.full_like(weights, 1.0 / x.shape[0])
     return combine(x, weights)
