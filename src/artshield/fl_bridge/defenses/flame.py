@@ -23,7 +23,7 @@ import torch
 
 from ...errors import InvalidArgumentError
 from .base import Aggregate, AggregationRule, RoundUpdates
-from .robust import check_count, check_real, combine, cosine_from_gram, median_of, round_matrix
+from .robust import check_count, check_real, combine, cosine_from_gram, gram_matrix, median_of, round_matrix
 
 
 class FLAME(AggregationRule):
@@ -50,7 +50,7 @@ class FLAME(AggregationRule):
         from sklearn.cluster import HDBSCAN
 
         n = x.shape[0]
-        g = (x @ x.T).double()
+        g = gram_matrix(x)
         if self.space == "model":
             gv = global_vector.detach().to(x.device, x.dtype).reshape(-1)
             b = (x @ gv).double()

@@ -22,7 +22,7 @@ import torch
 
 from ...errors import InvalidArgumentError
 from .base import Aggregate, AggregationRule, RoundUpdates
-from .robust import combine, cosine_from_gram, round_matrix
+from .robust import combine, cosine_from_gram, gram_matrix, round_matrix
 
 
 def foolsgold_weights(similarity: torch.Tensor) -> torch.Tensor:
@@ -86,7 +86,7 @@ class FoolsGold(AggregationRule):
         first = int(rows[0])
         contiguous = bool((rows == torch.arange(first, first + len(ids), device=rows.device)).all())
         history = self._matrix[first:first + len(ids)] if contiguous else self._matrix[rows]  # a view when possible
-        weights = foolsgold_weights(cosine_from_gram((history @ history.T).double()))
+        weights = foolsgold_weights(cosine_from_gram(gram_matrix(history)))
         accepted = (weights > 0).cpu()
         total = weights.sum()
         if not total > 0:

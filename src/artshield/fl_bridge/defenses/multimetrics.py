@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from .base import Aggregate, AggregationRule, RoundUpdates
-from .robust import check_real, cosine_from_gram, mask_of, round_matrix, weighted_mean
+from .robust import check_real, cosine_from_gram, gram_matrix, mask_of, round_matrix, weighted_mean
 
 #: Columns per block for the Manhattan distances (a block of 100 clients is 100 × 65536 floats, 25 MB).
 _BLOCK = 1 << 16
@@ -43,7 +43,7 @@ def manhattan_distances(x: torch.Tensor) -> torch.Tensor:
 def multimetrics_scores(x: torch.Tensor) -> torch.Tensor:
     """Each update's score ``t_iᵀ Σ⁺ t_i`` (float64; lower = more ordinary)."""
     n = x.shape[0]
-    g = (x @ x.T).double()
+    g = gram_matrix(x)
     g = (g + g.T) / 2
     norms = g.diagonal().clamp_min(0).sqrt()
     off = ~torch.eye(n, dtype=torch.bool, device=x.device)

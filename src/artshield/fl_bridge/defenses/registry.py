@@ -28,8 +28,12 @@ NEEDS_ROOT = frozenset({"fltrust", "skymask"})
 def defense_class(name: str) -> type[AggregationRule]:
     """The rule class of a known defense name (imports lazily: skymask's module is heavy)."""
     if name == "skymask":
-        from .skymask import SkyMask
-
+        try:
+            from .skymask import SkyMask
+        except ModuleNotFoundError as error:
+            if not (error.name or "").endswith("skymask"):
+                raise
+            raise InvalidArgumentError("defense 'skymask' is not available in this installation") from None
         return SkyMask
     if name == "fltrust":
         from .fltrust import FLTrust

