@@ -22,7 +22,8 @@ Blocks and their sources:
   ``results.json``);
 * ``memorization-detection``, ``memorization-prune``: ``benchmarks/results/memorization_demo.json``
   (``examples/memorization_demo.py``'s ``results.json``);
-* ``fl-proof``: ``benchmarks/results/fl_proof.json`` (``examples/fl_proof.py`` writes it there itself).
+* ``fl-proof``: ``benchmarks/results/fl_proof.json`` (``examples/fl_proof.py`` writes it there itself);
+* ``fl-aggregation``: ``benchmarks/results/fl_aggregation.json`` (``benchmarks/fl_aggregation.py``).
 
 A block whose result file is not committed cannot be in the README (the test refuses it).
 """
@@ -213,6 +214,27 @@ def fl_proof_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def fl_aggregation_table(data: dict) -> str:
+    """``benchmarks/fl_aggregation.py``'s JSON: seconds per round of each rule, ours and Flower's, and the ratio."""
+    lines = [
+        f"Random float32 updates, CPU, {data['threads']} thread{'s' * (data['threads'] != 1)}, torch {data['torch']}, "
+        f"flwr {data['flwr']}; median of {data['repeats']} runs; Flower = its strategy's `aggregate_train` on the "
+        f"same updates as full weights; target ≤ {data['target_s']:g} s per round for distance/median rules.",
+        "",
+        "| rule | n | d | ours s | Flower s | Flower / ours | ArrayRecords → matrix s | ≤ target |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        flower = "–" if row.get("flower_s") is None else f"{row['flower_s']:.3f}"
+        ratio = "–" if row.get("flower_s") is None else f"{row['ratio']:.1f}"
+        target = {True: "yes", False: "no", None: ""}[row.get("meets_target")]
+        lines.append(f"| {row['rule']} | {row['clients']} | {row['dims']:,} | {row['ours_s']:.3f} | {flower} | {ratio} | "
+                     f"{row['stack_s']:.3f} | {target} |".replace(",", " "))
+    if data.get("note"):
+        lines += ["", f"Note: {data['note']}."]
+    return "\n".join(lines)
+
+
 #: Block name -> (result file relative to the repository root, formatter).
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "engine-overhead": ("benchmarks/results/engine_overhead.json", engine_overhead_table),
@@ -225,6 +247,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "memorization-detection": ("benchmarks/results/memorization_demo.json", memorization_detection_table),
     "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),
     "fl-proof": ("benchmarks/results/fl_proof.json", fl_proof_table),
+    "fl-aggregation": ("benchmarks/results/fl_aggregation.json", fl_aggregation_table),
 }
 
 
