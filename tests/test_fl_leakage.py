@@ -71,14 +71,18 @@ def install_fakes(monkeypatch) -> Calls:
     """Fake ``leakage.observe/labels/inversion/assess`` modules (always: the tests are about the runner)."""
     calls = Calls()
 
-    def observation_from_delta(model, delta, layout, *, lr, steps, batch_size, input_shape, num_classes):
-        calls.observations.append((delta.clone(), _vector(model), lr, steps, batch_size, input_shape))
+    def observation_from_delta(model, delta, layout, *, lr, steps, batch_size, input_shape, num_classes,
+                               num_images=None):
+        images = batch_size if num_images is None else num_images
+        calls.observations.append((delta.clone(), _vector(model), lr, steps, batch_size, images, input_shape))
         vector = -delta / (lr * steps)
         grads = {name: vector[layout[name].span].view(layout[name].shape) for name, _ in model.named_parameters()}
-        return Observation(gradients=grads, kind="fedsgd" if steps == 1 else "fedavg", batch_size=batch_size,
-                           local_steps=steps, input_shape=input_shape, num_classes=num_classes)
+        return Observation(gradients=grads, kind="fedsgd" if steps == 1 else "fedavg", batch_size=images,
+                           local_steps=steps, local_batch_size=batch_size, input_shape=input_shape,
+                           num_classes=num_classes)
 
-    def recover_labels(method, gradients, model, *, batch_size, num_classes, generator=None, local_steps=1):
+    def recover_labels(method, gradients, model, *, batch_size, num_classes, generator=None, local_steps=1,
+                       **options):
         calls.labels.append((method, batch_size, local_steps))
         bias = list(gradients.values())[-1]  # the last layer's bias gradient: softmax - one-hot
         labels = bias.argsort()[:batch_size].sort().values
@@ -99,8 +103,9 @@ def install_fakes(monkeypatch) -> Calls:
         mse = ((original_images - reconstruction.images[order]) ** 2).mean().item()
         truth = original_labels.sort().values
         guess = torch.as_tensor(recovered_labels).sort().values
-        return {"psnr": {"mean": 10 * np.log10(1 / mse), "per_image": [1.0] * len(order)}, "ssim": 0.5,
-                "lpips": None, "lpips_note": "LPIPS weights are not present", "matched_order": order,
+        return {"psnr": [1.0] * len(order), "psnr_mean": 10 * np.log10(1 / mse), "ssim": [0.5] * len(order),
+                "ssim_mean": 0.5, "lpips": [None] * len(order), "lpips_mean": None,
+                "notes": {"lpips": "LPIPS weights are not present"}, "matched_order": order,
                 "label_accuracy": float((truth == guess).float().mean()),
                 "count_accuracy": float((torch.bincount(truth, minlength=10) == torch.bincount(guess, minlength=10))
                                         .float().mean())}
@@ -146,8 +151,8 @@ def test_no_leakage_table_leaves_the_config_hash_alone():
     ('labels = "zero-shot"', 'labels = "zeroshot"', "[leakage] labels must be one of"),
     ('labels = "zero-shot"', 'labels = "idlg"', "[leakage] labels 'idlg' recovers a single label: it needs "
                                                 "batch_size = 1, got 4"),
-    ('labels = "zero-shot"', 'labels = "joint"', "[leakage] labels 'joint' (labels optimised with the images) is "
-                                                 "DLG's"),
+    ('attack = "ig"\nlabels = "zero-shot"', 'attack = "idlg"\nlabels = "joint"', "[leakage] labels 'joint' (labels optimised with the "
+                                                          "images) does not go with attack 'idlg'"),
     ("clients = [1, 3]", "clients = [1, 4]", "[leakage] clients must hold partition ids in [0, 3], got 4"),
     ("clients = [1, 3]", "clients = 5", "[leakage] clients as a count must be in [1, 4]"),
     ("clients = [1, 3]", "clients = [3, 3]", "[leakage] clients names 3 twice"),
@@ -189,6 +194,16 @@ def test_overrides_are_checked_together_and_named_by_their_option():
         settings_for(experiment(BASE, "plain.toml"), {"labels": "known"}, {"attack": "--attack"})
     # a new batch re-resolves the kind: 16 samples at [training] batch_size 8 are two steps
     assert settings_for(exp, {"batch_size": 16})["kind"] == "fedavg"
+
+
+def test_the_shipped_leakage_example_parses():
+    from pathlib import Path
+
+    from artshield.fl_bridge.experiment import load_experiment
+
+    example = load_experiment(Path(__file__).resolve().parents[1] / "examples/fl/leakage.toml")
+    assert example.leakage["clients"] == (0, 1) and example.leakage["rounds"] == (1, 3)
+    assert example.leakage["kind"] == "fedsgd" and example.leakage["batch_size"] == 4
 
 
 def test_federation_config_carries_the_leakage_settings():
@@ -254,23 +269,25 @@ def test_standalone_run_writes_json_html_and_grids(fakes, tmp_path):
     assert first["matched_order"] == [3, 2, 1, 0] and "matched_order" not in first["assessment"]
     assert on_disk["summary"]["attacks"] == 2
     # one FedSGD step on the client's first 4 samples, labels recovered by the named method
-    assert [c[2:] for c in fakes.observations] == [(0.1, 1, 4, (1, 8, 8))] * 2
+    assert [c[2:] for c in fakes.observations] == [(0.1, 1, 4, 4, (1, 8, 8))] * 2
     assert fakes.labels == [("llg", 4, 1)] * 2
     assert [r[0] for r in fakes.reconstructions] == ["dlg", "dlg"]
     page = (tmp_path / "out" / "leak.html").read_text()
-    assert "grid-client3.png" in page and "LPIPS weights are not present" in page
+    assert "grid-client3.png" in page and "lpips: LPIPS weights are not present" in page
 
 
 def test_the_server_sees_the_gradient_of_the_clients_first_batch(fakes, tmp_path):
     """FedSGD, batch 1: the delta is -lr * gradient, so the fake analytic labels find the true label."""
     from artshield.fl_bridge import partition as P
     from artshield.fl_bridge import tasks
+    from artshield.fl_bridge.federation import attacked_partitions
 
     exp = experiment(BASE + LEAKAGE.replace("batch_size = 4", "batch_size = 1").replace("rounds = [1, 2]",
                                                                                       "rounds = [1]"))
     document = run_leakage(exp, out_dir=None, labels="analytic")
     task = tasks.load_task("digits")
-    parts = P.partition(task.train_set().labels, 4, "iid", seed=0)
+    parts = attacked_partitions(P.partition(task.train_set().labels, 4, "iid", seed=0), exp.leakage, 0)
+    assert [len(p) for p in parts] == [360, 1, 359, 1]
     truth = [int(task.train_set().labels[parts[c][0]]) for c in (1, 3)]
     assert [r["true_labels"] for r in document["results"]] == [[t] for t in truth]
     assert [r["recovered_labels"] for r in document["results"]] == [[t] for t in truth]
@@ -290,9 +307,18 @@ def test_known_labels_joint_labels_and_fedavg_steps(fakes):
     run_leakage(exp, out_dir=None, labels="known", clients=[0], steps=11, restarts=3)
     (attack, labels, steps, restarts), = fakes.reconstructions
     assert fakes.labels == [] and steps == 11 and restarts == 3 and torch.equal(labels, labels.sort().values)
-    assert fakes.observations[0][3] == 2  # 4 samples at batch 2: two local steps, FedAvg
+    assert fakes.observations[0][3:6] == (2, 2, 4)  # 4 samples at batch 2: two local steps, FedAvg
     run_leakage(exp, out_dir=None, attack="dlg", labels="joint", clients=[0])
     assert fakes.reconstructions[-1][1] is None and fakes.labels == []
+
+
+def test_distinct_label_strategies_refuse_batches_larger_than_the_classes(fakes):
+    exp = experiment(BASE.replace("batch_size = 8", "batch_size = 16") + LEAKAGE.replace("batch_size = 4",
+                                                                                        "batch_size = 12"))
+    with pytest.raises(InvalidArgumentError, match=r"^\[leakage\] labels 'yin' assumes distinct labels, but "
+                                                   r"batch_size 12 is more than the task's 10 classes"):
+        run_leakage(exp, out_dir=None, labels="yin")
+    assert fakes.observations == []
 
 
 def test_a_batch_larger_than_the_clients_data_is_refused_before_anything_runs(fakes, tmp_path):

@@ -77,9 +77,16 @@ def test_idlg_labels_with_a_batch(refused, tmp_path):
             "--labels 'idlg' recovers a single label", "--batch-size = 1, got 4")
 
 
-def test_joint_labels_with_another_attack(refused, tmp_path):
+def test_joint_labels_with_idlg(refused, tmp_path):
     name = write(tmp_path, GOOD + LEAKAGE)
-    refused(["fl", "leak", name, "--labels", "joint"], "--labels 'joint'", "DLG's")
+    refused(["fl", "leak", name, "--labels", "joint", "--attack", "idlg"], "--labels 'joint'",
+            "does not go with --attack 'idlg'")
+
+
+def test_analytic_labels_with_more_samples_than_classes(refused, tmp_path):
+    name = write(tmp_path, GOOD + LEAKAGE)
+    refused(["fl", "leak", name, "--labels", "analytic", "--batch-size", "11", "--kind", "fedavg"],
+            "labels 'analytic' assumes distinct labels", "batch_size 11", "10 classes")
 
 
 def test_batch_larger_than_the_clients_data(refused, tmp_path):

@@ -91,7 +91,7 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
 
     leak = sub.add_parser("leak", help="a curious server reconstructs chosen clients' images from their updates",
                           description="Gradient leakage without a federation: the experiment's model at round 1 (or "
-                          "after --rounds-before N honest rounds), each chosen client's honest update on its first "
+                          "after --rounds-before N honest rounds), each chosen client's honest update on its "
                           "batch, label recovery, reconstruction, assessment. Settings come from the file's "
                           "[leakage] table; options override them. Writes leak.json, leak.html, grid-client<k>.png.")
     leak.add_argument("experiment", help="the experiment file (TOML; see examples/fl/leakage.toml)")

@@ -50,10 +50,10 @@ the fraction of malicious clients and its parameters) and the server's defense (
 
     [leakage]                           # a curious server (see fl_bridge.leakage.runner); omit for none
     attack = "ig"                       # dlg | idlg | ig | gradinversion
-    labels = "zero-shot"                # idlg | analytic | yin | llg | zero-shot | known | joint (dlg only)
+    labels = "zero-shot"                # idlg | analytic | yin | llg | zero-shot | known | joint (not idlg)
     clients = [0, 3]                    # partition ids, or a count k (clients 0..k-1); default 1
     rounds = [1]                        # the rounds whose updates are attacked (1 = the initial model)
-    batch_size = 4                      # the attacked clients hold this many samples (their first ones)
+    batch_size = 4                      # the attacked clients hold this many samples (drawn from the seed)
     # steps = 2000                      # inversion steps (default: the attack's preset)
     # restarts = 1
     # kind = "fedavg"                   # fedsgd | fedavg; default fedsgd when a client's update is one step
@@ -96,9 +96,9 @@ TRAINING_KEYS = ("epochs", "lr", "batch_size", "momentum", "weight_decay")
 SWEEP_KEYS = ("attacks", "defenses", "seeds")
 LEAKAGE_KEYS = ("attack", "labels", "clients", "rounds", "batch_size", "steps", "restarts", "kind")
 #: Gradient-inversion attacks (``fl_bridge.leakage.inversion.ATTACKS``), label strategies (``leakage.labels.
-#: LABEL_METHODS`` plus ``known``: the true labels, and ``joint``: optimised with the images, DLG only), kinds.
+#: LABEL_METHODS`` plus ``known``: the true labels, and ``joint``: optimised with the images as DLG does), kinds.
 LEAKAGE_ATTACKS = ("dlg", "idlg", "ig", "gradinversion")
-LEAKAGE_LABELS = ("idlg", "analytic", "yin", "llg", "zero-shot", "known", "joint")
+LEAKAGE_LABELS = ("idlg", "analytic", "yin", "llg", "zero-shot", "known", "joint")  # joint: not with idlg
 LEAKAGE_KINDS = ("fedsgd", "fedavg")
 #: Local training defaults, the same as ``fl_bridge.training.LocalTraining``'s.
 TRAINING_DEFAULTS = MappingProxyType({"epochs": 1, "lr": 0.05, "batch_size": 32, "momentum": 0.0, "weight_decay": 0.0})
@@ -549,9 +549,9 @@ def leakage_settings(table: Any, *, source: str, training: dict, clients: int, m
     else:
         ids = _ids(f, "clients", 1, 0, clients - 1, "partition ids")
     rounds = _ids(f, "rounds", [1], 1, max_round, "rounds")
-    if labels == "joint" and attack != "dlg":
-        f.fail(f"'joint' (labels optimised with the images) is DLG's; set {f.name('attack')} = \"dlg\" or choose a "
-               "label strategy", "labels")
+    if labels == "joint" and attack == "idlg":
+        f.fail(f"'joint' (labels optimised with the images) does not go with {f.name('attack')} 'idlg', which needs "
+               "labels; choose a label strategy or another attack", "labels")
     if labels == "idlg" and batch > 1:
         f.fail(f"'idlg' recovers a single label: it needs {f.name('batch_size')} = 1, got {batch} (use zero-shot, "
                "llg, analytic or yin for batches)", "labels")

@@ -14,8 +14,8 @@ Model-poisoning attackers get the round's updates through :class:`~artshield.fl_
 (a second ``train.craft`` message in the Flower message flow). The global model is evaluated centrally on
 the task's test set after every round (accuracy, loss, and attack success rate for targeted attacks).
 
-A curious server: ``config.leakage`` (the experiment's [leakage] table) gives the attacked clients only their first
-``batch_size`` samples, and an `observer` passed to :func:`run_federation` (e.g.
+A curious server: ``config.leakage`` (the experiment's [leakage] table) gives the attacked clients only
+``batch_size`` of their samples (:func:`attacked_partitions`), and an `observer` passed to :func:`run_federation` (e.g.
 :class:`~artshield.fl_bridge.leakage.runner.CuriousServer`) is handed every accepted reply's delta, inside the
 normal message flow: ``observer(server_round, partition_id, delta, global_vector, num_examples)``, after
 ``observer.attach(task=, model=, layout=, train_set=, partitions=, training=, seed=)`` when it has that method.
@@ -119,10 +119,11 @@ def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def attacked_partitions(partitions: list[torch.Tensor], leakage: dict) -> list[torch.Tensor]:
-    """`partitions` where each client a curious server attacks (``leakage["clients"]``) keeps only its first
-    ``leakage["batch_size"]`` samples, so that its update is that batch's; refuses a batch larger than such a
-    client's data (one line naming ``[leakage] batch_size`` and the client)."""
+def attacked_partitions(partitions: list[torch.Tensor], leakage: dict, seed: int = 0) -> list[torch.Tensor]:
+    """`partitions` where each client a curious server attacks (``leakage["clients"]``) keeps only
+    ``leakage["batch_size"]`` of its samples (drawn once from `seed` and the client, in dataset order: its "first
+    batch"), so that its update is that batch's; refuses a batch larger than such a client's data (one line
+    naming ``[leakage] batch_size`` and the client)."""
     batch = int(leakage["batch_size"])
     out = list(partitions)
     for pid in leakage["clients"]:
@@ -132,7 +133,8 @@ def attacked_partitions(partitions: list[torch.Tensor], leakage: dict) -> list[t
             raise InvalidArgumentError(f"[leakage] batch_size {batch} is larger than client {pid}'s data "
                                        f"({len(out[pid])} samples); lower it (--batch-size in `fl leak`) or attack "
                                        "another client")
-        out[pid] = out[pid][:batch]
+        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(pid))
+        out[pid] = out[pid][torch.randperm(len(out[pid]), generator=generator)[:batch].sort().values]
     return out
 
 
@@ -187,7 +189,7 @@ class _Setup:
         self.partitions = P.partition(train_set.labels, config.num_clients, config.partition, alpha=config.alpha,
                                       shards_per_client=config.shards_per_client, seed=config.seed)
         if config.leakage:
-            self.partitions = attacked_partitions(self.partitions, config.leakage)
+            self.partitions = attacked_partitions(self.partitions, config.leakage, config.seed)
         self.model = self.task.build_model(config.seed)
         self.layout = ParameterLayout.from_arrays(self.model.state_dict())
         generator = torch.Generator().manual_seed(config.seed)

@@ -184,8 +184,12 @@ def html(document: dict, title: str | None = None) -> str:
                        f"{r.get('true_labels')}, recovered {r.get('recovered_labels')}")
             body.append(f'<figure><img src="{esc(r["grid"])}" alt="{esc(r["grid"])}">'
                         f"<figcaption>{esc(caption)}</figcaption></figure>")
-    notes = sorted({str(r["assessment"]["lpips_note"]) for r in document.get("results", [])
-                    if isinstance(r.get("assessment"), dict) and r["assessment"].get("lpips_note")})
+    notes = set()
+    for r in document.get("results", []):
+        found = r.get("assessment", {}).get("notes") if isinstance(r.get("assessment"), dict) else None
+        if isinstance(found, dict):
+            notes.update(f"{key}: {value}" for key, value in found.items() if value)
+    notes = sorted(notes)
     body += [f"<p><small>{esc(note)}</small></p>" for note in notes]
     style = ("body{font-family:sans-serif;max-width:80em;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #bbb;padding:.25em .6em;text-align:right}img{image-rendering:pixelated;"

@@ -12,8 +12,9 @@ Two ways to run it, one attack path (:meth:`CuriousServer.attack_update`):
   seeded generator), and the server attacks it.
 
 The attacked clients' batch. A client trains on its whole partition for E epochs, so its update mixes every
-sample it holds. For a leakage experiment the attacked clients therefore hold only the first ``batch_size``
-samples of their partition (in the federation too: :func:`fl_bridge.federation.attacked_partitions`), so their update is the
+sample it holds. For a leakage experiment the attacked clients therefore hold only ``batch_size`` samples of
+their partition, drawn once from the seed (in the federation too: :func:`fl_bridge.federation.attacked_partitions`),
+so their update is the
 gradient of exactly that batch (``kind = "fedsgd"``: one local step, which needs ``[training] epochs = 1`` and
 ``batch_size >= [leakage] batch_size``), or the FedAvg update of ``epochs × ceil(batch / training batch)``
 local steps on it (``kind = "fedavg"``: the weight difference over ``lr × steps`` is the pseudo-gradient).
@@ -155,10 +156,17 @@ class CuriousServer:
             if not 0 <= pid < len(self.partitions):
                 raise InvalidArgumentError(f"[leakage] clients names partition {pid}, but there are "
                                            f"{len(self.partitions)} clients")
+        classes, batch = int(task.num_classes), int(self.settings["batch_size"])
+        if self.settings["labels"] in ("analytic", "yin") and batch > classes:
+            raise InvalidArgumentError(f"[leakage] labels {self.settings['labels']!r} assumes distinct labels, but "
+                                       f"batch_size {batch} is more than the task's {classes} classes (--labels / "
+                                       "--batch-size in `fl leak`); use zero-shot or llg for such batches")
         self._attached = True
 
     def batch(self, partition_id: int):
-        """The client's true batch (its first ``batch_size`` samples): the ground truth the attack is scored on."""
+        """The client's true batch (the first ``batch_size`` samples of its partition, which
+        :func:`~artshield.fl_bridge.federation.attacked_partitions` cut to the attacked batch): the ground truth
+        the attack is scored on."""
         index = self.partitions[partition_id][:int(self.settings["batch_size"])]
         return self.train_set.subset(index)
 
@@ -186,10 +194,11 @@ class CuriousServer:
         batch = len(data)
         model = model_at(self.model, self.layout, global_vector)
         observe, inversion, assess = _leakage("observe"), _leakage("inversion"), _leakage("assess")
+        input_shape = tuple(int(x) for x in data.images.shape[1:])
         observation = observe.observation_from_delta(
             model, delta.detach().to(torch.float32), self.layout, lr=float(self.training.lr),
-            steps=int(s["local_steps"]), batch_size=batch, input_shape=tuple(int(x) for x in data.images.shape[1:]),
-            num_classes=int(self.task.num_classes))
+            steps=int(s["local_steps"]), batch_size=min(int(self.training.batch_size), batch),
+            input_shape=input_shape, num_classes=int(self.task.num_classes), num_images=batch)
         generator = torch.Generator().manual_seed(_seed(self.seed, server_round, partition_id, _SERVER_SALT))
         true_labels = data.labels.sort().values
         start = time.perf_counter()
@@ -201,7 +210,8 @@ class CuriousServer:
         else:
             recovery = _leakage("labels").recover_labels(
                 s["labels"], observation.gradients, model, batch_size=batch, num_classes=int(self.task.num_classes),
-                generator=generator, local_steps=int(s["local_steps"]))
+                generator=generator, local_steps=int(s["local_steps"]), local_lr=float(self.training.lr),
+                input_shape=input_shape)
             labels = recovery.labels
         label_seconds = time.perf_counter() - start
         reconstruction = inversion.reconstruct(s["attack"], model, observation, labels=labels, steps=s.get("steps"),
@@ -335,7 +345,8 @@ def prepare_leakage(experiment: Experiment, *, out_dir: str | Path | None, attac
     train_set = task.train_set()
     partitions = P.partition(train_set.labels, experiment.clients, experiment.partition, alpha=experiment.alpha,
                              shards_per_client=experiment.shards_per_client, seed=experiment.seed)
-    partitions = _federation().attacked_partitions(partitions, settings)  # a batch larger than the data: refused
+    # the attacked clients' batches, as in the federation; a batch larger than a client's data is refused here
+    partitions = _federation().attacked_partitions(partitions, settings, experiment.seed)
     model = task.build_model(experiment.seed)
     layout = ParameterLayout.from_arrays(model.state_dict())
     config = training.LocalTraining(**dict(experiment.training))
