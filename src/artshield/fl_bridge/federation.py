@@ -71,7 +71,7 @@ class FederationConfig:
     seed: int = 0
     engine: str = "inprocess"  # inprocess | ray
     ray_num_cpus: int | None = None  # CPUs Ray may use (engine="ray"); None: Ray's default
-    leakage: dict | None = None  # [leakage] settings: the attacked clients hold only their first batch_size samples
+    leakage: dict | None = None  # [leakage] settings: the attacked clients hold only batch_size of their samples
 
     def validate(self) -> FederationConfig:
         """Raises InvalidArgumentError naming the first bad field."""

@@ -313,7 +313,7 @@ def global_models(experiment: Experiment, rounds: Sequence[int], initial: torch.
     later = sorted(r for r in rounds if r > 1)
     if later:
         honest = experiment.replace(attack=CLEAN, attack_fraction=0.0, rounds=later[-1] - 1)
-        capture = _GlobalModels(later[:-1] if later[-1] - 1 >= 1 else [])
+        capture = _GlobalModels(later[:-1])  # each earlier round's global model, as the federation passes it
         result = _federation().run_federation(honest.federation_config(), observer=capture)
         out.update(capture.vectors)
         out[later[-1]] = result.final_vector.detach().clone()
