@@ -48,6 +48,16 @@ the fraction of malicious clients and its parameters) and the server's defense (
     defenses = ["fedavg", "median"]
     seeds = [0, 1, 2]
 
+    [leakage]                           # a curious server (see fl_bridge.leakage.runner); omit for none
+    attack = "ig"                       # dlg | idlg | ig | gradinversion
+    labels = "zero-shot"                # idlg | analytic | yin | llg | zero-shot | known | joint (not idlg)
+    clients = [0, 3]                    # partition ids, or a count k (clients 0..k-1); default 1
+    rounds = [1]                        # the rounds whose updates are attacked (1 = the initial model)
+    batch_size = 4                      # the attacked clients hold this many samples (drawn from the seed)
+    # steps = 2000                      # inversion steps (default: the attack's preset)
+    # restarts = 1
+    # kind = "fedavg"                   # fedsgd | fedavg; default fedsgd when a client's update is one step
+
 Every mistake is refused with one line that names the file and the field, e.g.
 ``experiment.toml: [attack] fraction must be in [0, 1), got 1.5``; unknown keys are refused with the
 nearest known one.
@@ -75,7 +85,7 @@ PILL_PREFIX = "pill+"
 ENGINES = ("inprocess", "ray")
 SCHEMES = ("iid", "dirichlet", "shards")
 
-SECTIONS = ("task", "partition", "federation", "training", "attack", "defense", "sweep")
+SECTIONS = ("task", "partition", "federation", "training", "attack", "defense", "sweep", "leakage")
 TOP_KEYS = ("name", "description", *SECTIONS)
 TASK_KEYS = ("name", "root", "params")
 PARTITION_KEYS = ("scheme", "alpha", "shards_per_client")
@@ -84,6 +94,12 @@ FEDERATION_KEYS = ("clients", "fraction", "rounds", "seed", "engine", "max_updat
 FLOWER_DEFENSES = ("flower-krum", "flower-multikrum", "flower-bulyan", "flower-median", "flower-trimmedmean")
 TRAINING_KEYS = ("epochs", "lr", "batch_size", "momentum", "weight_decay")
 SWEEP_KEYS = ("attacks", "defenses", "seeds")
+LEAKAGE_KEYS = ("attack", "labels", "clients", "rounds", "batch_size", "steps", "restarts", "kind")
+#: Gradient-inversion attacks (``fl_bridge.leakage.inversion.ATTACKS``), label strategies (``leakage.labels.
+#: LABEL_METHODS`` plus ``known``: the true labels, and ``joint``: optimised with the images as DLG does), kinds.
+LEAKAGE_ATTACKS = ("dlg", "idlg", "ig", "gradinversion")
+LEAKAGE_LABELS = ("idlg", "analytic", "yin", "llg", "zero-shot", "known", "joint")  # joint: not with idlg
+LEAKAGE_KINDS = ("fedsgd", "fedavg")
 #: Local training defaults, the same as ``fl_bridge.training.LocalTraining``'s.
 TRAINING_DEFAULTS = MappingProxyType({"epochs": 1, "lr": 0.05, "batch_size": 32, "momentum": 0.0, "weight_decay": 0.0})
 DEFAULT_ATTACK_FRACTION = 0.2
@@ -123,6 +139,7 @@ class Experiment:
     sweep_attacks: tuple[str, ...] = ()
     sweep_defenses: tuple[str, ...] = ()
     sweep_seeds: tuple[int, ...] = ()
+    leakage: MappingProxyType | None = None  # the [leakage] table, resolved (see leakage_settings)
     source: str | None = None  # the file it was read from (for error messages), not part of the config
 
     # ---------------------------------------------------------------------------------------------
@@ -175,6 +192,7 @@ class Experiment:
             "training": dict(self.training),
             "attack": {"name": self.attack, "fraction": self.attack_fraction, "params": dict(self.attack_params)},
             "defense": {"name": self.defense, "params": dict(self.defense_params)},
+            **({"leakage": _plain(self.leakage)} if self.leakage is not None else {}),
         }
 
     def config_hash(self) -> str:
@@ -210,6 +228,7 @@ class Experiment:
             seed=self.seed,
             engine=self.engine,
             ray_num_cpus=self.ray_num_cpus,
+            **({"leakage": _plain(self.leakage)} if self.leakage is not None else {}),
         )
 
 
@@ -465,10 +484,99 @@ def parse_experiment(text: str | dict, source: str = "experiment.toml", base: st
         attack_params=_frozen(attack_params), defense=defense, defense_params=_frozen(defense_params),
         name=name, description=description or "", sweep_attacks=sweep_attacks, sweep_defenses=sweep_defenses,
         sweep_seeds=sweep_seeds, source=source,
+        leakage=_parse_leakage(source, data, training, clients, rounds),
     )
     if check_names:
         check_experiment(experiment, where={"task": task, "attack": atk, "defense": dfn, "sweep": swp})
     return experiment
+
+
+# -------------------------------------------------------------------------------------------------
+# [leakage]: a curious server's gradient-inversion attack (fl_bridge.leakage)
+# -------------------------------------------------------------------------------------------------
+
+
+class _LeakageFields(_Fields):
+    """`_Fields` for [leakage]; a key given on the command line is named by its option (``--batch-size``)."""
+
+    def __init__(self, source: str, table: Any, options: dict[str, str]):
+        self.options = options
+        super().__init__(source, "leakage", table)
+
+    def where(self, key: str | None) -> str:
+        return self.options[key] if key in self.options else super().where(key)
+
+    def name(self, key: str) -> str:
+        return self.options.get(key, key)
+
+
+def _ids(fields: _LeakageFields, key: str, default, low: int, high: int | None, what: str) -> tuple[int, ...]:
+    value = fields.table.get(key, default)
+    values = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(values, list | tuple) or not values or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values):
+        fields.fail(f"must be a whole number or a non-empty list of whole numbers, got {_describe(value)}", key)
+    for v in values:
+        if v < low or (high is not None and v > high):
+            fields.fail(f"must hold {what} in [{low}, {high}], got {v}" if high is not None
+                        else f"must hold {what} >= {low}, got {v}", key)
+    if len(set(values)) != len(values):
+        fields.fail(f"names {sorted(v for v in values if values.count(v) > 1)[0]} twice", key)
+    return tuple(sorted(values))
+
+
+def leakage_settings(table: Any, *, source: str, training: dict, clients: int, max_round: int | None = None,
+                     options: dict[str, str] | None = None) -> dict[str, Any]:
+    """Validate a [leakage] table: the attack, the label strategy, the attacked clients (partition ids, or a
+    count k meaning clients 0..k-1), the attacked rounds (1 = the initial model; at most `max_round`), the
+    attacked clients' batch (they hold that many samples), inversion steps / restarts, and the kind of update
+    (``fedsgd`` when the client's update is one local step, else ``fedavg``). `options` names keys that came
+    from the command line (``{"batch_size": "--batch-size"}``) so that errors name the option."""
+    f = _LeakageFields(source, table, dict(options or {}))
+    f.refuse_unknown(LEAKAGE_KEYS)
+    attack = f.text("attack", required=True, choices=LEAKAGE_ATTACKS)
+    labels = f.text("labels", required=True, choices=LEAKAGE_LABELS)
+    batch = f.number("batch_size", 1, kind=int, low=1)
+    steps = f.number("steps", None, kind=int, low=1)
+    restarts = f.number("restarts", 1, kind=int, low=1)
+    kind = f.text("kind", None, choices=LEAKAGE_KINDS)
+    value = f.table.get("clients", 1)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= clients:
+            f.fail(f"as a count must be in [1, {clients}] (the federation's clients), got {value}; or give a list "
+                   "of partition ids", "clients")
+        ids = tuple(range(value))
+    else:
+        ids = _ids(f, "clients", 1, 0, clients - 1, "partition ids")
+    rounds = _ids(f, "rounds", [1], 1, max_round, "rounds")
+    if labels == "joint" and attack == "idlg":
+        f.fail(f"'joint' (labels optimised with the images) does not go with {f.name('attack')} 'idlg', which needs "
+               "labels; choose a label strategy or another attack", "labels")
+    if labels == "idlg" and batch > 1:
+        f.fail(f"'idlg' recovers a single label: it needs {f.name('batch_size')} = 1, got {batch} (use zero-shot, "
+               "llg, analytic or yin for batches)", "labels")
+    epochs, local_batch = int(training["epochs"]), min(int(training["batch_size"]), batch)
+    local_steps = epochs * math.ceil(batch / local_batch)
+    if kind is None:
+        kind = "fedsgd" if local_steps == 1 else "fedavg"
+    elif kind == "fedsgd" and local_steps > 1:
+        f.fail(f"'fedsgd' needs one local step per update, but [training] epochs = {epochs} and batch_size = "
+               f"{training['batch_size']} make {local_steps} steps on {batch} samples; set kind = \"fedavg\", or "
+               "[training] epochs = 1 and batch_size >= the leakage batch", "kind")
+    return {"attack": attack, "labels": labels, "clients": ids, "rounds": rounds, "batch_size": batch,
+            "steps": steps, "restarts": restarts, "kind": kind, "local_steps": local_steps}
+
+
+def _parse_leakage(source: str, data: dict, training: dict, clients: int, rounds: int) -> MappingProxyType | None:
+    if "leakage" not in data:
+        return None
+    return _frozen(leakage_settings(data["leakage"], source=source, training=training, clients=clients,
+                                    max_round=rounds))
+
+
+def _plain(settings) -> dict:
+    """Resolved [leakage] settings as JSON-able data (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(settings).items()}
 
 
 def check_experiment(experiment: Experiment, where: dict | None = None) -> None:
@@ -592,6 +700,7 @@ __all__ = [
     "check_experiment",
     "check_grid",
     "defense_names",
+    "leakage_settings",
     "load_experiment",
     "parse_experiment",
     "parse_list",

@@ -13,6 +13,12 @@ Flower's own through :func:`~artshield.fl_bridge.strategy.flower_strategy`), and
 Model-poisoning attackers get the round's updates through :class:`~artshield.fl_bridge.grid.OmniscientExchange`
 (a second ``train.craft`` message in the Flower message flow). The global model is evaluated centrally on
 the task's test set after every round (accuracy, loss, and attack success rate for targeted attacks).
+
+A curious server: ``config.leakage`` (the experiment's [leakage] table) gives the attacked clients only
+``batch_size`` of their samples (:func:`attacked_partitions`), and an `observer` passed to :func:`run_federation` (e.g.
+:class:`~artshield.fl_bridge.leakage.runner.CuriousServer`) is handed every accepted reply's delta, inside the
+normal message flow: ``observer(server_round, partition_id, delta, global_vector, num_examples)``, after
+``observer.attach(task=, model=, layout=, train_set=, partitions=, training=, seed=)`` when it has that method.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ class FederationConfig:
     seed: int = 0
     engine: str = "inprocess"  # inprocess | ray
     ray_num_cpus: int | None = None  # CPUs Ray may use (engine="ray"); None: Ray's default
+    leakage: dict | None = None  # [leakage] settings: the attacked clients hold only batch_size of their samples
 
     def validate(self) -> FederationConfig:
         """Raises InvalidArgumentError naming the first bad field."""
@@ -110,6 +117,25 @@ class FederationConfig:
 
 def _number(value) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def attacked_partitions(partitions: list[torch.Tensor], leakage: dict, seed: int = 0) -> list[torch.Tensor]:
+    """`partitions` where each client a curious server attacks (``leakage["clients"]``) keeps only
+    ``leakage["batch_size"]`` of its samples (drawn once from `seed` and the client, in dataset order: its "first
+    batch"), so that its update is that batch's; refuses a batch larger than such a client's data (one line
+    naming ``[leakage] batch_size`` and the client)."""
+    batch = int(leakage["batch_size"])
+    out = list(partitions)
+    for pid in leakage["clients"]:
+        if not 0 <= pid < len(out):
+            raise InvalidArgumentError(f"[leakage] clients names partition {pid}, but there are {len(out)} clients")
+        if len(out[pid]) < batch:
+            raise InvalidArgumentError(f"[leakage] batch_size {batch} is larger than client {pid}'s data "
+                                       f"({len(out[pid])} samples); lower it (--batch-size in `fl leak`) or attack "
+                                       "another client")
+        generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(pid))
+        out[pid] = out[pid][torch.randperm(len(out[pid]), generator=generator)[:batch].sort().values]
+    return out
 
 
 @dataclass
@@ -158,9 +184,12 @@ class _Setup:
         self.config = config
         self.task = tasks.load_task(config.task, root=config.data_root, **config.task_params)
         train_set = self.task.train_set()
+        self.train_set = train_set
         self.test_set = self.task.test_set()
         self.partitions = P.partition(train_set.labels, config.num_clients, config.partition, alpha=config.alpha,
                                       shards_per_client=config.shards_per_client, seed=config.seed)
+        if config.leakage:
+            self.partitions = attacked_partitions(self.partitions, config.leakage, config.seed)
         self.model = self.task.build_model(config.seed)
         self.layout = ParameterLayout.from_arrays(self.model.state_dict())
         generator = torch.Generator().manual_seed(config.seed)
@@ -186,7 +215,7 @@ class _Setup:
                                 malicious={pid: self.attack for pid in self.malicious_clients},
                                 seed=self.config.seed, defense=self.config.defense)
 
-    def strategy(self, malicious_nodes: set[int]):
+    def strategy(self, malicious_nodes: set[int], observer=None):
         from .strategy import RobustStrategy, flower_strategy
 
         c = self.config
@@ -198,13 +227,14 @@ class _Setup:
                 if c.defense != "flower-median" and c.defense != "flower-trimmedmean":
                     params.setdefault("num_malicious_nodes", self.num_malicious_per_round)
                 return flower_strategy(c.defense, layout=self.layout, malicious_nodes=malicious_nodes,
-                                       max_update_norm=c.max_update_norm, seed=c.seed, **common, **params)
+                                       max_update_norm=c.max_update_norm, seed=c.seed, observer=observer, **common,
+                                       **params)
             from .defenses.registry import make_defense
 
             rule = make_defense(c.defense, root=self.root, num_malicious=self.num_malicious_per_round,
                                 **c.defense_params)
             return RobustStrategy(rule, self.layout, malicious_nodes=malicious_nodes,
-                                  max_update_norm=c.max_update_norm, seed=c.seed, **common)
+                                  max_update_norm=c.max_update_norm, seed=c.seed, observer=observer, **common)
 
     def evaluate(self, vector: torch.Tensor) -> dict:
         from . import training as T
@@ -217,7 +247,8 @@ class _Setup:
         return result
 
 
-def _drive(setup: _Setup, grid, progress: Callable[[dict], None] | None) -> tuple[list[dict], dict, torch.Tensor]:
+def _drive(setup: _Setup, grid, progress: Callable[[dict], None] | None,
+           observer=None) -> tuple[list[dict], dict, torch.Tensor]:
     """Flower's ``Strategy.start`` on `grid`; returns (round records, initial evaluation, final vector)."""
     from flwr.app import ConfigRecord, MetricRecord
 
@@ -227,7 +258,16 @@ def _drive(setup: _Setup, grid, progress: Callable[[dict], None] | None) -> tupl
 
     partition_of = discover_partitions(grid, setup.config.num_clients)
     malicious_nodes = {node for node, pid in partition_of.items() if pid in set(setup.malicious_clients)}
-    strategy = setup.strategy(malicious_nodes)
+    watch = None
+    if observer is not None:
+        if hasattr(observer, "attach"):
+            observer.attach(task=setup.task, model=setup.model, layout=setup.layout, train_set=setup.train_set,
+                            partitions=setup.partitions, training=setup.config.training, seed=setup.config.seed)
+
+        def watch(server_round, node_id, delta, global_vector, num_examples):
+            observer(server_round, partition_of[node_id], delta, global_vector, num_examples)
+
+    strategy = setup.strategy(malicious_nodes, observer=watch)
     if isinstance(setup.attack, ModelPoisoning):
         grid = OmniscientExchange(grid, malicious_nodes, share_benign=setup.attack.needs_benign)
     records: list[dict] = []
@@ -259,25 +299,27 @@ def _drive(setup: _Setup, grid, progress: Callable[[dict], None] | None) -> tupl
     return records, initial, final["vector"]
 
 
-def run_federation(config: FederationConfig, progress: Callable[[dict], None] | None = None) -> FederationResult:
-    """Run one federation (see the module docstring); `progress` is called with each finished round's record."""
+def run_federation(config: FederationConfig, progress: Callable[[dict], None] | None = None,
+                   observer=None) -> FederationResult:
+    """Run one federation (see the module docstring); `progress` is called with each finished round's record,
+    `observer` with every accepted reply (a curious server; see the module docstring)."""
     config.validate()
     start = time.perf_counter()
     setup = _Setup(config)
     with _flower_log_level(logging.WARNING):
         if config.engine == "inprocess":
-            records, initial, vector = _run_inprocess(setup, progress)
+            records, initial, vector = _run_inprocess(setup, progress, observer)
         else:
-            records, initial, vector = _run_ray(setup, progress)
+            records, initial, vector = _run_ray(setup, progress, observer)
     return FederationResult(config=config, rounds=records, initial=initial, final_vector=vector,
                             malicious_clients=list(setup.malicious_clients), seconds=time.perf_counter() - start)
 
 
-def _run_inprocess(setup: _Setup, progress):
+def _run_inprocess(setup: _Setup, progress, observer=None):
     from .grid import LocalGrid
 
     grid = LocalGrid(setup.client_app(), setup.config.num_clients, seed=setup.config.seed)
-    return _drive(setup, grid, progress)
+    return _drive(setup, grid, progress, observer)
 
 
 class _StopFlag(Exception):
@@ -333,7 +375,7 @@ def _stoppable(grid, stop):
 _NO_RAY = "engine 'ray' needs Flower's simulation extra (Ray): pip install 'flwr[simulation]'"
 
 
-def _run_ray(setup: _Setup, progress):
+def _run_ray(setup: _Setup, progress, observer=None):
     """Flower's Simulation Engine (Ray). Flower 1.42's non-deprecated path is the ``flwr run`` CLI on an app
     folder (see ``examples/fl_app``), which cannot run a ServerApp/ClientApp built in this process; the
     Python entry point for that is ``flwr.simulation.run_simulation``, deprecated but present in 1.42."""
@@ -357,7 +399,7 @@ def _run_ray(setup: _Setup, progress):
 
     @server_app.main()
     def main(grid, context) -> None:
-        outcome["result"] = _drive(setup, _stoppable(grid, stop), progress)
+        outcome["result"] = _drive(setup, _stoppable(grid, stop), progress, observer)
 
     # Ray's AF_UNIX socket paths must stay under 107 bytes: give it a short session folder of its own
     temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp" if os.path.isdir("/tmp") else None)

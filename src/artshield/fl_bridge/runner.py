@@ -7,6 +7,8 @@ Output of :func:`run_experiment` (a folder)::
                     tpr, fpr, dropped, seconds, ...}]} — rewritten atomically after every round
     summary.json    the experiment, its config hash and the summary (final accuracy / error rate / loss / ASR,
                     mean detection TPR / FPR, dropped replies, seconds) — written when the run finishes
+    leak.json, leak.html, grid-client<k>.png
+                    with a [leakage] table: the curious server's reconstructions (fl_bridge.leakage.runner)
 
 Output of :func:`sweep` (a folder)::
 
@@ -129,15 +131,17 @@ def _first_dict(args, kwargs) -> dict | None:
     return None
 
 
-def _federate(experiment: Experiment, on_round: Callable[[dict], None] | None) -> list[dict]:
-    """Run one federation; `on_round(record)` after every round. Returns the per-round records."""
+def _federate(experiment: Experiment, on_round: Callable[[dict], None] | None, observer=None) -> list[dict]:
+    """Run one federation; `on_round(record)` after every round, `observer` sees every accepted reply (a
+    curious server). Returns the per-round records."""
 
     def progress(*args, **kwargs):
         record = _first_dict(args, kwargs)
         if record is not None and on_round is not None:
             on_round(round_record(record))
 
-    result = _federation().run_federation(experiment.federation_config(), progress=progress)
+    extra = {"observer": observer} if observer is not None else {}
+    result = _federation().run_federation(experiment.federation_config(), progress=progress, **extra)
     return _result_rounds(result)
 
 
@@ -162,8 +166,13 @@ def run_experiment(experiment: Experiment, out_dir: str | Path,
         if progress is not None:
             progress(record)
 
+    observer = None
+    if experiment.leakage is not None:  # a curious server attacks chosen clients' updates as they arrive
+        from .leakage.runner import CuriousServer
+
+        observer = CuriousServer(experiment.leakage, out_dir=out_dir, mode="federated", experiment=experiment)
     start = time.perf_counter()
-    rounds = _federate(experiment, on_round)
+    rounds = _federate(experiment, on_round, observer)
     wall = time.perf_counter() - start
     write_json_atomic(rounds_path, {"finished": True, "config_hash": config_hash, "rounds": rounds},
                       what="per-round results")
@@ -179,6 +188,8 @@ def run_experiment(experiment: Experiment, out_dir: str | Path,
         "summary": summarize_rounds(rounds),
         "wall_seconds": wall,
     }
+    if observer is not None:
+        summary["leakage"] = observer.finish()["summary"]
     write_json_atomic(out_dir / "summary.json", summary, what="summary")
     return summary
 

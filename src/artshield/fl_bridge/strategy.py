@@ -14,7 +14,9 @@ ServerApp (``strategy.start(grid=grid, initial_arrays=..., num_rounds=...)``). I
 - returns ``global + aggregate.delta`` as the new ArrayRecord; when every reply is dropped, or the rule's
   answer is not finite, the round keeps the old model;
 - reports detection ``tpr``/``fpr`` when the rule selects clients and the experiment says which nodes are
-  malicious (``malicious_nodes``).
+  malicious (``malicious_nodes``);
+- hands every accepted reply to an optional ``observer(server_round, node_id, delta, global_vector,
+  num_examples)`` before aggregating: a curious server (:mod:`artshield.fl_bridge.leakage.runner`).
 
 :func:`flower_strategy` returns Flower's own Krum, MultiKrum, Bulyan, FedMedian and FedTrimmedAvg
 (``flwr.serverapp.strategy``) with their aggregation untouched: the wrapper validates replies the same way
@@ -182,8 +184,9 @@ class _Platform:
     the global arrays, reply validation, timings and round metrics."""
 
     def _init_platform(self, layout: ParameterLayout | None, malicious_nodes: Iterable[int],
-                       max_update_norm: float | None, seed: int | None) -> None:
+                       max_update_norm: float | None, seed: int | None, observer=None) -> None:
         self.layout = layout
+        self.observer = observer
         self.malicious_nodes = frozenset(int(n) for n in malicious_nodes)
         self.validator = ReplyValidator(layout, max_update_norm=max_update_norm,
                                         arrays_key=self.arrayrecord_key, weighted_by_key=self.weighted_by_key)
@@ -224,6 +227,14 @@ class _Platform:
             self._rng_state = random.getstate()
             random.setstate(outer)
 
+    def _observe(self, server_round: int, valid: ValidatedRound) -> None:
+        """Hand each accepted reply's delta to the observer (a curious server), if there is one."""
+        if self.observer is None:
+            return
+        global_vector = self.validator.global_vector
+        for row, node, weight in zip(valid.vectors, valid.node_ids, valid.num_examples.tolist(), strict=True):
+            self.observer(server_round, node, row - global_vector, global_vector, weight)
+
     def _finish(self, server_round: int, metrics: dict, arrays: ArrayRecord | None
                 ) -> tuple[ArrayRecord | None, MetricRecord]:
         self.round_finished[server_round] = time.perf_counter()
@@ -249,14 +260,14 @@ class RobustStrategy(_Platform, FedAvg):
 
     ``fedavg_kwargs`` go to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train``,
     ``min_available_nodes``...). `malicious_nodes` (node ids) is only used for detection metrics; `seed`
-    makes client sampling reproducible.
+    makes client sampling reproducible; `observer` sees every accepted reply (see the module docstring).
     """
 
     def __init__(self, rule: AggregationRule, layout: ParameterLayout, *, malicious_nodes: Iterable[int] = frozenset(),
-                 max_update_norm: float | None = None, seed: int | None = None, **fedavg_kwargs):
+                 max_update_norm: float | None = None, seed: int | None = None, observer=None, **fedavg_kwargs):
         FedAvg.__init__(self, **fedavg_kwargs)
         self.rule = rule
-        self._init_platform(layout, malicious_nodes, max_update_norm, seed)
+        self._init_platform(layout, malicious_nodes, max_update_norm, seed, observer)
         self.last_accepted: list[int] | None = None
 
     def summary(self) -> None:
@@ -272,6 +283,7 @@ class RobustStrategy(_Platform, FedAvg):
         if not valid.node_ids:
             logger.warning("round %d: every reply was dropped; the global model stays as it was", server_round)
             return self._finish(server_round, metrics, None)
+        self._observe(server_round, valid)
         global_vector = self.validator.global_vector
         updates = RoundUpdates(deltas=valid.vectors - global_vector, num_examples=valid.num_examples,
                                global_vector=global_vector, server_round=server_round,
@@ -325,6 +337,7 @@ class _Metered(_Platform):
         if not valid.node_ids:
             logger.warning("round %d: every reply was dropped; the global model stays as it was", server_round)
         else:
+            self._observe(server_round, valid)
             for reply in valid.replies:  # Flower insists that every reply has the same metric keys
                 weight = next(iter(reply.content.metric_records.values()))[self.weighted_by_key]
                 reply.content = RecordDict({self.arrayrecord_key: reply.content[self.arrayrecord_key],
@@ -350,7 +363,8 @@ def _finite(arrays: ArrayRecord) -> bool:
 
 
 def flower_strategy(name: str, *, layout: ParameterLayout | None = None, malicious_nodes: Iterable[int] = frozenset(),
-                    max_update_norm: float | None = None, seed: int | None = None, **params) -> FedAvg:
+                    max_update_norm: float | None = None, seed: int | None = None, observer=None,
+                    **params) -> FedAvg:
     """Flower's own Krum / MultiKrum / Bulyan / FedMedian / FedTrimmedAvg, unmodified, with our round metrics.
 
     `name` is ``krum``, ``multikrum``, ``bulyan``, ``median`` or ``trimmedmean`` (a ``flower-`` prefix is
@@ -371,5 +385,5 @@ def flower_strategy(name: str, *, layout: ParameterLayout | None = None, malicio
         strategy = cls(**params)
     except (ValueError, TypeError) as error:
         raise InvalidArgumentError(f"flower-{key}: {error}") from None
-    strategy._init_platform(layout, malicious_nodes, max_update_norm, seed)
+    strategy._init_platform(layout, malicious_nodes, max_update_norm, seed, observer)
     return strategy
