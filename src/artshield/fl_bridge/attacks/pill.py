@@ -37,8 +37,11 @@ the paper.
 - **Pill = whole neurons.** Selected neurons contribute their whole row / output channel and bias entry,
   so the pill's size is ``neurons_per_layer`` x (row size + 1) per eligible layer.
 - **Last layers untouched.** "About one neuron per layer except the last two layers" is read as: the last
-  ``skip_last_layers`` (default 2) recognised layers (the classifier head) are left out of the pill. A
-  model with no more layers than that uses its first layer, so that a pill always exists.
+  ``skip_last_layers`` (default 2) recognised layers (the classifier head) are left out of the pill, as
+  far as the pill still spans two layers: a model with 3 layers skips one, a model with 2 (the digits
+  task's 64-32-10 MLP) skips none, so its pill is one hidden neuron and the class row most connected to
+  it (skipping both would leave no layer; a single first-layer neuron, the earlier reading, carried too
+  little to matter), and a one-layer model uses that layer.
 - **Importance** (``importance="auto"``): the absolute gradient of the attackers' loss at the global
   model (``ctx.local_loss``) when given — the parameters whose change moves the loss most on the
   attackers' data; otherwise the absolute mean of the attackers' honest updates this round (what their
@@ -50,30 +53,39 @@ the paper.
   convolution, or their blocks of a flattened Linear input after a convolution), row importance breaking
   ties. A layer whose input cannot be matched to the previous layer's outputs is scored by whole rows.
   One pill is shared by all malicious clients (they collude and search on the same signal).
-- **Benign estimate.** The reference is ``ctx.reference``: the benign updates if the attack is omniscient,
-  else the attackers' own honest updates. The paper trains the reference for extra local epochs
-  ("extra-trained"); an attack object cannot train, so the round's honest updates stand in for it.
-  The base attack sees the same context (with ``benign=own`` if it needs benign updates and none came).
+- **Benign estimate / knowledge.** ``knowledge="omniscient"`` (the default, like the project's LIE,
+  min-max, IPM): the pill always asks for the benign updates (``needs_benign`` True whatever the base) and
+  they are the reference for the benign mean and the stealth ranges; ``"own"``: the attackers' own honest
+  updates are (the paper's partial-knowledge setting; ``needs_benign`` is then the base's). The paper
+  trains the reference for extra local epochs ("extra-trained"); an attack object cannot train, so the
+  round's honest updates stand in for it. The base attack runs as it would alone: a base that does not
+  need benign updates (sign-flip) gets ``benign=None``, one that does gets them (or ``own`` if none came).
+  Before this choice the pill of a non-omniscient base (sign-flip) had only the attackers' own updates to
+  draw ranges from, and with two attackers every one of them sat on a range edge: scale 0, the honest
+  update sent, the attack a no-op.
 - **Injection.** Outside the pill client ``i`` sends its own honest update (``carrier="own"``, natural
   per-client diversity, no added noise) or the benign mean (``carrier="mean"``). Inside the pill it sends
   ``carrier_i + scale_i * (poison_i - benign_mean)``: the base attack's deviation from the benign estimate
-  (at scale 1 and ``carrier="mean"`` exactly the poison).
+  (at scale 1 and ``carrier="mean"`` exactly the poison). A base without deviation carries nothing: LIE
+  with the FLPoison/Blades z_max = Φ⁻¹((n-f-s)/(n-f)) has z = 0 at n = 10, f = 2 (it sends the benign
+  mean), and so does its pill; give LIE a z (``base_params = {z = 1.0}``) or use n >= 20 (z = 0.16).
 - **SimAdjust / DisAdjust** act on the pill part only (outside the pill the update stays exactly the
-  carrier): ``scale_i`` is the largest value in ``[0, max_scale]`` for which cos(update, benign mean) lies
-  in the benign updates' range of that cosine (``sim``), and both the L2 distance to the benign mean and
-  the L2 norm lie in the benign updates' ranges (``dis``). Ranges are [min, max] over the reference
-  updates (``quantile`` > 0 narrows them to quantiles). The scale may exceed 1 (``max_scale``, default 10):
-  the stealth budget saved by leaving the rest of the update benign is spent on a stronger pill. When no
-  scale satisfies every bound (e.g. an omniscient attacker whose own update is itself an outlier), the
-  scale with the least total violation (relative to each range's width) is used. ``adjust="none"`` sends
-  the poison at scale 1 unchecked.
-- **Like with like.** When the reference is the benign updates (omniscient), each is measured against the
-  mean of the *other* benign updates, as the attackers' updates are against a mean they are not part of
-  (against a mean containing it, a benign update's distance is understated by about sqrt((m-1)/(m+1)) and
-  every outside update would look like an outlier); when the reference is the attackers' own updates,
-  each is measured against their full mean, as the sent updates are. An attacker whose honest update
-  already sits on an edge of a range has no room left and gets scale 0 (without benign updates the
-  attackers' own updates define the ranges, so some of them always do).
+  carrier): ``scale_i`` is the largest value in ``[0, max_scale]`` for which cos(update, benign mean) is
+  no lower than the benign updates' (``sim``), the L2 distance to the benign mean no larger than theirs
+  and the L2 norm within their range (``dis``). One-sided where only one side looks suspicious: being
+  closer to, or more aligned with, the benign mean than benign updates are is no sign of an attack.
+  Ranges are [min, max] over the reference updates (``quantile`` > 0 narrows them to quantiles), widened
+  by width / (m - 1) on both sides (the unbiased estimate of a population's range from m uniform draws:
+  m samples understate it, and with m = 2 both samples are its edges). The scale may exceed 1
+  (``max_scale``, default 10): the stealth budget saved by leaving the rest of the update benign is spent
+  on a stronger pill. When no scale satisfies every bound (an attacker whose own update is itself an
+  outlier), the scale with the least total violation (relative to each range's width) is used.
+  ``adjust="none"`` sends the poison at scale 1 unchecked.
+- **Like with like.** Each reference update is measured against the mean of the *other* reference updates
+  (leave-one-out), as the attackers' updates are against a benign mean they are not part of (against a
+  mean containing it, an update's distance is understated by about sqrt((m-1)/(m+1)), and an attacker's
+  own honest update would look like an outlier). With the attackers' own updates as the reference, the
+  sent updates are measured against their full mean, the best estimate of the benign mean.
 - The search and the adjustment are vectorised: the adjustment needs a few inner products per client,
   after which every candidate scale is checked in closed form (a grid, then bisection to the boundary).
 """
@@ -93,6 +105,7 @@ from .base import AttackContext, ModelPoisoning
 SEARCHES = ("dynamic", "static")
 ADJUSTMENTS = ("sim", "dis")
 CARRIERS = ("own", "mean")
+KNOWLEDGE = ("omniscient", "own")
 IMPORTANCES = ("auto", "gradient", "update", "weight")
 
 _GRID = 96  # candidate scales per client before bisection
@@ -198,13 +211,17 @@ class Pill(ModelPoisoning):
 
     def __init__(self, base: ModelPoisoning, *, neurons_per_layer: int = 1, skip_last_layers: int = 2,
                  search: str = "dynamic", adjust: str = "sim+dis", importance: str = "auto",
-                 carrier: str = "own", max_scale: float = 10.0, quantile: float = 0.0):
+                 carrier: str = "own", max_scale: float = 10.0, quantile: float = 0.0,
+                 knowledge: str = "omniscient"):
         if not isinstance(base, ModelPoisoning):
             raise InvalidArgumentError(f"pill `base` must be a model-poisoning attack, but is {type(base).__name__}")
         if isinstance(base, Pill):
             raise InvalidArgumentError("pill `base` must not itself be a pill")
         self.base = base
-        self.needs_benign = base.needs_benign
+        self.knowledge = _choice("knowledge", knowledge, KNOWLEDGE)
+        # Omniscient (the default, as for the project's LIE, min-max, IPM...): the benign updates define the
+        # stealth ranges whatever the base needs; "own": only if the base itself needs them.
+        self.needs_benign = self.knowledge == "omniscient" or bool(base.needs_benign)
         self.neurons_per_layer = _whole("neurons_per_layer", neurons_per_layer, 1)
         self.skip_last_layers = _whole("skip_last_layers", skip_last_layers, 0)
         self.search = _choice("search", search, SEARCHES)
@@ -227,7 +244,7 @@ class Pill(ModelPoisoning):
         return {"base": self.base.name, "neurons_per_layer": self.neurons_per_layer,
                 "skip_last_layers": self.skip_last_layers, "search": self.search, "adjust": self.adjust,
                 "importance": self.importance, "carrier": self.carrier, "max_scale": self.max_scale,
-                "quantile": self.quantile}
+                "quantile": self.quantile, "knowledge": self.knowledge}
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "base")
@@ -240,8 +257,10 @@ class Pill(ModelPoisoning):
         if not layers:
             raise InvalidArgumentError("the pill found no Linear or convolution layer (an entry named '*weight' "
                                        "with 2 or more dimensions) in the model's parameters")
-        keep = len(layers) - self.skip_last_layers
-        return layers[: max(keep, 1)]
+        # Shallow models: the skipped head shrinks so that the pill still spans two layers (a path) when the
+        # model has two, and one when it has one (see Choices).
+        skip = min(self.skip_last_layers, max(len(layers) - 2, 0))
+        return layers[: len(layers) - skip]
 
     def importance_of(self, ctx: AttackContext) -> torch.Tensor:
         """(d,) non-negative importance of every parameter this round (see Choices)."""
@@ -319,16 +338,20 @@ class Pill(ModelPoisoning):
         selection = self.select(context)
         self.last_selection = selection
 
-        base_context = replace(context)
-        if self.base.needs_benign and (context.benign is None or not len(context.benign)):
+        has_benign = context.benign is not None and len(context.benign) > 0
+        if not self.base.needs_benign:
+            base_context = replace(context, benign=None)  # the base runs as it would on its own
+        elif not has_benign:
             base_context = replace(context, benign=own)
+        else:
+            base_context = replace(context)
         poison = self.base.craft(base_context)
         if tuple(poison.shape) != tuple(own.shape):
             raise InvalidArgumentError(f"the pill's base attack {self.base.name!r} returned shape "
                                        f"{tuple(poison.shape)}, expected {tuple(own.shape)}")
         poison = poison.to(own)
 
-        reference = context.reference.to(own)
+        reference = (context.reference if self.knowledge == "omniscient" else own).to(own)
         mean = reference.mean(dim=0)
         carrier = own if self.carrier == "own" else mean.expand_as(own)
         # The pill part: the base attack's deviation from the benign estimate, on the pill's coordinates only
@@ -337,9 +360,7 @@ class Pill(ModelPoisoning):
         pill = poison[:, index] - mean[index]
 
         if self._adjust:
-            # Benign updates are the reference: measure them leave-one-out, as the attackers' are outside it.
-            leave_one_out = context.benign is not None and len(context.benign) > 0
-            scales = self._scales(carrier, pill, index, reference, mean, leave_one_out)
+            scales = self._scales(carrier, pill, index, reference, mean)
         else:
             scales = torch.ones(own.shape[0], dtype=own.dtype, device=own.device)
         self.last_scales = scales
@@ -348,9 +369,9 @@ class Pill(ModelPoisoning):
         return sent
 
     def _scales(self, carrier: torch.Tensor, pill: torch.Tensor, index: torch.Tensor, reference: torch.Tensor,
-                mean: torch.Tensor, leave_one_out: bool) -> torch.Tensor:
+                mean: torch.Tensor) -> torch.Tensor:
         """(f,) the largest pill scale in [0, max_scale] that keeps each update inside the benign ranges."""
-        bounds = self._benign_ranges(reference, mean, leave_one_out)
+        bounds = self._benign_ranges(reference, mean)
         # Six inner products per client give every metric of carrier + s * pill in closed form.
         on_pill = carrier[:, index]
         terms = {
@@ -399,21 +420,23 @@ class Pill(ModelPoisoning):
         scales = torch.where(refine, low, scales)
         return scales.to(carrier.dtype)
 
-    def _benign_ranges(self, reference: torch.Tensor, mean: torch.Tensor,
-                       leave_one_out: bool) -> dict[str, tuple[float, float]]:
+    def _benign_ranges(self, reference: torch.Tensor, mean: torch.Tensor) -> dict[str, tuple[float, float]]:
         """[low, high] of each checked metric over the reference (benign-estimate) updates.
 
-        With `leave_one_out` each reference update is measured against the mean of the *other* ones: an
-        update outside the reference (the attacker's, compared with the benign mean) is then compared with
-        like; measuring a benign update against a mean that contains it would understate its distance (by
-        a factor about sqrt((m - 1) / (m + 1)) for independent noise) and overstate its cosine.
+        Each reference update is measured against the mean of the *other* ones (leave-one-out): the server
+        compares a sent update with benign updates it is not part of; measuring a reference update against a
+        mean that contains it would understate its distance (by a factor about sqrt((m - 1) / (m + 1)) for
+        independent noise) and overstate its cosine. Each range [min, max] of the m values is then widened
+        by width / (m - 1) on both sides (the unbiased range of m uniform draws): m samples understate the
+        population's range, and with m = 2 (two attackers without benign updates) the sample range is an
+        edge for both of them.
         """
         # One matrix-vector product and the row norms give all three metrics without an (m, d) temporary.
         m = reference.shape[0]
         dots = (reference @ mean).to(torch.float64)
         norms = norm_of(reference, "l2").to(torch.float64)
         mean_sq = torch.full_like(norms, float(mean.to(torch.float64).dot(mean.to(torch.float64))))
-        if leave_one_out and m > 1:  # the mean of the others, in closed form
+        if m > 1:  # the mean of the others, in closed form
             mean_sq = (m * m * mean_sq - 2 * m * dots + norms * norms) / (m - 1) ** 2
             dots = (m * dots - norms * norms) / (m - 1)
         mean_sq = mean_sq.clamp_min(0)
@@ -427,6 +450,18 @@ class Pill(ModelPoisoning):
         ranges = {}
         for key, v in values.items():
             low, high = torch.quantile(v.detach().cpu(), q).tolist()
+            if m > 1:
+                pad = (high - low) / (m - 1)
+                low, high = low - pad, high + pad
+            # One-sided where only one side looks suspicious: being closer to the benign mean, or more aligned
+            # with it, than the benign updates are is no sign of an attack (and an attacker's honest update
+            # often is, measured against a mean it is part of).
+            if key == "cos":
+                low, high = max(low, -1.0), 1.0
+            elif key == "dist":
+                low = 0.0
+            else:
+                low = max(low, 0.0)
             ranges[key] = (low, high)
         return ranges
 
