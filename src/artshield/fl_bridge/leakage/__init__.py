@@ -1,0 +1,1 @@
+"""Gradient leakage: what a curious federated server learns from its clients' updates."""
