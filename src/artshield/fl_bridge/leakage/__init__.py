@@ -1,0 +1,1 @@
+"""Gradient leakage: what a curious server can reconstruct from its clients' updates."""
