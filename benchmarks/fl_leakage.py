@@ -71,18 +71,25 @@ def ours(model, images, labels) -> dict:
     return out
 
 
+class _Meta(dict):
+    """breaching reads metadata both as items and as attributes."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError as exc:
+            raise AttributeError(name) from exc
+
+
 def peer_breaching(model, images, labels) -> dict:
     """The same case through breaching's own attacker, or why it could not run."""
     try:
         import breaching  # noqa: F401
     except Exception as exc:  # not installed, or its imports fail
         return {"available": False, "reason": f"breaching is not installed here ({type(exc).__name__}: {exc})"}
-    from omegaconf import OmegaConf
-
     observation = observe_fedsgd(model, images, labels)
     gradients = [observation.gradients[name] for name, _ in model.named_parameters()]
-    metadata = OmegaConf.create({"shape": list(images.shape[1:]), "modality": "vision", "classes": 8,
-                                 "num_data_points": len(labels), "labels": None, "local_hyperparams": None})
+    metadata = _Meta(shape=tuple(images.shape[1:]), modality="vision", classes=8)
     payload = {"parameters": [p.detach().clone() for p in model.parameters()], "buffers": None, "metadata": metadata}
     out = {"available": True, "version": getattr(breaching, "__version__", "?")}
     for attack, config, steps in (("ig", "invertinggradients", IG_STEPS), ("dlg", "deepleakage", DLG_STEPS)):
@@ -90,12 +97,12 @@ def peer_breaching(model, images, labels) -> dict:
             cfg = breaching.get_config(overrides=[f"attack={config}", "case=1_single_image_small"])
             cfg.attack.optim.max_iterations = steps
             cfg.attack.optim.callback = max(steps, 1)
+            if attack == "dlg":  # labels are given: breaching refuses joint optimisation with known labels
+                cfg.attack.attack_type = "optimization"
             attacker = breaching.attacks.prepare_attack(model, torch.nn.CrossEntropyLoss(), cfg.attack,
                                                         dict(device=torch.device("cpu"), dtype=torch.float))
             shared = {"gradients": [g.clone() for g in gradients], "buffers": None,
-                      "metadata": OmegaConf.create({"num_data_points": len(labels), "labels": labels.clone(),
-                                                    "local_hyperparams": None})}
-            shared["metadata"]["labels"] = labels.clone()
+                      "metadata": _Meta(num_data_points=len(labels), labels=labels.clone(), local_hyperparams=None)}
             started = time.perf_counter()
             data, _stats = attacker.reconstruct([payload], [shared], {}, dryrun=False)
             seconds = time.perf_counter() - started
