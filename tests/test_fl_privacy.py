@@ -127,8 +127,12 @@ def test_epsilon_grows_with_rounds_and_falls_with_noise():
 
 def test_epsilon_matches_flowers_rdp_accountant():
     from flwr.serverapp import RdpAccountant
-    from flwr.supercore.privacy_accounting import (GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig,
-                                                   SamplingMethod)
+    from flwr.supercore.privacy_accounting import (
+        GaussianPrivacyEvent,
+        NeighboringRelation,
+        PrivacyConfig,
+        SamplingMethod,
+    )
 
     flower = RdpAccountant(PrivacyConfig(target_delta=1e-4, population_size=100,
                                          neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,

@@ -13,6 +13,10 @@ Flower's own through :func:`~artshield.fl_bridge.strategy.flower_strategy`), and
 Model-poisoning attackers get the round's updates through :class:`~artshield.fl_bridge.grid.OmniscientExchange`
 (a second ``train.craft`` message in the Flower message flow). The global model is evaluated centrally on
 the task's test set after every round (accuracy, loss, and attack success rate for targeted attacks).
+
+With ``privacy`` (a :class:`~artshield.fl_bridge.privacy.DPConfig`) the strategy is wrapped in
+:class:`~artshield.fl_bridge.privacy.UserLevelDP`: user-level DP-FedAvg with Poisson sampling at ``fraction``;
+every round's record carries the cumulative ``epsilon`` and the result's ``privacy`` the mechanism and ε spent.
 """
 
 from __future__ import annotations
