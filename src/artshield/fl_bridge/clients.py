@@ -17,11 +17,15 @@ SuperNodes.
 - ``evaluate``: accuracy and loss of the received model on the node's partition.
 - ``query.partition``: the node's partition id (so a server can map node ids to partitions).
 
+Under user-level DP (``fl_bridge.privacy.UserLevelDP``) the train config carries the round's clip norm
+(``dp-clip``); a client training with BLUR and no ``blur_bound`` of its own uses it as the bound.
+
 Every random choice comes from a generator seeded by (seed, round, partition), so runs repeat exactly.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -48,6 +52,8 @@ def generator_for(*parts: int) -> torch.Generator:
 
 
 _CRAFT_SALT = 0xC4AF7
+#: The round's DP clip norm in the train config (``fl_bridge.privacy.CLIP_KEY``): BLUR's default bound.
+DP_CLIP_KEY = "dp-clip"
 
 
 class _ClientRuntime:
@@ -137,7 +143,10 @@ class _ClientRuntime:
         generator = generator_for(self.seed, server_round, pid)
         attack = self.malicious.get(pid)
         training_attack = attack if isinstance(attack, TrainingAttack) else None
-        delta = T.train_locally(self.model, self.layout, global_vector, data, self.training, generator,
+        training = self.training
+        if getattr(training, "blur", None) and training.blur_bound is None and DP_CLIP_KEY in config:
+            training = dataclasses.replace(training, blur_bound=float(config[DP_CLIP_KEY]))  # BLUR: bound = DP clip
+        delta = T.train_locally(self.model, self.layout, global_vector, data, training, generator,
                                 attack=training_attack, client_index=pid)
         if training_attack is not None:
             context_ = AttackContext(

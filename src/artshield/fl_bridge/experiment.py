@@ -43,6 +43,14 @@ the fraction of malicious clients and its parameters) and the server's defense (
                                         # flower-bulyan|flower-median|flower-trimmedmean (default fedavg)
     # every other key is a parameter of the defense
 
+    [privacy]                           # optional: user-level DP-FedAvg (fl_bridge.privacy)
+    clip = 1.0                          # L2 bound on each client's delta (the initial bound when adaptive)
+    epsilon = 4.0                       # target epsilon after all rounds (or noise_multiplier = 1.1)
+    # delta = 1e-4                      # default 1 / clients^2
+    # adaptive = false                  # Andrew et al.'s quantile-tracking clip
+    # blur = 1.0                        # clients: Bounded Local Update Regularization strength (Cheng et al.)
+    # lus = 0.5                         # clients: Local Update Sparsification, fraction of the delta zeroed
+
     [sweep]                             # defaults of `artshield fl sweep`
     attacks = ["clean", "lie", "pill+lie"]
     defenses = ["fedavg", "median"]
@@ -85,7 +93,7 @@ PILL_PREFIX = "pill+"
 ENGINES = ("inprocess", "ray")
 SCHEMES = ("iid", "dirichlet", "shards")
 
-SECTIONS = ("task", "partition", "federation", "training", "attack", "defense", "sweep", "leakage")
+SECTIONS = ("task", "partition", "federation", "training", "attack", "defense", "sweep", "leakage", "privacy")
 TOP_KEYS = ("name", "description", *SECTIONS)
 TASK_KEYS = ("name", "root", "params")
 PARTITION_KEYS = ("scheme", "alpha", "shards_per_client")
@@ -100,6 +108,7 @@ LEAKAGE_KEYS = ("attack", "labels", "clients", "rounds", "batch_size", "steps", 
 LEAKAGE_ATTACKS = ("dlg", "idlg", "ig", "gradinversion")
 LEAKAGE_LABELS = ("idlg", "analytic", "yin", "llg", "zero-shot", "known", "joint")  # joint: not with idlg
 LEAKAGE_KINDS = ("fedsgd", "fedavg")
+PRIVACY_KEYS = ("clip", "noise_multiplier", "epsilon", "delta", "adaptive", "blur", "lus")
 #: Local training defaults, the same as ``fl_bridge.training.LocalTraining``'s.
 TRAINING_DEFAULTS = MappingProxyType({"epochs": 1, "lr": 0.05, "batch_size": 32, "momentum": 0.0, "weight_decay": 0.0})
 DEFAULT_ATTACK_FRACTION = 0.2
@@ -140,6 +149,7 @@ class Experiment:
     sweep_defenses: tuple[str, ...] = ()
     sweep_seeds: tuple[int, ...] = ()
     leakage: MappingProxyType | None = None  # the [leakage] table, resolved (see leakage_settings)
+    privacy: MappingProxyType | None = None  # the [privacy] table, validated (None: no DP)
     source: str | None = None  # the file it was read from (for error messages), not part of the config
 
     # ---------------------------------------------------------------------------------------------
@@ -193,6 +203,7 @@ class Experiment:
             "attack": {"name": self.attack, "fraction": self.attack_fraction, "params": dict(self.attack_params)},
             "defense": {"name": self.defense, "params": dict(self.defense_params)},
             **({"leakage": _plain(self.leakage)} if self.leakage is not None else {}),
+            **({"privacy": dict(self.privacy)} if self.privacy is not None else {}),
         }
 
     def config_hash(self) -> str:
@@ -207,6 +218,13 @@ class Experiment:
         """The platform's ``fl_bridge.federation.FederationConfig`` for this experiment (imports torch)."""
         federation = importlib.import_module("artshield.fl_bridge.federation")
         training = importlib.import_module("artshield.fl_bridge.training")
+        dp, client_options = None, {}
+        if self.privacy is not None:
+            p = dict(self.privacy)
+            client_options = {k: p[k] for k in ("blur", "lus") if p.get(k)}
+            dp = importlib.import_module("artshield.fl_bridge.privacy").DPConfig(
+                clip=p["clip"], noise_multiplier=p.get("noise_multiplier"), target_epsilon=p.get("epsilon"),
+                delta=p.get("delta"), adaptive=bool(p.get("adaptive", False)))
         return federation.FederationConfig(
             task=self.task,
             data_root=self.task_root,
@@ -217,7 +235,7 @@ class Experiment:
             shards_per_client=self.shards_per_client,
             fraction=self.fraction,
             rounds=self.rounds,
-            training=training.LocalTraining(**dict(self.training)),
+            training=training.LocalTraining(**dict(self.training), **client_options),
             attack=None if self.attack == CLEAN else self.attack,
             attack_params=dict(self.attack_params),
             malicious_fraction=self.attack_fraction if self.attack != CLEAN else 0.0,
@@ -229,6 +247,7 @@ class Experiment:
             engine=self.engine,
             ray_num_cpus=self.ray_num_cpus,
             **({"leakage": _plain(self.leakage)} if self.leakage is not None else {}),
+            privacy=dp,
         )
 
 
@@ -476,6 +495,7 @@ def parse_experiment(text: str | dict, source: str = "experiment.toml", base: st
         if value < 0:
             swp.fail(f"must hold seeds >= 0, got {value}", "seeds")
 
+    privacy = _parse_privacy(data["privacy"], source, clients, rounds, fraction, defense) if "privacy" in data else None
     experiment = Experiment(
         task=task_name, task_root=root, task_params=_frozen(task_params), partition=scheme, alpha=alpha,
         shards_per_client=shards, clients=clients, fraction=fraction, rounds=rounds, seed=seed, engine=engine,
@@ -483,7 +503,7 @@ def parse_experiment(text: str | dict, source: str = "experiment.toml", base: st
         training=_frozen(training), attack=attack, attack_fraction=attack_fraction if attack != CLEAN else 0.0,
         attack_params=_frozen(attack_params), defense=defense, defense_params=_frozen(defense_params),
         name=name, description=description or "", sweep_attacks=sweep_attacks, sweep_defenses=sweep_defenses,
-        sweep_seeds=sweep_seeds, source=source,
+        sweep_seeds=sweep_seeds, privacy=privacy, source=source,
         leakage=_parse_leakage(source, data, training, clients, rounds),
     )
     if check_names:
@@ -577,6 +597,36 @@ def _parse_leakage(source: str, data: dict, training: dict, clients: int, rounds
 def _plain(settings) -> dict:
     """Resolved [leakage] settings as JSON-able data (tuples as lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(settings).items()}
+def _parse_privacy(table: Any, source: str, clients: int, rounds: int, fraction: float,
+                   defense: str) -> MappingProxyType:
+    """The ``[privacy]`` table: user-level DP-FedAvg (``fl_bridge.privacy``) and the clients' BLUR / LUS.
+
+    An epsilon that no noise multiplier up to the cap meets in the file's rounds is refused here, naming it."""
+    fields = _Fields(source, "privacy", table)
+    fields.refuse_unknown(PRIVACY_KEYS)
+    clip = fields.number("clip", None, low=0, low_open=True, required=True)
+    noise = fields.number("noise_multiplier", None, low=0, low_open=True)
+    epsilon = fields.number("epsilon", None, low=0, low_open=True)
+    if noise is None and epsilon is None:
+        fields.fail("needs epsilon (a target) or noise_multiplier", None)
+    if noise is not None and epsilon is not None:
+        fields.fail("and noise_multiplier are both given; keep one", "epsilon")
+    if defense in FLOWER_DEFENSES:
+        fields.fail(f"cannot wrap Flower's own strategy {defense!r} ([defense] name); use a registry defense", None)
+    delta = fields.number("delta", None, low=0, high=1, low_open=True, high_open=True)
+    adaptive = fields.table.get("adaptive", False)
+    if not isinstance(adaptive, bool):
+        fields.fail(f"must be true or false, got {_describe(adaptive)}", "adaptive")
+    blur = fields.number("blur", None, low=0)
+    lus = fields.number("lus", None, low=0, high=1, high_open=True)
+    if epsilon is not None:
+        privacy = _module("artshield.fl_bridge.privacy")
+        try:
+            privacy.calibrate_noise(epsilon, delta if delta is not None else 1.0 / clients ** 2, rounds, fraction)
+        except InvalidArgumentError as exc:
+            fields.fail(str(exc).removeprefix("epsilon ").strip(), "epsilon")
+    return _frozen({"clip": clip, "noise_multiplier": noise, "epsilon": epsilon, "delta": delta,
+                    "adaptive": adaptive, "blur": blur or None, "lus": lus or None})
 
 
 def check_experiment(experiment: Experiment, where: dict | None = None) -> None:

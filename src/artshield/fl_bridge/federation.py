@@ -19,6 +19,9 @@ A curious server: ``config.leakage`` (the experiment's [leakage] table) gives th
 :class:`~artshield.fl_bridge.leakage.runner.CuriousServer`) is handed every accepted reply's delta, inside the
 normal message flow: ``observer(server_round, partition_id, delta, global_vector, num_examples)``, after
 ``observer.attach(task=, model=, layout=, train_set=, partitions=, training=, seed=)`` when it has that method.
+With ``privacy`` (a :class:`~artshield.fl_bridge.privacy.DPConfig`) the strategy is wrapped in
+:class:`~artshield.fl_bridge.privacy.UserLevelDP`: user-level DP-FedAvg with Poisson sampling at ``fraction``;
+every round's record carries the cumulative ``epsilon`` and the result's ``privacy`` the mechanism and ε spent.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class FederationConfig:
     engine: str = "inprocess"  # inprocess | ray
     ray_num_cpus: int | None = None  # CPUs Ray may use (engine="ray"); None: Ray's default
     leakage: dict | None = None  # [leakage] settings: the attacked clients hold only batch_size of their samples
+    privacy: Any = None  # fl_bridge.privacy.DPConfig: user-level DP-FedAvg (Poisson sampling at `fraction`)
 
     def validate(self) -> FederationConfig:
         """Raises InvalidArgumentError naming the first bad field."""
@@ -99,6 +103,11 @@ class FederationConfig:
         if self.malicious_fraction > 0:
             need(isinstance(self.attack, str) and bool(self.attack), "attack",
                  "must name an attack when malicious_fraction > 0")
+        if self.privacy is not None:
+            need(hasattr(self.privacy, "resolve"), "privacy", "must be a fl_bridge.privacy.DPConfig")
+            need(not self.defense.startswith("flower-"), "defense",
+                 "must be a registry defense under privacy (Flower's own strategies sample and aggregate themselves)")
+            self.privacy.validate()
         return self
 
     @property
@@ -112,6 +121,8 @@ class FederationConfig:
     def to_dict(self) -> dict:
         out = asdict(self) if not hasattr(self.training, "__dataclass_fields__") else {
             **{k: v for k, v in asdict(self).items() if k != "training"}, "training": asdict(self.training)}
+        if self.privacy is None:
+            out.pop("privacy", None)
         return out
 
 
@@ -148,14 +159,23 @@ class FederationResult:
     final_vector: torch.Tensor
     malicious_clients: list[int]  # partition ids
     seconds: float  # wall time of the whole run, set-up included
+    privacy: dict | None = None  # under user-level DP: the mechanism and the (epsilon, delta) spent
+
+    @property
+    def epsilon(self) -> float | None:
+        """Cumulative ε spent by the run (None without privacy, or with a rule the accounting does not cover)."""
+        return None if self.privacy is None else self.privacy.get("epsilon")
 
     @property
     def final(self) -> dict:
         return self.rounds[-1] if self.rounds else self.initial
 
     def to_dict(self) -> dict:
-        return {"config": self.config.to_dict(), "initial": self.initial, "rounds": self.rounds,
-                "malicious_clients": self.malicious_clients, "seconds": self.seconds}
+        out = {"config": self.config.to_dict(), "initial": self.initial, "rounds": self.rounds,
+               "malicious_clients": self.malicious_clients, "seconds": self.seconds}
+        if self.privacy is not None:
+            out["privacy"] = self.privacy
+        return out
 
 
 @contextlib.contextmanager
@@ -207,6 +227,9 @@ class _Setup:
         self.clients_per_round = config.clients_per_round
         self.num_malicious_per_round = int(round(len(self.malicious_clients) * self.clients_per_round
                                                  / config.num_clients))
+        self.dp = None  # the resolved user-level DP mechanism (privacy.ResolvedDP), if any
+        if config.privacy is not None:
+            self.dp = config.privacy.resolve(config.num_clients, config.rounds, config.fraction)
 
     def client_app(self):
         from .clients import build_client_app
@@ -233,6 +256,13 @@ class _Setup:
 
             rule = make_defense(c.defense, root=self.root, num_malicious=self.num_malicious_per_round,
                                 **c.defense_params)
+            if self.dp is not None:  # user-level DP samples (Poisson) among all nodes itself
+                from .privacy import UserLevelDP
+
+                common["fraction_train"] = 1.0
+                inner = RobustStrategy(rule, self.layout, malicious_nodes=malicious_nodes,
+                                       max_update_norm=c.max_update_norm, seed=c.seed, observer=observer, **common)
+                return UserLevelDP(inner, self.dp, seed=c.seed)
             return RobustStrategy(rule, self.layout, malicious_nodes=malicious_nodes,
                                   max_update_norm=c.max_update_norm, seed=c.seed, observer=observer, **common)
 
@@ -288,6 +318,8 @@ def _drive(setup: _Setup, grid, progress: Callable[[dict], None] | None,
                       "sampled_malicious": int(metrics.get("sampled-malicious", 0)),
                       "kept_model": server_round in getattr(strategy, "kept_model", set()),
                       "metrics": metrics}
+            if "epsilon" in metrics:
+                record["epsilon"] = float(metrics["epsilon"])
             records.append(record)
             if progress is not None:
                 progress(record)
@@ -296,6 +328,8 @@ def _drive(setup: _Setup, grid, progress: Callable[[dict], None] | None,
     initial_arrays = M.state_to_arrays(setup.model.state_dict())
     strategy.start(grid=grid, initial_arrays=initial_arrays, num_rounds=setup.config.rounds,
                    train_config=ConfigRecord({M.NUM_CLIENTS: setup.clients_per_round}), evaluate_fn=evaluate_fn)
+    if hasattr(strategy, "privacy_report"):
+        setup.privacy_report = strategy.privacy_report()
     return records, initial, final["vector"]
 
 
@@ -312,7 +346,8 @@ def run_federation(config: FederationConfig, progress: Callable[[dict], None] | 
         else:
             records, initial, vector = _run_ray(setup, progress, observer)
     return FederationResult(config=config, rounds=records, initial=initial, final_vector=vector,
-                            malicious_clients=list(setup.malicious_clients), seconds=time.perf_counter() - start)
+                            malicious_clients=list(setup.malicious_clients), seconds=time.perf_counter() - start,
+                            privacy=getattr(setup, "privacy_report", None))
 
 
 def _run_inprocess(setup: _Setup, progress, observer=None):

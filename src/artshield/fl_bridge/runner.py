@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 #: Keys of every per-round record, in this order (extra ``dropped-<reason>`` counts follow).
 ROUND_KEYS = ("round", "accuracy", "loss", "error_rate", "asr", "tpr", "fpr", "dropped", "seconds")
 #: Kept when the federation reports them (the platform's clients sampled, malicious among them, model kept).
-EXTRA_KEYS = ("sampled", "sampled_malicious", "kept_model")
+EXTRA_KEYS = ("sampled", "sampled_malicious", "kept_model", "epsilon")
 CELL_FORMAT = 1
 
 

@@ -38,15 +38,39 @@ from .updates import ParameterLayout
 
 @dataclass
 class LocalTraining:
-    """How a client trains: plain mini-batch SGD (optionally with momentum and L2 weight decay)."""
+    """How a client trains: plain mini-batch SGD (optionally with momentum and L2 weight decay).
+
+    Two options of Cheng et al. (CVPR 2022) for user-level DP, both off by default:
+
+    - ``blur`` (λ > 0): Bounded Local Update Regularization, the penalty ``λ/2 · max(0, ‖Δ‖ − B)²`` on the
+      local update ``Δ = w − w_global`` added to every step's loss, so ``‖Δ‖`` is pulled back inside the bound
+      ``B = blur_bound`` (``None``: the round's DP clip norm the server sends, see
+      :data:`artshield.fl_bridge.privacy.CLIP_KEY`) before the server clips it;
+    - ``lus`` (p in [0, 1)): Local Update Sparsification, the fraction ``p`` of the trainable coordinates of
+      ``Δ`` with the smallest magnitude set to zero after training (before the server clips it).
+
+    They live here rather than in a separate dataclass because they change how a client trains and must
+    travel wherever ``LocalTraining`` does (the client app, Ray actors, the experiment file's fields).
+    """
 
     epochs: int = 1
     lr: float = 0.05
     batch_size: int = 32
     momentum: float = 0.0
     weight_decay: float = 0.0
+    blur: float | None = None
+    blur_bound: float | None = None
+    lus: float | None = None
 
     def __post_init__(self) -> None:
+        for name in ("blur", "blur_bound"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not math.isfinite(value) or value <= 0):
+                raise InvalidArgumentError(f"`{name}` must be a positive finite number or None, but is {value!r}.")
+        if self.lus is not None and (isinstance(self.lus, bool) or not isinstance(self.lus, int | float)
+                                     or not 0 <= self.lus < 1):
+            raise InvalidArgumentError(f"`lus` must be a fraction in [0, 1) or None, but is {self.lus!r}.")
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -131,6 +155,8 @@ def train_locally(model: nn.Module, layout: ParameterLayout, global_vector: torc
     every batch goes through ``attack.poison_batch(images, labels, generator, client_index)`` before the step
     and the local model through ``attack.constrain(vector, global_vector)`` after it; ``attack.finalize`` is
     the caller's (the client handler's) business. `model` is only read: training happens on a private copy.
+    ``config.blur`` adds BLUR's penalty to every step, ``config.lus`` sparsifies the returned delta
+    (see :class:`LocalTraining`).
     """
     _check_vector(layout, global_vector, "global_vector")
     if len(data) == 0:
@@ -143,6 +169,9 @@ def train_locally(model: nn.Module, layout: ParameterLayout, global_vector: torc
     constrain = getattr(attack, "constrain", None) if attack is not None else None
     lr, momentum, decay = float(config.lr), float(config.momentum), float(config.weight_decay)
     buffer: torch.Tensor | None = None
+    blur = float(config.blur) if config.blur else 0.0
+    if blur and config.blur_bound is None:
+        raise InvalidArgumentError("`blur` needs `blur_bound` (or a DP round, whose clip norm is the default bound)")
     n = len(data)
     batch = min(int(config.batch_size), n)
     for _epoch in range(int(config.epochs)):
@@ -157,6 +186,8 @@ def train_locally(model: nn.Module, layout: ParameterLayout, global_vector: torc
             loss = F.cross_entropy(space.model(images), labels)
             loss.backward()
             with torch.no_grad():
+                if blur:
+                    _add_blur_gradient(space, start_vector, blur, float(config.blur_bound))
                 step = space.grad
                 if decay:
                     step = step + decay * space.vector * space.trainable
@@ -169,7 +200,31 @@ def train_locally(model: nn.Module, layout: ParameterLayout, global_vector: torc
                     _check_vector(layout, constrained, "attack.constrain(...)")
                     space.vector.copy_(constrained)
     with torch.no_grad():
-        return space.vector - start_vector
+        delta = space.vector - start_vector
+        if config.lus:
+            delta = sparsify_update(delta, float(config.lus), space.trainable)
+        return delta
+
+
+def _add_blur_gradient(space: _Workspace, start: torch.Tensor, strength: float, bound: float) -> None:
+    """Adds the gradient of ``strength/2 · max(0, ‖Δ‖ − bound)²`` (Δ = local − start) to the workspace's."""
+    diff = (space.vector - start) * space.trainable
+    norm = float(torch.linalg.vector_norm(diff))
+    if norm > bound:
+        space.grad.add_(diff, alpha=strength * (norm - bound) / norm)
+
+
+def sparsify_update(delta: torch.Tensor, fraction: float, trainable: torch.Tensor | None = None) -> torch.Tensor:
+    """LUS: `delta` with ``floor(fraction · d)`` of its (trainable) coordinates of smallest magnitude set to 0."""
+    mask = torch.ones_like(delta, dtype=torch.bool) if trainable is None else trainable.to(torch.bool)
+    count = int(math.floor(fraction * int(mask.sum())))
+    if count <= 0:
+        return delta
+    magnitude = delta.abs().masked_fill(~mask, math.inf)
+    drop = torch.topk(magnitude, count, largest=False).indices
+    out = delta.clone()
+    out[drop] = 0.0
+    return out
 
 
 # ------------------------------------------------------------------------------------------- evaluation
@@ -263,4 +318,5 @@ class RootData:
         return self._loss(vector)
 
 
-__all__ = ["LocalTraining", "RootData", "attack_success_rate", "evaluate_model", "loss_at", "train_locally"]
+__all__ = ["LocalTraining", "RootData", "attack_success_rate", "evaluate_model", "loss_at", "sparsify_update",
+           "train_locally"]
