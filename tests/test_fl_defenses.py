@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from artshield.errors import InvalidArgumentError
+from artshield.fl_bridge import geometry
 from artshield.fl_bridge.defenses import robust
 from artshield.fl_bridge.defenses.base import RoundUpdates
 from artshield.fl_bridge.defenses.flame import FLAME
@@ -187,7 +188,7 @@ def test_foolsgold_history_follows_client_ids_across_rounds():
         for cid, row in zip(ids, x, strict=True):
             sums[cid] = sums.get(cid, torch.zeros(6)) + row
         history = torch.stack([sums[cid] for cid in ids]).double()
-        weights = foolsgold_weights(robust.cosine_from_gram(history @ history.T))
+        weights = foolsgold_weights(geometry.cosine_from_gram(history @ history.T))
         expected = (weights / weights.sum()).float() @ x if weights.sum() > 0 else torch.zeros(6)
         assert torch.allclose(out.delta, expected, atol=1e-5), server_round
     with pytest.raises(InvalidArgumentError, match="foolsgold"):
@@ -391,7 +392,7 @@ def test_distances_survive_cancellation():
     gen = torch.Generator().manual_seed(0)
     x = 1000 + 1e-3 * torch.randn(6, 500, generator=gen)
     direct = torch.cdist(x.double(), x.double()) ** 2
-    assert torch.allclose(robust.pairwise_sq_distances(x), direct, rtol=1e-3, atol=1e-6)
+    assert torch.allclose(geometry.pairwise_sq_distances(x), direct, rtol=1e-3, atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------

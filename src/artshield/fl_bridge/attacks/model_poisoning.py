@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from ...errors import InvalidArgumentError
+from ..geometry import krum_scores, pairwise_sq_distances
 from .base import AttackContext, ModelPoisoning
 
 logger = logging.getLogger(__name__)
@@ -69,21 +70,6 @@ def check_choice(attack: str, name: str, value: Any, choices: Sequence[str]) -> 
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def pairwise_sq_distances(x: torch.Tensor, centred: bool = False) -> torch.Tensor:
-    """(n, n) squared Euclidean distances between the rows of `x`, in float64, from one Gram product.
-
-    The rows are centred first (distances do not change; pass ``centred=True`` when they already are) so the
-    Gram expansion loses little to cancellation.
-    """
-    if not centred:
-        x = x - x.mean(dim=0, keepdim=True)
-    gram = (x @ x.T).double()
-    sq = gram.diagonal()
-    dist = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min(0)
-    dist.fill_diagonal_(0)
-    return dist
-
-
 def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-coordinate mean and population standard deviation (ddof 0, as FLPoison's ``np.std``) of the rows
     of `x` (faster than ``torch.std`` along dimension 0 on wide matrices)."""
@@ -92,18 +78,9 @@ def mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def krum_select(sq_distances: torch.Tensor, num_byzantine: int) -> int:
-    """Index Krum (Blanchard et al., 2017) selects from an (n, n) matrix of squared distances.
-
-    Score of i: the sum of its n − f − 2 smallest squared distances to the others (at least 1, at most n − 1
-    neighbours); the lowest score wins, the first one on ties. A small local copy: attacks do not import
-    defenses.
-    """
-    n = sq_distances.shape[0]
-    k = min(max(n - num_byzantine - 2, 1), n - 1)
-    others = sq_distances.clone()
-    others.fill_diagonal_(math.inf)
-    scores = others.topk(k, dim=1, largest=False).values.sum(dim=1) if k > 0 else torch.zeros(n)
-    return int(torch.argmin(scores))
+    """Index Krum (Blanchard et al., 2017) selects from an (n, n) matrix of squared distances: the lowest
+    Krum score, the first one on ties."""
+    return int(torch.argmin(krum_scores(sq_distances, num_byzantine)))
 
 
 def largest_feasible(feasible: Callable[[float], bool], gamma_init: float, tolerance: float) -> float:
@@ -234,7 +211,7 @@ class _MinBase(_Estimating):
         def sq_to_ref(gamma: float) -> torch.Tensor:
             return a_sq + 2 * gamma * a_p + gamma * gamma * p_sq
 
-        feasible = self.feasibility(sq_to_ref, pairwise_sq_distances(centred, centred=True))
+        feasible = self.feasibility(sq_to_ref, pairwise_sq_distances(centred))
         gamma = largest_feasible(feasible, self.gamma_init, self.tolerance)
         self.last_gamma = gamma
         return _repeat(mean - gamma * p, context)

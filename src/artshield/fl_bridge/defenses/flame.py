@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 from ...errors import InvalidArgumentError
+from ..geometry import cosine_from_gram, gram_matrix
 from .base import Aggregate, AggregationRule, RoundUpdates
-from .robust import check_count, check_real, combine, cosine_from_gram, gram_matrix, median_of, round_matrix
+from .robust import check_count, check_real, combine, median_of, round_matrix
 
 
 class FLAME(AggregationRule):

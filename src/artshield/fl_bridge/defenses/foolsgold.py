@@ -21,8 +21,9 @@ from __future__ import annotations
 import torch
 
 from ...errors import InvalidArgumentError
+from ..geometry import cosine_from_gram, gram_matrix
 from .base import Aggregate, AggregationRule, RoundUpdates
-from .robust import combine, cosine_from_gram, gram_matrix, round_matrix
+from .robust import combine, round_matrix
 
 
 def foolsgold_weights(similarity: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import torch
 
+from ..geometry import cosine_from_gram, gram_matrix
 from .base import Aggregate, AggregationRule, RoundUpdates
-from .robust import check_real, cosine_from_gram, gram_matrix, mask_of, round_matrix, weighted_mean
+from .robust import check_real, mask_of, round_matrix, weighted_mean
 
 #: Columns per block for the Manhattan distances (a block of 100 clients is 100 × 65536 floats, 25 MB).
 _BLOCK = 1 << 16
