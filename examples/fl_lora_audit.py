@@ -211,14 +211,21 @@ def run(args) -> dict:
                                           num_images=args.images, settings=arm_settings, draws=draws,
                                           samples=args.local_steps, steps=args.recon_steps,
                                           step_size=args.recon_step_size, seed=0)  # fmt: skip
+            with torch.no_grad():
+                truth = fed_model.encode(images[0], mode="mean")
+            at_truth = reconstruct_from_update(fed_model, fed.layout, fed.globals[r - 1], fed.updates[r][0],
+                                               num_images=args.images, settings=arm_settings, draws=draws,
+                                               samples=args.local_steps, steps=0, seed=0, init=truth)  # fmt: skip
             report = match_images(client_images[0], rec.images)
             arm_out["reconstruction"][name] = {"psnr_mean": report["psnr_mean"], "ssim_mean": report["ssim_mean"],
                                                "psnr": report["psnr"], "match_start": rec.losses[0] if rec.losses else None,
-                                               "match_final": rec.final_loss, "seconds": rec.seconds,
+                                               "match_final": rec.final_loss, "match_at_truth": at_truth.final_loss,
+                                               "seconds": rec.seconds,
                                                "config": rec.config}
             montage_rows.append((f"{arm} {name}", rec.images[report["order"]]))
         arm_out["seconds"] = time.perf_counter() - arm_started
         results["arms"][arm] = arm_out
+        write_json_atomic(args.json, {**results, "partial": True})  # a late failure keeps the finished arms
         logger.info("arm %s: %.0f s; which-artist loss-diff %s; reconstruction %s", arm, arm_out["seconds"],
                     arm_out["which_artist"]["loss-diff"],
                     {k: round(v["psnr_mean"], 2) for k, v in arm_out["reconstruction"].items()})
