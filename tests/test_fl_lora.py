@@ -18,6 +18,7 @@ from artshield.fl_bridge.lora import (
     reconstruct_from_update,
     run_lora_federation,
 )
+from artshield.fl_bridge.privacy import epsilon_spent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +123,8 @@ def test_user_dp_clips_and_noises():
     noisy = DPFedAvg(make_defense("fedavg"), clip=1.0, noise_multiplier=1.0, seed=3)(updates)
     assert not torch.allclose(noisy.delta, exact.delta) and noisy.metrics["dp-noise-std"] == 0.5
     assert float(clip_update(torch.tensor([3.0, 4.0]), 1.0).norm()) == pytest.approx(1.0)
-    assert UserDP(1.0, 1.0).epsilon(3, 1e-2) == pytest.approx(5.6955, rel=1e-3)
+    assert UserDP(1.0, 1.0).epsilon(3, 1e-2) == pytest.approx(epsilon_spent(1.0, 1.0, 3, 1e-2))  # one accountant
+    assert 5.0 < UserDP(1.0, 1.0).epsilon(3, 1e-2) < 6.5
     for bad in (dict(clip=0.0, noise_multiplier=1.0), dict(clip=1.0, noise_multiplier=-1.0),
                 dict(clip=1.0, noise_multiplier=1.0, placement="both")):
         with pytest.raises(InvalidArgumentError):

@@ -1,10 +1,10 @@
 """The ServerApp: artshield's RobustStrategy (a Flower FedAvg subclass) with a rule from the registry."""
 
-from artshield.fl_bridge.defenses.registry import make_defense
 from flwr.app import Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from artshield.fl_bridge import tasks, training
+from artshield.fl_bridge.defenses.registry import make_defense
 from artshield.fl_bridge.messages import arrays_to_vector, state_to_arrays
 from artshield.fl_bridge.strategy import RobustStrategy
 from artshield.fl_bridge.updates import ParameterLayout

@@ -76,16 +76,10 @@ class UserDP:
 
     def epsilon(self, rounds: int, delta: float) -> float | None:
         """(ε, `delta`) after `rounds` rounds with every client in every round (RDP accountant of
-        dp-accounting; None when it is not installed; inf without noise)."""
-        if self.noise_multiplier == 0:
-            return math.inf
-        try:
-            import dp_accounting
-        except ImportError:  # pragma: no cover - the `dp` extra
-            return None
-        accountant = dp_accounting.rdp.RdpAccountant()
-        accountant.compose(dp_accounting.GaussianDpEvent(self.noise_multiplier), int(rounds))
-        return float(accountant.get_epsilon(delta))
+        dp-accounting, through `fl_bridge.privacy`; inf without noise)."""
+        from .privacy import epsilon_spent
+
+        return epsilon_spent(self.noise_multiplier, 1.0, int(rounds), delta)
 
 
 @dataclass(frozen=True)
@@ -131,8 +125,9 @@ def render_artworks(style: str, count: int, *, size: int = 64, seed: int = 0) ->
 # ------------------------------------------------------------------------------------------------ DP
 def clip_update(delta: torch.Tensor, clip: float) -> torch.Tensor:
     """`delta` scaled down to L2 norm `clip` when it is longer."""
-    norm = float(torch.linalg.vector_norm(delta))
-    return delta * min(1.0, clip / norm) if norm > 0 else delta
+    from .privacy import clip_deltas
+
+    return clip_deltas(delta[None], clip)[0][0]
 
 
 class DPFedAvg(AggregationRule):
@@ -149,9 +144,10 @@ class DPFedAvg(AggregationRule):
         self._generator = torch.Generator().manual_seed(int(seed))
 
     def aggregate(self, updates: RoundUpdates) -> Aggregate:
-        norms = torch.linalg.vector_norm(updates.deltas, dim=1)
-        scale = (self.clip / norms.clamp_min(1e-12)).clamp(max=1.0)
-        clipped = RoundUpdates(updates.deltas * scale[:, None], torch.ones_like(updates.num_examples),
+        from .privacy import clip_deltas
+
+        deltas, norms = clip_deltas(updates.deltas, self.clip)
+        clipped = RoundUpdates(deltas, torch.ones_like(updates.num_examples),
                                updates.global_vector, updates.server_round, updates.client_ids, updates.layout)
         inner = self.inner(clipped)
         std = self.noise_multiplier * self.clip / updates.num_clients
