@@ -201,7 +201,8 @@ def fl_proof_table(data: dict) -> str:
     lines = [
         f"Task `{config['task']['name']}`, {fed['clients']} clients ({100 * attack['fraction']:g} % malicious), "
         f"{split}, {fed['rounds']} rounds, seeds {', '.join(map(str, data['seeds']))}; "
-        f"{len(data['cells'])} cells, {data['wall_seconds'] / 60:.0f} min ({data['machine']}).",
+        f"{len(data['cells'])} cells, {sum(c.get('wall_seconds') or 0 for c in data['cells']) / 60:.0f} min of "
+        f"cell compute on one core ({data['machine']}).",
         "",
         markdown(data["summary"]),
     ]

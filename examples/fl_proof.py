@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=positive_int, help="override [federation] rounds")
     parser.add_argument("--clients", type=positive_int, help="override [federation] clients")
     parser.add_argument("--quick", action="store_true", help="a smoke run: digits, 10 clients, 2 rounds, 3 × 2 cells")
+    parser.add_argument("--last-rounds", type=positive_int, default=5,
+                        help="accuracy / error rate / ASR as the mean over the last K rounds (default 5)")
     parser.add_argument("--resamples", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                     experiment.sweep_seeds or (0,))
         start = time.perf_counter()
         result = sweep(experiment, attacks, defenses, seeds, args.output, progress=not args.quiet)
-        report = write_report(result.cells, args.output, title="fl_bridge proof", resamples=args.resamples)
+        report = write_report(result.cells, args.output, title="fl_bridge proof", resamples=args.resamples,
+                              last_rounds=args.last_rounds)
         summary = report["summary"]
         from importlib.metadata import PackageNotFoundError, version
 

@@ -172,7 +172,7 @@ def _script(relative: str):
 def test_proof_script_quick_and_its_readme_table(federation, tmp_path, capsys):
     proof = _script("examples/fl_proof.py")
     results = tmp_path / "fl_proof.json"
-    argv = ["--quick", "-o", str(tmp_path / "sw"), "--results", str(results), "-q", "--resamples", "50"]
+    argv = ["--quick", "-o", str(tmp_path / "sw"), "--results", str(results), "-q", "--resamples", "50", "--last-rounds", "1"]
     assert proof.main(argv) == 0
     data = json.loads(results.read_text())
     assert data["config"]["task"]["name"] == "digits" and len(data["cells"]) == 6 == data["computed"]
@@ -224,3 +224,15 @@ def test_cli_list_names_every_attack_defense_and_task(federation, capsys):
     out = capsys.readouterr().out
     for name in ("lie", "pill", "pill+<attack>", "fedavg", "skymask", "flower-krum", "digits", "styles"):
         assert f"  {name}" in out or name in out, name
+
+
+def test_report_averages_the_last_rounds_when_asked():
+    from artshield.fl_bridge.report import markdown, summarize
+
+    rounds = [{"round": i + 1, "accuracy": a, "error_rate": 1 - a, "asr": None} for i, a in enumerate((0.2, 0.9, 0.5))]
+    cells = [{"defense": "fedavg", "attack": "clean", "seed": 0, "rounds": rounds,
+              "summary": {"final_accuracy": 0.5, "final_error_rate": 0.5, "rounds": 3}}]
+    assert summarize(cells, resamples=10)["accuracy"]["fedavg"]["clean"]["mean"] == pytest.approx(0.5)
+    last_two = summarize(cells, resamples=10, last_rounds=2)
+    assert last_two["accuracy"]["fedavg"]["clean"]["mean"] == pytest.approx(0.7)
+    assert "over the last 2 rounds" in markdown(last_two)

@@ -83,6 +83,9 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
     sweep.add_argument("--attacks", help="comma-separated: clean, attack names, pill+<attack> (default: [sweep] "
                        "attacks of the file)")
     sweep.add_argument("--defenses", help="comma-separated defense names (default: [sweep] defenses of the file)")
+    sweep.add_argument("--last-rounds", type=positive_int, default=1, metavar="K",
+                       help="report accuracy, error rate and ASR as the mean over the last K rounds (default 1: the "
+                            "last round; non-IID accuracy swings from round to round)")
     sweep.add_argument("--seeds", type=seed_list, help="comma-separated seeds (default: [sweep] seeds, else the "
                        "file's seed)")
     sweep.add_argument("--engine", choices=("inprocess", "ray"), help="override [federation] engine")
@@ -251,7 +254,8 @@ def _sweep(args) -> int:
 
     _quiet_flower(args)
     result = sweep(experiment, attacks, defenses, seeds, output, progress=not args.quiet)
-    report = write_report(result.cells, output, title=f"{experiment.name}: federated poisoning sweep")
+    report = write_report(result.cells, output, title=f"{experiment.name}: federated poisoning sweep",
+                          last_rounds=args.last_rounds)
     if not args.quiet:
         print(markdown(report["summary"]))
         print()

@@ -44,12 +44,21 @@ def _interval(values: Sequence[float], resamples: int) -> dict:
     return {"mean": mean, "low": low, "high": high, "n": int(array.size)}
 
 
-def _values(cells: dict, defense: str, attack: str, key: str) -> dict[int, float]:
-    """seed -> the summary's `key` (cells where it is not None)."""
+#: summary keys that can be averaged over the last rounds instead of read from the last one
+_FINAL_KEYS = {"final_accuracy": "accuracy", "final_error_rate": "error_rate", "final_asr": "asr"}
+
+
+def _values(cells: dict, defense: str, attack: str, key: str, last_rounds: int = 1) -> dict[int, float]:
+    """seed -> the summary's `key` (cells where it is not None); a ``final_*`` key averaged over the cell's
+    last `last_rounds` rounds when that is more than one (non-IID accuracy swings from round to round)."""
     out = {}
     for (d, a, seed), cell in cells.items():
         if d == defense and a == attack:
             value = cell["summary"].get(key)
+            if last_rounds > 1 and key in _FINAL_KEYS and cell.get("rounds"):
+                tail = [r.get(_FINAL_KEYS[key]) for r in cell["rounds"][-last_rounds:]]
+                tail = [v for v in tail if v is not None]
+                value = float(np.mean(tail)) if tail else None
             if value is not None:
                 out[seed] = float(value)
     return out
@@ -82,21 +91,23 @@ def _pill(base_errors: dict[int, float], pill_errors: dict[int, float], resample
     return out
 
 
-def summarize(cells: Sequence[dict], resamples: int = 1000) -> dict:
-    """The report's numbers from a sweep's cell records (see the module docstring)."""
+def summarize(cells: Sequence[dict], resamples: int = 1000, last_rounds: int = 1) -> dict:
+    """The report's numbers from a sweep's cell records (see the module docstring); accuracy, error rate and
+    ASR are the last round's, or the mean over the last `last_rounds` rounds."""
     keyed = {(c["defense"], c["attack"], int(c["seed"])): c for c in cells}
     attacks = _ordered(c["attack"] for c in cells)
     defenses = _ordered(c["defense"] for c in cells)
     seeds = sorted({int(c["seed"]) for c in cells})
     summary: dict[str, Any] = {"attacks": attacks, "defenses": defenses, "seeds": seeds,
                                "rounds": max((c["summary"].get("rounds") or 0 for c in cells), default=0),
+                               "last_rounds": int(last_rounds),
                                "accuracy": {}, "asr": {}, "detection": {}, "pill": {}, "per_round": {}}
     for defense in defenses:
         for attack in attacks:
-            accuracy = _values(keyed, defense, attack, "final_accuracy")
+            accuracy = _values(keyed, defense, attack, "final_accuracy", last_rounds)
             if accuracy:
                 summary["accuracy"].setdefault(defense, {})[attack] = _interval(list(accuracy.values()), resamples)
-            asr = _values(keyed, defense, attack, "final_asr")
+            asr = _values(keyed, defense, attack, "final_asr", last_rounds)
             if asr:
                 summary["asr"].setdefault(defense, {})[attack] = _interval(list(asr.values()), resamples)
             tpr = _values(keyed, defense, attack, "mean_tpr")
@@ -109,8 +120,8 @@ def summarize(cells: Sequence[dict], resamples: int = 1000) -> dict:
         for attack in attacks:
             if attack.startswith(PILL_PREFIX) and attack[len(PILL_PREFIX):] in attacks:
                 base = attack[len(PILL_PREFIX):]
-                entry = _pill(_values(keyed, defense, base, "final_error_rate"),
-                              _values(keyed, defense, attack, "final_error_rate"), resamples)
+                entry = _pill(_values(keyed, defense, base, "final_error_rate", last_rounds),
+                              _values(keyed, defense, attack, "final_error_rate", last_rounds), resamples)
                 if entry is not None:
                     summary["pill"].setdefault(defense, {})[base] = entry
     for attack in attacks:
@@ -164,7 +175,9 @@ def tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     interval = " [95 % bootstrap interval]" if len(seeds) > 1 else ""
     out = []
     rows = [[d, *(_percent(summary["accuracy"].get(d, {}).get(a)) for a in attacks)] for d in defenses]
-    out.append((f"Final test accuracy (%), mean{interval} over {over}", ["defense \\ attack", *attacks], rows))
+    last = summary.get("last_rounds", 1)
+    when = "Final test accuracy" if last <= 1 else f"Test accuracy over the last {last} rounds"
+    out.append((f"{when} (%), mean{interval} over {over}", ["defense \\ attack", *attacks], rows))
     targeted = [a for a in attacks if any(a in per for per in summary["asr"].values())]
     if targeted:
         rows = [[d, *(_percent(summary["asr"].get(d, {}).get(a)) for a in targeted)] for d in defenses
@@ -190,7 +203,7 @@ def tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         overall = summary.get("pill_overall")
         note = (f"; mean ×{overall['mean_ratio']:.2f}, max ×{overall['max_ratio']:.2f} over {overall['pairs']} "
                 "defense × base pairs" if overall else "")
-        out.append(("The pill's error-rate increase over its base attack: final error rate of pill+base ÷ base "
+        out.append(("The pill's error-rate increase over its base attack: error rate of pill+base ÷ base "
                     f"(paired over seeds), and the difference in points{note}", ["defense \\ base attack", *bases],
                     rows))
     return out
@@ -262,11 +275,11 @@ def plot_accuracy(summary: dict, folder: str | Path) -> list[Path]:
 
 
 def write_report(cells: Sequence[dict], folder: str | Path, title: str = "Federated poisoning sweep",
-                 resamples: int = 1000) -> dict[str, Any]:
+                 resamples: int = 1000, last_rounds: int = 1) -> dict[str, Any]:
     """Write ``report.json`` (the summary), ``report.md``, ``report.html`` and ``plots/accuracy-<attack>.png``
     into `folder`; returns the summary and the paths."""
     folder = Path(folder)
-    summary = summarize(cells, resamples=resamples)
+    summary = summarize(cells, resamples=resamples, last_rounds=last_rounds)
     plots = plot_accuracy(summary, folder / "plots")
     relative = [str(p.relative_to(folder)) for p in plots]
     write_json_atomic(folder / "report.json", summary, what="report")
