@@ -48,6 +48,8 @@ def test_lie_z_matches_baruch():
     # n = 20, f = 4: s = ⌊11⌋ − 4 = 7 supporters, z = Φ⁻¹((20 − 4 − 7)/(20 − 4)) = Φ⁻¹(0.5625)
     assert lie_z(20, 4) == pytest.approx(NormalDist().inv_cdf(9 / 16))
     assert lie_z(20, 4) == pytest.approx(0.157311, abs=1e-6)
+    # the paper's Algorithm 1: Φ⁻¹((n − s)/n), s = 7 supporters at n = 20, f = 4
+    assert lie_z(20, 4, "paper") == pytest.approx(NormalDist().inv_cdf(13 / 20))
     # n = 50, f = 10: s = 16, Φ⁻¹(24/40)
     assert lie_z(50, 10) == pytest.approx(NormalDist().inv_cdf(0.6))
     # the edges stay finite: a malicious majority, and n = 2
