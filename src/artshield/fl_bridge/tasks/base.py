@@ -61,12 +61,22 @@ class Task(ABC):
         """A freshly initialised model; the same `seed` gives the same weights."""
 
     @abstractmethod
-    def train_set(self) -> Dataset:
-        """The training samples clients are partitioned from (computed once, then cached)."""
+    def read_splits(self) -> tuple[Dataset, Dataset]:
+        """(train, test) as the task reads, renders or downloads-from-disk them; called once per task."""
 
-    @abstractmethod
+    def train_set(self) -> Dataset:
+        """The training samples clients are partitioned from (read once, then cached)."""
+        return self._splits()[0]
+
     def test_set(self) -> Dataset:
         """The held-out samples the global model is evaluated on."""
+        return self._splits()[1]
+
+    def _splits(self) -> tuple[Dataset, Dataset]:
+        cached = self.__dict__.get("_cached_splits")
+        if cached is None:
+            cached = self.__dict__["_cached_splits"] = self.read_splits()
+        return cached
 
     def config(self) -> dict[str, Any]:
         """The task's name and settings, for reports."""

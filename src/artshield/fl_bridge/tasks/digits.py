@@ -28,7 +28,6 @@ class DigitsTask(Task):
         self.hidden = positive_int("hidden", hidden, minimum=0)
         self.num_samples = optional_count("num_samples", num_samples)
         self.num_test = optional_count("num_test", num_test)
-        self._splits: tuple[Dataset, Dataset] | None = None
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "hidden": self.hidden, "num_samples": self.num_samples, "num_test": self.num_test}
@@ -41,28 +40,20 @@ class DigitsTask(Task):
 
         return seeded_model(seed, build)
 
-    def _load(self) -> tuple[Dataset, Dataset]:
-        if self._splits is None:
-            try:
-                from sklearn.datasets import load_digits
-            except ImportError as exc:  # pragma: no cover - scikit-learn is in the fl extra
-                raise DependencyError("the digits task needs scikit-learn: pip install 'artshield[fl]'") from exc
-            bunch = load_digits()
-            images = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 16.0).unsqueeze(1)
-            labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
-            test = torch.arange(len(labels)) % 5 == 0
-            train_set = Dataset(images[~test].contiguous(), labels[~test].contiguous())
-            test_set = Dataset(images[test].contiguous(), labels[test].contiguous())
-            # Caps keep the first samples: the fixed split stays seed-free.
-            if self.num_samples is not None:
-                train_set = train_set.subset(torch.arange(min(self.num_samples, len(train_set))))
-            if self.num_test is not None:
-                test_set = test_set.subset(torch.arange(min(self.num_test, len(test_set))))
-            self._splits = (train_set, test_set)
-        return self._splits
-
-    def train_set(self) -> Dataset:
-        return self._load()[0]
-
-    def test_set(self) -> Dataset:
-        return self._load()[1]
+    def read_splits(self) -> tuple[Dataset, Dataset]:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as exc:  # pragma: no cover - scikit-learn is in the fl extra
+            raise DependencyError("the digits task needs scikit-learn: pip install 'artshield[fl]'") from exc
+        bunch = load_digits()
+        images = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 16.0).unsqueeze(1)
+        labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
+        test = torch.arange(len(labels)) % 5 == 0
+        train_set = Dataset(images[~test].contiguous(), labels[~test].contiguous())
+        test_set = Dataset(images[test].contiguous(), labels[test].contiguous())
+        # Caps keep the first samples: the fixed split stays seed-free.
+        if self.num_samples is not None:
+            train_set = train_set.subset(torch.arange(min(self.num_samples, len(train_set))))
+        if self.num_test is not None:
+            test_set = test_set.subset(torch.arange(min(self.num_test, len(test_set))))
+        return train_set, test_set

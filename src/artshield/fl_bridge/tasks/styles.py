@@ -46,7 +46,6 @@ class StylesTask(Task):
         self.classes: tuple[str, ...] = world.ALL_STYLES if include_artist else world.STYLES
         self.num_classes = len(self.classes)
         self.input_shape = (3, self.image_size, self.image_size)
-        self._splits: tuple[Dataset, Dataset] | None = None
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "num_samples": self.num_samples, "num_test": self.num_test,
@@ -96,9 +95,7 @@ class StylesTask(Task):
             return None
         return arrays
 
-    def _load(self) -> tuple[Dataset, Dataset]:
-        if self._splits is not None:
-            return self._splits
+    def read_splits(self) -> tuple[Dataset, Dataset]:
         path = self.cache_path() if self.cache else None
         arrays = self._read_cache(path) if path is not None else None
         if arrays is None:
@@ -116,13 +113,6 @@ class StylesTask(Task):
             tensor = torch.from_numpy(images).permute(0, 3, 1, 2).to(torch.float32).div_(255.0).contiguous()
             return Dataset(tensor, torch.from_numpy(labels.astype(np.int64)))
 
-        self._splits = (as_dataset(arrays["train_images"], arrays["train_labels"]),
-                        as_dataset(arrays["test_images"], arrays["test_labels"]))
-        return self._splits
-
-    def train_set(self) -> Dataset:
-        return self._load()[0]
-
-    def test_set(self) -> Dataset:
-        return self._load()[1]
+        return (as_dataset(arrays["train_images"], arrays["train_labels"]),
+                as_dataset(arrays["test_images"], arrays["test_labels"]))
 

@@ -64,7 +64,6 @@ class TorchvisionTask(Task):
         _cls, _folder, _files, channels, side = SOURCES[name]
         self.input_shape = (channels, side, side)
         self.root = self._check_root(root)
-        self._splits: tuple[Dataset, Dataset] | None = None
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "root": str(self.root), "num_samples": self.num_samples,
@@ -119,15 +118,6 @@ class TorchvisionTask(Task):
         images = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)
         return Dataset(images.to(torch.float32).div_(255.0).contiguous(), labels)
 
-    def _load(self) -> tuple[Dataset, Dataset]:
-        if self._splits is None:
-            train_set = seeded_subset(self._read(train=True), self.num_samples, self.seed)
-            test_set = seeded_subset(self._read(train=False), self.num_test, self.seed + 1)
-            self._splits = (train_set, test_set)
-        return self._splits
-
-    def train_set(self) -> Dataset:
-        return self._load()[0]
-
-    def test_set(self) -> Dataset:
-        return self._load()[1]
+    def read_splits(self) -> tuple[Dataset, Dataset]:
+        return (seeded_subset(self._read(train=True), self.num_samples, self.seed),
+                seeded_subset(self._read(train=False), self.num_test, self.seed + 1))
