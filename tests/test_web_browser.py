@@ -148,8 +148,14 @@ def test_protect_download_and_look(live_server, page, screenshots, tmp_path):
 
     page.click(".result figure.after img", position={"x": 150, "y": 40})
     page.wait_for_selector(".crops:not([hidden]) figure:nth-child(3) img")
-    page.wait_for_load_state("networkidle")
-    sizes = page.eval_on_selector_all(".crops img, .compare img", "imgs => imgs.map((i) => i.complete ? i.naturalWidth : 0)")
+    # wait_for_load_state("networkidle") returns at once when the page was idle before the click, so it does not
+    # wait for the crops; wait for the images themselves (a failed load ends `complete` with width 0 and fails below).
+    loaded = "imgs => imgs.map((i) => i.complete ? i.naturalWidth : 0)"
+    images = ".crops img, .compare img"
+    page.wait_for_function(
+        f"() => Array.from(document.querySelectorAll({json.dumps(images)})).every((i) => i.complete)", timeout=60_000
+    )
+    sizes = page.eval_on_selector_all(images, loaded)
     assert len(sizes) == 6 and all(sizes), sizes  # before / after / ×10 previews and their 1:1 crops all loaded
     laptop = screenshots / "web-laptop-1280x800.png"
     page.screenshot(path=str(laptop), full_page=True)
