@@ -10,6 +10,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tiny models gain nothing from intra-op threads, and spinning OpenMP workers slow them down by an order
 # of magnitude whenever the machine is busy; subprocesses inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Hundreds of commands run in this one process: it keeps glibc malloc's defaults (tests/test_allocator.py checks
+# the tuning the commands apply, in a subprocess).
+os.environ.setdefault("ARTSHIELD_MALLOC", "default")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -2,7 +2,7 @@
 
 Layers (README, "For contributors"), lowest first:
 
-- base      errors, fileio, imageio, stats, metrics, masks, compat, cli_support (and the package root)
+- base      allocator, errors, fileio, imageio, stats, metrics, masks, compat, cli_support (and the package root)
 - core      engine (knows nothing of diffusion), models (loading, the handle, the demo model and its world)
 - methods   protect, finetune
 - studies   evaluate, authenticate, fl_bridge
@@ -23,7 +23,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "artshield"
 
-BASE = {"errors", "fileio", "imageio", "stats", "metrics", "masks", "compat", "cli_support"}
+BASE = {"allocator", "errors", "fileio", "imageio", "stats", "metrics", "masks", "compat", "cli_support"}
 ROOMS = {
     "engine": "core",
     "models": "core",

@@ -15,6 +15,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
+from .allocator import keep_freed_memory
 from .errors import ArtshieldError
 
 EXIT_USER_ERROR = 2
@@ -77,6 +78,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str, def
     parser.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, metavar="{auto,fp32,fp16,bf16}",
                         help="the model weights' precision (default auto: fp32 on CPU, bf16/fp16 on GPUs)")
+    parser.add_argument("--compute-dtype", default="auto", choices=DTYPE_CHOICES, metavar="{auto,fp32,bf16,fp16}",
+                        help="precision the VAE and UNet compute in (autocast); default auto: bf16 on CPUs with native "
+                             "bf16 (AVX512-BF16/AMX), the weights' own elsewhere; fp32 for exact fp32")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="gradient checkpointing of the VAE and UNet: about half the memory, a third more time")
+
+
+def model_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``artshield.models.load`` that :func:`add_model_arguments` parsed."""
+    return {"device": args.device, "dtype": args.dtype, "compute_dtype": args.compute_dtype, "low_memory": args.low_memory}
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, version: str) -> None:
@@ -123,6 +134,7 @@ def run_cli(
         print(f"{prog}: interrupted; {kept_on_interrupt}", file=sys.stderr)
         return EXIT_INTERRUPTED
     configure_logging(prog, getattr(args, "verbose", False))
+    keep_freed_memory()  # large tensors reuse freed memory instead of faulting fresh pages every step
     return run_command(prog, lambda: body(args), kept_on_interrupt)
 
 

@@ -22,6 +22,7 @@ from ..cli_support import (
     add_common_arguments,
     add_model_arguments,
     finite_float,
+    model_options,
     positive_float,
     positive_int,
     run_cli,
@@ -175,7 +176,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
     from ..models import load
 
-    model = load(args.model, device=args.device, dtype=args.dtype)
+    model = load(args.model, **model_options(args))
     quiet = args.quiet or not sys.stderr.isatty()
     common = {"samples": args.samples, "num_inference_steps": args.sampling_steps, "guidance_scale": args.guidance_scale,
               "seed": args.seed, "progress": not quiet}  # fmt: skip
@@ -190,7 +191,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             mimicries.append(SDEditMimicry(model, strength=args.sdedit_strength, prompts=args.edit_prompt, **common))
         else:
             spec = args.inpaint_model or ("demo-inpaint" if args.model == "demo" else None)
-            inpaint_model = load(spec, device=args.device, dtype=args.dtype) if spec else model
+            inpaint_model = load(spec, **model_options(args)) if spec else model
             mimicries.append(InpaintMimicry(inpaint_model, masks=masks, num_masks=args.num_masks,
                                             prompts=args.edit_prompt, **common))
     settings = EvaluationSettings(mimicries=mimicries, purifications=purifications, purify_clean=args.purify_clean,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .. import __version__
-from ..cli_support import ArgumentParser, add_common_arguments, add_model_arguments, run_cli
+from ..cli_support import ArgumentParser, add_common_arguments, add_model_arguments, model_options, run_cli
 from ..errors import InvalidArgumentError
 from ..fileio import write_json_atomic
 from .purify_runner import plan_folder_run, purify_folder
@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if cls.needs_model(settings):
         from ..models import load
 
-        model = load(args.model, device=args.device, dtype=args.dtype)
+        model = load(args.model, **model_options(args))
     progress = not args.quiet and sys.stderr.isatty()
     purification = get_purification(args.method, model=model, progress=progress, device=args.device, dtype=args.dtype)
 

@@ -28,6 +28,7 @@ from ..cli_support import (
     add_model_arguments,
     bounded,
     finite_float,
+    model_options,
     positive_int,
     run_cli,
 )
@@ -303,7 +304,7 @@ def _load(args: argparse.Namespace):
     from ..models import load
     from .memorization import check_text_to_image
 
-    model = load(args.model, device=args.device, dtype=args.dtype, config=args.config, trust_pickle=args.trust_pickle)
+    model = load(args.model, **model_options(args), config=args.config, trust_pickle=args.trust_pickle)
     check_text_to_image(model)
     return model
 

@@ -8,6 +8,7 @@ even when the frozen weights are fp16/bf16.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ..errors import IncompatibleModelError, InvalidArgumentError, ModelLoadError, ModelNotFoundError
 from .hub import first_line
@@ -33,6 +35,10 @@ class DiffusionModel:
         scheduler (`DDPMScheduler`): the training noise schedule (betas, prediction type).
         source (`str`): what was loaded (``"demo"``, a hub id, a folder or a file), for reports.
         device, dtype: where the weights live and in which precision.
+        compute_dtype (`torch.dtype`, *optional*): when set and different from `dtype`, the VAE and UNet run
+            under ``torch.autocast`` in this precision (bf16 on CPUs with native bf16 arithmetic, see
+            :func:`artshield.models.device.resolve_compute_dtype`); the text encoder never does (its output is
+            cached and costs nothing). Outputs are float32 either way.
     """
 
     vae: torch.nn.Module
@@ -43,6 +49,7 @@ class DiffusionModel:
     source: str = "unknown"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    compute_dtype: torch.dtype | None = None
     # Not an init field: every copy (``dataclasses.replace``, :meth:`with_lora`) starts with its own cache, so
     # prompts embedded by a copy whose text encoder differs never reach the original, nor the other way round.
     _prompt_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -92,8 +99,40 @@ class DiffusionModel:
         dtype = dtype or self.dtype
         for module in (self.vae, self.unet, self.text_encoder):
             module.to(device=device, dtype=dtype)
+        if device.type != self.device.type or dtype != self.dtype:
+            self.compute_dtype = None  # chosen for the old device and weights; load() chooses anew
         self.device, self.dtype = device, dtype
         self._prompt_cache.clear()
+        return self
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The context the VAE and UNet run in: autocast to `compute_dtype`, or nothing."""
+        if self.compute_dtype is None or self.compute_dtype == self.dtype:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
+
+    @property
+    def low_memory(self) -> bool:
+        """Whether gradient checkpointing is on (see :meth:`enable_low_memory`)."""
+        return bool(getattr(self.unet, "is_gradient_checkpointing", False))
+
+    def enable_low_memory(self, enabled: bool = True) -> DiffusionModel:
+        """Trade compute for memory when differentiating through the model: gradient checkpointing of the VAE
+        (its encoder and decoder) and the UNet keeps only block inputs and recomputes the rest in the backward
+        pass (about a third more compute, roughly half the activation memory; see the README's size and time
+        section). Weights are untouched; forward passes without gradients are unaffected."""
+        for module in (self.vae, self.unet):
+            if enabled:
+                module.enable_gradient_checkpointing()
+            else:
+                module.disable_gradient_checkpointing()
+        return self
+
+    def use_channels_last(self, vae: bool = True, unet: bool = False) -> DiffusionModel:
+        """Store the convolution weights of the VAE and/or UNet in channels-last (NHWC) order, which oneDNN's
+        CPU convolutions run faster on for some layer shapes; the tensors' values and every output are the same."""
+        for module, wanted in ((self.vae, vae), (self.unet, unet)):
+            module.to(memory_format=torch.channels_last if wanted else torch.contiguous_format)
         return self
 
     def clear_prompt_cache(self) -> None:
@@ -112,19 +151,24 @@ class DiffusionModel:
         if mode not in ("sample", "mean"):
             raise InvalidArgumentError(f"`mode` must be 'sample' or 'mean', but is {mode!r}.")
         x = images.to(device=self.device, dtype=self.dtype) * 2.0 - 1.0
-        posterior = self.vae.encode(x).latent_dist
+        with self.autocast():
+            moments = self.vae.encode(x).latent_dist.parameters
+        # The posterior in float32 (as diffusers builds it, from the encoder's moments): its exp and the sample
+        # are cheap, and bf16 there would cost accuracy under autocast.
+        posterior = DiagonalGaussianDistribution(moments.float())
         if mode == "mean":
             latents = posterior.mean
         else:
             # Draw the noise ourselves so a CPU generator works with weights on any device.
             noise = randn_like(posterior.mean, generator)
             latents = posterior.mean + posterior.std * noise
-        return self.scale_latents(latents.float())
+        return self.scale_latents(latents)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Decode scaled latents to images in [0, 1] (differentiable; clamp is a straight clip)."""
         z = self.unscale_latents(latents).to(device=self.device, dtype=self.dtype)
-        images = self.vae.decode(z).sample.float()
+        with self.autocast():
+            images = self.vae.decode(z).sample.float()
         return ((images + 1.0) / 2.0).clamp(0.0, 1.0)
 
     def scale_latents(self, z: torch.Tensor) -> torch.Tensor:
@@ -293,11 +337,12 @@ class DiffusionModel:
             x = torch.cat([x, inpaint_condition.to(device=x.device, dtype=x.dtype)], dim=1)
         elif inpaint_condition is not None:
             raise InvalidArgumentError(f"{self.source} is not an inpainting model; `inpaint_condition` must be None.")
-        out = self.unet(
-            x.to(device=self.device, dtype=self.dtype),
-            timesteps.to(self.device),
-            encoder_hidden_states=prompt_embeds.to(device=self.device, dtype=self.dtype),
-        ).sample
+        with self.autocast():
+            out = self.unet(
+                x.to(device=self.device, dtype=self.dtype),
+                timesteps.to(self.device),
+                encoder_hidden_states=prompt_embeds.to(device=self.device, dtype=self.dtype),
+            ).sample
         return out.float()
 
     def training_loss(
@@ -382,7 +427,7 @@ class DiffusionModel:
             module.requires_grad_(False).eval()
         return DiffusionModel(
             vae=self.vae, unet=unet, text_encoder=text_encoder, tokenizer=self.tokenizer, scheduler=self.scheduler,
-            source=f"{self.source} + LoRA {lora}", device=self.device, dtype=self.dtype,
+            source=f"{self.source} + LoRA {lora}", device=self.device, dtype=self.dtype, compute_dtype=self.compute_dtype,
         )
 
     # ------------------------------------------------------------------ pipelines

@@ -36,7 +36,7 @@ from .components import (
     quiet_loading,
     transformers_dtype_kwarg,
 )
-from .device import resolve_device, resolve_dtype
+from .device import resolve_compute_dtype, resolve_device, resolve_dtype
 from .handle import DiffusionModel
 from .hub import first_line, hub_error_message, hub_errors, hub_online, looks_like_hub_id
 from .single_file import load_single_file
@@ -61,6 +61,8 @@ def load(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     *,
+    compute_dtype: str | torch.dtype | None = "auto",
+    low_memory: bool = False,
     config: str | os.PathLike | None = None,
     trust_pickle: bool = False,
     revision: str | None = None,
@@ -75,6 +77,11 @@ def load(
             text encoder, tokenizer and scheduler.
         device (*optional*): ``"auto"``/None (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ...
         dtype (*optional*): weights' precision; None picks bf16/fp16 on accelerators and fp32 on the CPU.
+        compute_dtype (defaults to ``"auto"``): the precision the VAE and UNet compute in, under autocast:
+            auto picks bf16 on CPUs with native bf16 arithmetic and the weights' own dtype elsewhere; ``"fp32"``
+            computes exactly in fp32 (see :func:`artshield.models.device.resolve_compute_dtype`).
+        low_memory (`bool`, defaults to `False`): gradient checkpointing of the VAE and UNet
+            (:meth:`DiffusionModel.enable_low_memory`): about half the activation memory for a third more time.
         config (*optional*): for single files only, a diffusers folder or hub id whose component configs
             match the checkpoint. Without it the configs diffusers itself would pick (SD 1.5, SD 2.1 or
             their inpainting models) are read from the Hugging Face cache, or downloaded (a few KB) when
@@ -95,6 +102,7 @@ def load(
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    compute = resolve_compute_dtype(compute_dtype, device, dtype)
     spec_str = os.fspath(spec)
     with quiet_loading():
         if spec_str in ("demo", "demo-inpaint"):
@@ -134,7 +142,9 @@ def load(
             source = spec_str
         model = DiffusionModel(**components, source=source)
         # Inside quiet_loading: diffusers' `.to(dtype)` warns about fp32 modules even when there are none.
-        return model.to(device, dtype).freeze()
+        model.to(device, dtype).freeze()
+    model.compute_dtype = compute
+    return model.enable_low_memory() if low_memory else model
 
 
 def _reject_config(config: str | os.PathLike | None, what: str) -> None:

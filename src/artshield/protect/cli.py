@@ -33,6 +33,7 @@ from ..cli_support import (
     ArgumentParser,
     add_common_arguments,
     add_model_arguments,
+    model_options,
     non_negative_int,
     one_line,
     positive_int,
@@ -184,7 +185,7 @@ def run(args: argparse.Namespace, prog: str = "protect") -> int:
         if demo:
             print(f"{prog}: warning: {demo_model_warning(args.model == 'demo-inpaint')}", file=sys.stderr)
     notes = {"demo_model_warning": demo_model_warning(spec == "demo-inpaint")} if demo else {}
-    model = load(spec, device=args.device, dtype=args.dtype, config=args.config, trust_pickle=args.trust_pickle)
+    model = load(spec, **model_options(args), config=args.config, trust_pickle=args.trust_pickle)
     method = _build_method(method_cls, model, args)
     report = {
         "artshield_version": __version__,
@@ -194,6 +195,8 @@ def run(args: argparse.Namespace, prog: str = "protect") -> int:
         **notes,
         "device": str(model.device),
         "dtype": str(model.dtype).replace("torch.", ""),
+        "compute_dtype": str(model.compute_dtype or model.dtype).replace("torch.", ""),
+        "low_memory": model.low_memory,
         "settings": method.config,
         "images": [],
         "skipped": [{"input": str(p), "reason": r} for p, r in run_.skipped],

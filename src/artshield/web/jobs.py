@@ -497,6 +497,7 @@ class JobStore:
             **notes,
             "device": str(model.device),
             "dtype": str(model.dtype).replace("torch.", ""),
+            "compute_dtype": str(model.compute_dtype or model.dtype).replace("torch.", ""),
             "settings": method.config,
             "images": [],
             "skipped": [],

@@ -1,7 +1,8 @@
-"""Component configurations with the Stable Diffusion architecture, at two sizes.
+"""Component configurations with the Stable Diffusion architecture, at four sizes.
 
 ``"demo"`` is the shipped demo model (trained by :mod:`artshield.models.demo.train`); ``"tiny"`` is a
-random-weight model for tests that must run in milliseconds. Both use a VAE with three down-samplings
+random-weight model for tests that must run in milliseconds; ``"sd15"`` and ``"sd21"`` are Stable Diffusion
+1.5's and 2.1's exact component sizes, random-initialised, for ``benchmarks/sd_scale.py``. Both use a VAE with three down-samplings
 (x8, as real SD: a x2 VAE makes the UNet attend over 16x more tokens) and the real diffusers /
 transformers classes, so every code path is the one a real checkpoint takes.
 """
@@ -41,7 +42,43 @@ ARCHITECTURES: dict[str, dict] = {
         },
         "text": {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
     },
+    # Stable Diffusion's own sizes (the configs of runwayml/stable-diffusion-v1-5 and
+    # stabilityai/stable-diffusion-2-1), for measuring time and memory with random weights: the cost of a step
+    # does not depend on the weights' values. The text encoder's vocabulary is the tokenizer's (CLIP's 49,408
+    # rows of embedding cost nothing per step).
+    "sd15": {
+        "resolution": 512,
+        "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32},
+        "unet": {
+            "block_out_channels": (320, 640, 1280, 1280),
+            "layers_per_block": 2,
+            "attention_head_dim": 8,
+            "norm_num_groups": 32,
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        },
+        "text": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
+                 "hidden_act": "quick_gelu", "projection_dim": 768},
+    },
+    "sd21": {
+        "resolution": 768,
+        "vae": {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32},
+        "unet": {
+            "block_out_channels": (320, 640, 1280, 1280),
+            "layers_per_block": 2,
+            "attention_head_dim": (5, 10, 20, 20),
+            "use_linear_projection": True,
+            "norm_num_groups": 32,
+            "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        },
+        "text": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 23, "num_attention_heads": 16,
+                 "hidden_act": "gelu", "projection_dim": 512},
+    },
 }
+
+#: The prediction type each architecture is trained with (SD 2.1 at 768 px predicts the velocity).
+PREDICTION_TYPES = {"sd21": "v_prediction"}
 
 
 def make_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
