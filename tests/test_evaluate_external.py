@@ -39,9 +39,14 @@ if str(first) in Path(args["--fail-on"]).read_text().split():
 mode = args["--mode"]
 if mode == "lora":
     shutil.copy(args["--lora"], out / "pytorch_lora_weights.safetensors")
+elif mode == "kohya":  # kohya-ss writes <output_name>.safetensors with lora_unet_* keys
+    shutil.copy(args["--lora"].replace(".safetensors", "_kohya.safetensors"), out / "mimic.safetensors")
 elif mode == "pipeline":
     shutil.copytree(args["--pipeline"], out, dirs_exist_ok=True)
 record = {"argv": sys.argv[1:], "files": sorted(p.name for p in data.iterdir()),
+          "instance": sorted(p.name for p in Path(args["--instance"]).iterdir()),
+          "kohya": {p.name: sorted(q.name for q in p.iterdir()) for p in Path(args["--kohya"]).iterdir()},
+          "caption": next(Path(args["--kohya"]).glob("*/000.txt")).read_text(),
           "metadata": [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines()]}
 (out / "record.json").write_text(json.dumps(record))
 '''
@@ -72,6 +77,21 @@ def _pixel_sum(path) -> str:
     return str(sum(Image.open(path).convert("RGB").tobytes()))
 
 
+def _save_as_kohya(lora, path):
+    """The same LoRA with kohya-ss's key names (lora_unet_*, lora_down/lora_up, alpha = rank: scale 1)."""
+    from safetensors.torch import load_file, save_file
+
+    kohya = {}
+    for key, value in load_file(str(lora)).items():
+        module, kind = key.rsplit(".lora.", 1)
+        prefix, rest = module.split(".", 1)
+        name = ("lora_unet_" if prefix == "unet" else "lora_te_") + rest.replace(".", "_")
+        kohya[f"{name}.lora_{kind}"] = value
+        if kind.startswith("down"):
+            kohya[f"{name}.alpha"] = torch.tensor(float(value.shape[0]))
+    save_file(kohya, str(path))
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_model_dir):
     from tiny_lora import local_lora
@@ -81,6 +101,7 @@ def world(tmp_path_factory, tiny_model_dir):
     (root / "generator.py").write_text(GENERATOR)
     (root / "fail_on").write_text("")
     lora = local_lora(tiny_model_dir, root / "lora.safetensors", steps=2)
+    _save_as_kohya(lora, root / "lora_kohya.safetensors")
     model = load(str(tiny_model_dir), device="cpu", dtype="fp32")
     return root, model, lora
 
@@ -88,7 +109,7 @@ def world(tmp_path_factory, tiny_model_dir):
 def _command(root, lora, pipeline, mode="lora", extra=""):
     return (f"{PY} {root / 'trainer.py'} --data {{data_dir}} --out {{output_dir}} --seed {{seed}} --prompt {{prompt}} "
             f"--res {{resolution}} --model {{model}} --count {root / 'count'} --fail-on {root / 'fail_on'} "
-            f"--mode {mode} --lora {lora} --pipeline {pipeline}{extra}")  # fmt: skip
+            f"--mode {mode} --lora {lora} --pipeline {pipeline} --instance {{instance_dir}} --kohya {{kohya_dir}}{extra}")  # fmt: skip
 
 
 def _run(root, model, train_command, out, *, seeds=(0, 1), generate_command=None, images=None):
@@ -120,7 +141,7 @@ def test_templates_are_split_without_a_shell_and_filled_word_by_word():
         ("python t.py {data_dir} {output_dir} {}", None, "{}"),
         ("python t.py {data_dir} {output_dir} {seed:03d}", None, "{seed}"),
         ("python t.py {data_dir}", None, "{output_dir}"),
-        ("python t.py {output_dir}", None, "{data_dir} or {instance_dir}"),
+        ("python t.py {output_dir}", None, "{instance_dir} or {kohya_dir}"),
         ("python t.py '{data_dir} {output_dir}", None, "quot"),
         ("no-such-trainer-xyz {data_dir} {output_dir}", None, "no-such-trainer-xyz"),
         ("python t.py {data_dir} {output_dir}", "python g.py {model_dir}", "{output_dir}"),
@@ -151,6 +172,10 @@ def test_trains_once_per_seed_with_the_placeholders_filled_and_generates_with_th
         assert args["--model"] == str(tiny_model_dir.resolve()) and args["--data"] == str(run / "data")
         assert record["files"] == ["000.png", "001.png", "metadata.jsonl"]
         assert record["metadata"] == [{"file_name": "000.png", "text": PROMPT}, {"file_name": "001.png", "text": PROMPT}]
+        assert record["instance"] == ["000.png", "001.png"]  # no metadata.jsonl: DreamBooth scripts open every file
+        assert record["kohya"] == {"1_a painting_ in sks style": ["000.caption", "000.png", "000.txt", "001.caption",
+                                                                  "001.png", "001.txt"]}  # fmt: skip
+        assert record["caption"] == PROMPT + "\n"
         assert (run / "train.log").read_text().startswith("$ " + PY)
         # The training images are exactly the clean ones.
         assert _pixel_sum(run / "data" / "000.png") == _pixel_sum(root / "images" / "clean" / "00.png")
@@ -219,6 +244,21 @@ def test_a_diffusers_pipeline_folder_is_loaded_and_an_unloadable_output_is_named
     report = _run(root, model, _command(root, lora, tiny_model_dir, mode="nothing"), tmp_path / "b", seeds=(0,))
     assert len(report["failed"]) == 2
     assert all("neither a LoRA" in f["error"] and "record.json" in f["error"] for f in report["failed"])
+
+
+def test_a_kohya_lora_file_generates_what_the_same_lora_in_diffusers_layout_does(world, tiny_model_dir, tmp_path):
+    from artshield.imageio import read_image
+
+    root, model, lora = world
+    images = _images(tmp_path / "images")
+    cells = {}
+    for mode in ("lora", "kohya"):
+        report = _run(root, model, _command(root, lora, tiny_model_dir, mode=mode), tmp_path / mode, seeds=(0,), images=images)
+        info = report["mimicry"]["external"]["conditions"]["clean+none"]["info"]["runs"][0]
+        assert info["generated_from"].endswith("mimic.safetensors" if mode == "kohya" else "pytorch_lora_weights.safetensors")
+        cells[mode] = [read_image(tmp_path / mode / "cells" / "external" / "clean+none" / "images" / f"{i:04d}.png").rgb[0]
+                       for i in range(2)]  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(cells["lora"], cells["kohya"], strict=True))
 
 
 def test_a_generate_command_makes_the_images_that_are_scored(world, tiny_model_dir, tmp_path):

@@ -85,7 +85,8 @@ def build_parser(prog: str = "artshield evaluate") -> argparse.ArgumentParser:
     g = p.add_argument_group("external (bring your own mimic)")
     g.add_argument("--train-command", metavar="TEMPLATE",
                    help="training command run (no shell) once per training seed; placeholders {data_dir} (images + "
-                   "metadata.jsonl), {instance_dir} (images only), {output_dir}, {seed}, {prompt}, {resolution}, {model}")
+                   "metadata.jsonl), {instance_dir} (images only), {kohya_dir} (1_<prompt>/ with .txt captions), "
+                   "{output_dir}, {seed}, {prompt}, {resolution}, {model}")
     g.add_argument("--generate-command", metavar="TEMPLATE",
                    help="optional: generation command run per prompt, writing PNGs into {output_dir}/samples; "
                    "placeholders {model_dir}, {output_dir}, {seed}, {prompt}, {samples}, {steps}, {guidance}, "

@@ -12,6 +12,8 @@ placeholders, filled in per run (a value with spaces stays one argument):
 ``{data_dir}``     the training images as PNGs plus ``metadata.jsonl`` (``file_name``, ``text`` = the instance
                    prompt): the imagefolder layout of ``--train_data_dir``
 ``{instance_dir}`` the same PNGs alone (DreamBooth scripts' ``--instance_data_dir`` opens every file there)
+``{kohya_dir}``    kohya-ss layout: one subfolder ``1_<instance prompt>`` holding the PNGs and, per image, the
+                   instance prompt as ``.txt`` and ``.caption`` (``--train_data_dir`` of kohya's scripts)
 ``{output_dir}``   the folder the tool writes its result into (generation: where ``samples/`` goes)
 ``{seed}``         the training seed of this run (generation: ``--seed``)
 ``{prompt}``       the instance prompt (generation: the prompt to generate from)
@@ -37,6 +39,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import string
@@ -59,6 +62,7 @@ logger = logging.getLogger(__name__)
 TRAIN_PLACEHOLDERS: dict[str, str] = {
     "data_dir": "the training images + metadata.jsonl (file_name, text)",
     "instance_dir": "the training images alone",
+    "kohya_dir": "the training images in kohya's <repeats>_<concept> layout, with .txt/.caption captions",
     "output_dir": "where the tool writes the trained LoRA or pipeline",
     "seed": "the training seed",
     "prompt": "the instance prompt",
@@ -77,6 +81,8 @@ GENERATE_PLACEHOLDERS: dict[str, str] = {
     "resolution": "the resolution",
     "model": "the base model",
 }
+#: The training command must use one of these (else it would not train on the images).
+DATA_PLACEHOLDERS = ("data_dir", "instance_dir", "kohya_dir")
 LORA_FILE = "pytorch_lora_weights.safetensors"
 LOG_TAIL_LINES = 5
 
@@ -112,7 +118,7 @@ def parse_template(template: str, option: str, allowed: Iterable[str], required:
             raise InvalidArgumentError(f"{option} must contain the placeholder {{{name}}} ({dict(TRAIN_PLACEHOLDERS, **GENERATE_PLACEHOLDERS)[name]}).")
     one_of = list(one_of)
     if one_of and not used.intersection(one_of):
-        choices = " or ".join("{" + name + "}" for name in one_of)
+        choices = ", ".join("{" + name + "}" for name in one_of[:-1]) + f" or {{{one_of[-1]}}}" if len(one_of) > 1 else "{" + one_of[0] + "}"
         raise InvalidArgumentError(f"{option} must contain {choices} (the training images).")
     program = words[0]
     if "{" not in program and shutil.which(program) is None:
@@ -123,7 +129,7 @@ def parse_template(template: str, option: str, allowed: Iterable[str], required:
 def check_commands(train_command: str, generate_command: str | None = None) -> tuple[list[str], list[str] | None]:
     """Check the two templates (:func:`parse_template`); returns their words (None for no generate command)."""
     train = parse_template(train_command, "--train-command", TRAIN_PLACEHOLDERS, ("output_dir",),
-                           ("data_dir", "instance_dir"))  # fmt: skip
+                           DATA_PLACEHOLDERS)  # fmt: skip
     if generate_command is None:
         return train, None
     return train, parse_template(generate_command, "--generate-command", GENERATE_PLACEHOLDERS, ("model_dir", "output_dir"))
@@ -228,7 +234,7 @@ class ExternalMimicry(TextToImageMimicry):
         model: the base :class:`DiffusionModel` (a LoRA the tool writes is applied to it; its ``source`` is
             ``{model}`` unless `model_spec` is given).
         train_command: the training command template (placeholders :data:`TRAIN_PLACEHOLDERS`; must use
-            ``{output_dir}`` and ``{data_dir}`` or ``{instance_dir}``).
+            ``{output_dir}`` and one of :data:`DATA_PLACEHOLDERS`).
         generate_command (*optional*): a generation command template (:data:`GENERATE_PLACEHOLDERS`; must use
             ``{model_dir}`` and ``{output_dir}``), run once per prompt and training run.
         train_seeds: one training run per seed (default 0, 1, 2); outputs carry their run, so the harness's
@@ -266,7 +272,8 @@ class ExternalMimicry(TextToImageMimicry):
     def _train(self, images: list[torch.Tensor], run_dir: Path, seed: int) -> tuple[Path, dict[str, Any]]:
         """Run the training command for one seed (or reuse a finished run); returns (its output folder, info)."""
         output_dir = run_dir / "model"
-        values = {"data_dir": run_dir / "data", "instance_dir": run_dir / "instance", "output_dir": output_dir,
+        values = {"data_dir": run_dir / "data", "instance_dir": run_dir / "instance", "kohya_dir": run_dir / "kohya",
+                  "output_dir": output_dir,
                   "seed": seed, "prompt": self.instance_prompt, "resolution": self.resolution,
                   "model": self.model_spec}  # fmt: skip
         argv = fill_template(self.train_words, {k: os.fspath(v) if isinstance(v, Path) else v for k, v in values.items()})
@@ -279,16 +286,10 @@ class ExternalMimicry(TextToImageMimicry):
         if done is not None and done.get("key") == key and output_dir.is_dir():
             logger.info("external mimicry: seed %d already trained in %s", seed, output_dir)
             return output_dir, {**done["info"], "reused": True}
-        for folder in ("data", "instance", "model"):
+        for folder in ("data", "instance", "kohya", "model"):
             shutil.rmtree(run_dir / folder, ignore_errors=True)
         marker.unlink(missing_ok=True)
-        captions = []
-        for i, image in enumerate(images):
-            name = f"{i:03d}.png"
-            write_png(run_dir / "data" / name, image)
-            write_png(run_dir / "instance" / name, image)
-            captions.append(json.dumps({"file_name": name, "text": self.instance_prompt}))
-        write_text_atomic(run_dir / "data" / "metadata.jsonl", "\n".join(captions) + "\n")
+        self._write_training_images(images, run_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
         logger.info("external mimicry: training seed %d: %s", seed, shlex.join(argv))
         seconds = run_command(argv, run_dir / "train.log", f"the training command (seed {seed})")
@@ -296,6 +297,26 @@ class ExternalMimicry(TextToImageMimicry):
                 "log": str(run_dir / "train.log")}  # fmt: skip
         write_json_atomic(marker, {"key": key, "info": info})
         return output_dir, {**info, "reused": False}
+
+    def _write_training_images(self, images: list[torch.Tensor], run_dir: Path) -> None:
+        """Fill the data folders the training command names (:data:`DATA_PLACEHOLDERS`)."""
+        used = {name for word in self.train_words for _, name, _, _ in string.Formatter().parse(word) if name}
+        concept = re.sub(r"[^A-Za-z0-9 ._-]", "_", self.instance_prompt).strip(" .") or "instance"
+        captions = []
+        for i, image in enumerate(images):
+            name = f"{i:03d}.png"
+            captions.append(json.dumps({"file_name": name, "text": self.instance_prompt}))
+            if "data_dir" in used:
+                write_png(run_dir / "data" / name, image)
+            if "instance_dir" in used:
+                write_png(run_dir / "instance" / name, image)
+            if "kohya_dir" in used:
+                folder = run_dir / "kohya" / f"1_{concept}"
+                write_png(folder / name, image)
+                for suffix in (".txt", ".caption"):
+                    write_text_atomic(folder / f"{i:03d}{suffix}", self.instance_prompt + "\n")
+        if "data_dir" in used:
+            write_text_atomic(run_dir / "data" / "metadata.jsonl", "\n".join(captions) + "\n")
 
     # ------------------------------------------------------------------ generation
     def _generate_builtin(self, model_dir: Path, prefix: str) -> tuple[list[torch.Tensor], list[str], list[str], str]:
@@ -368,6 +389,6 @@ def mimicry_kind(name: str) -> type[Mimicry]:
     return MIMICRY_KINDS[key]
 
 
-__all__ = ["GENERATE_PLACEHOLDERS", "MIMICRY_KINDS", "TRAIN_PLACEHOLDERS", "ExternalMimicry", "check_commands",
+__all__ = ["DATA_PLACEHOLDERS", "GENERATE_PLACEHOLDERS", "MIMICRY_KINDS", "TRAIN_PLACEHOLDERS", "ExternalMimicry", "check_commands",
            "fill_template", "find_trained", "mimicry_kind", "model_path", "parse_seeds", "parse_template",
            "run_command"]
