@@ -12,7 +12,13 @@ import torch
 from PIL import Image
 
 from artshield.errors import InvalidArgumentError
-from artshield.evaluate.external import ExternalMimicry, check_commands, fill_template, parse_template
+from artshield.evaluate.external import (
+    TRAIN_PLACEHOLDERS,
+    ExternalMimicry,
+    check_commands,
+    fill_template,
+    parse_template,
+)
 from artshield.evaluate.harness import EvaluationSettings, bootstrap_conditions, evaluate, load_image_sets
 from artshield.evaluate.mimicry import item_generator
 from artshield.imageio import write_png
@@ -129,7 +135,7 @@ def _trainings(root) -> int:
 # ------------------------------------------------------------------------------------------------ templates
 def test_templates_are_split_without_a_shell_and_filled_word_by_word():
     words = parse_template(f"{PY} t.py --p {{prompt}} --o={{output_dir}} '{{data_dir}}/x y' {{{{literal}}}}",
-                           "--train-command", ["prompt", "output_dir", "data_dir"], ["output_dir"])  # fmt: skip
+                           "--train-command", TRAIN_PLACEHOLDERS, ["output_dir"])  # fmt: skip
     filled = fill_template(words, {"prompt": "a b; rm -rf ~", "output_dir": "/o", "data_dir": "/d"})
     assert filled == [PY, "t.py", "--p", "a b; rm -rf ~", "--o=/o", "/d/x y", "{literal}"]
 
@@ -140,7 +146,7 @@ def test_templates_are_split_without_a_shell_and_filled_word_by_word():
         ("python t.py {data_dir} {output_dir} {data_folder}", None, "{data_folder}"),
         ("python t.py {data_dir} {output_dir} {}", None, "{}"),
         ("python t.py {data_dir} {output_dir} {seed:03d}", None, "{seed}"),
-        ("python t.py {data_dir}", None, "{output_dir}"),
+        ("python t.py {data_dir}", None, "{output_dir} (where the tool writes"),
         ("python t.py {output_dir}", None, "{instance_dir} or {kohya_dir}"),
         ("python t.py '{data_dir} {output_dir}", None, "quot"),
         ("no-such-trainer-xyz {data_dir} {output_dir}", None, "no-such-trainer-xyz"),

@@ -87,11 +87,11 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 LOG_TAIL_LINES = 5
 
 
-def parse_template(template: str, option: str, allowed: Iterable[str], required: Iterable[str] = (),
+def parse_template(template: str, option: str, allowed: Mapping[str, str], required: Iterable[str] = (),
                    one_of: Iterable[str] = ()) -> list[str]:
     """Split `template` into words and check its placeholders; raises one-line :class:`InvalidArgumentError`
-    naming `option` and the culprit (an unknown placeholder, a missing required one, bad quoting)."""
-    allowed = list(allowed)
+    naming `option` and the culprit (an unknown placeholder, a missing required one, bad quoting, a program
+    that is not there). `allowed` maps each placeholder to what it stands for."""
     names = ", ".join("{" + name + "}" for name in allowed)
     try:
         words = shlex.split(template)
@@ -115,10 +115,10 @@ def parse_template(template: str, option: str, allowed: Iterable[str], required:
             used.add(name)
     for name in required:
         if name not in used:
-            raise InvalidArgumentError(f"{option} must contain the placeholder {{{name}}} ({dict(TRAIN_PLACEHOLDERS, **GENERATE_PLACEHOLDERS)[name]}).")
-    one_of = list(one_of)
-    if one_of and not used.intersection(one_of):
-        choices = ", ".join("{" + name + "}" for name in one_of[:-1]) + f" or {{{one_of[-1]}}}" if len(one_of) > 1 else "{" + one_of[0] + "}"
+            raise InvalidArgumentError(f"{option} must contain the placeholder {{{name}}} ({allowed[name]}).")
+    one_of = ["{" + name + "}" for name in one_of]
+    if one_of and not used.intersection(name[1:-1] for name in one_of):
+        choices = one_of[0] if len(one_of) == 1 else ", ".join(one_of[:-1]) + " or " + one_of[-1]
         raise InvalidArgumentError(f"{option} must contain {choices} (the training images).")
     program = words[0]
     if "{" not in program and shutil.which(program) is None:
@@ -156,7 +156,7 @@ def _log_tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
         text = log.read_text(errors="replace")
     except OSError:
         return "(no log)"
-    tail = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    tail = [line.strip()[:300] for line in text.splitlines() if line.strip()][-lines:]
     return " | ".join(tail) if tail else "(the log is empty)"
 
 

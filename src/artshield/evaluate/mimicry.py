@@ -18,6 +18,9 @@ name       what the mimic does
            seeded random rectangle), ``samples`` seeds each.
 =========  ===================================================================================================
 
+``external`` (:mod:`.external`) brings the mimic's own tool: a training command run once per training seed,
+then generation as ``lora`` does (or by a generation command).
+
 Images are cropped (never resized: resampling is itself a purification) to a multiple of the model's pixel
 multiple before an image-to-image attack; LoRA training sees them at ``resolution`` as the trainer's data
 pipeline prepares them (resize of the short side and centre crop, as diffusers' examples do).
