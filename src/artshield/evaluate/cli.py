@@ -3,6 +3,8 @@
     artshield evaluate --clean art/ --protected art_protected/ --model demo --output eval/
     artshield evaluate --clean art/ --protected advdm=out/advdm --protected mist=out/mist \\
         --mimicry lora,sdedit,inpaint --purify none,jpeg75,resize0.5,noise0.05,diffpure --model demo
+    artshield evaluate --clean art/ --protected art_protected/ --mimicry external \\
+        --train-command "python my_trainer.py --data {data_dir} --out {output_dir} --seed {seed}"
 
 See :mod:`artshield.evaluate.harness` for what is run and how it is scored. Errors a user can cause are one
 line on stderr and exit status 2.
@@ -40,6 +42,16 @@ def _strength(text: str) -> float:
     return value
 
 
+def _seeds(text: str) -> list[int]:
+    """``--train-seeds``: a comma list of distinct integers >= 0."""
+    from .external import parse_seeds
+
+    try:
+        return parse_seeds(text)
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--train-seeds {text!r}: ")) from None
+
+
 def build_parser(prog: str = "artshield evaluate") -> argparse.ArgumentParser:
     p = ArgumentParser(prog=prog, description="Measure how well protection spoils mimicry, worst case over purifications.")
     p.add_argument("--clean", required=True, help="folder of the artist's original images")
@@ -50,26 +62,38 @@ def build_parser(prog: str = "artshield evaluate") -> argparse.ArgumentParser:
                    "else --model when it is an inpainting model)")
     p.add_argument("--output", "-o", default="evaluation", help="folder for report.json, report.html and the cells (default "
                    "./evaluation; not an input folder)")
-    p.add_argument("--mimicry", default="lora,sdedit", help="comma list of lora, sdedit, inpaint (default lora,sdedit)")
+    p.add_argument("--mimicry", default="lora,sdedit", help="comma list of lora, sdedit, inpaint, external (default "
+                   "lora,sdedit; external needs --train-command)")
     p.add_argument("--purify", default=DEFAULT_PURIFICATIONS, help=f"comma list of purification specs (default {DEFAULT_PURIFICATIONS}; "
                    "see `artshield purify --list`)")
     p.add_argument("--purify-clean", action="store_true", help="also run mimicry on purified clean images (the purification's own cost)")
     p.add_argument("--max-images", type=positive_int, help="use only the first N clean images (sorted by name; at least 2)")
     g = p.add_argument_group("generation (all mimicries)")
-    g.add_argument("--prompt", action="append", help="LoRA generation prompt (repeatable; default: the instance prompt)")
+    g.add_argument("--prompt", action="append", help="lora/external generation prompt (repeatable; default: the instance prompt)")
     g.add_argument("--edit-prompt", action="append", help="sdedit/inpaint prompt (repeatable; default: empty)")
     g.add_argument("--samples", type=positive_int, default=4, help="seeds per prompt (lora) or per image/mask (sdedit, inpaint); default 4")
     g.add_argument("--sampling-steps", type=positive_int, default=20, help="denoising steps (default 20)")
     g.add_argument("--guidance-scale", type=finite_float, default=5.0, help="classifier-free guidance (default 5)")
     g = p.add_argument_group("lora")
-    g.add_argument("--instance-prompt", default="a painting in sks style", help="caption of the training images")
+    g.add_argument("--instance-prompt", default="a painting in sks style", help="caption of the training images (lora; {prompt} of external)")
     g.add_argument("--lora-steps", type=positive_int, default=800)
     g.add_argument("--lora-lr", type=positive_float, default=1e-3)
     g.add_argument("--lora-rank", type=positive_int, default=16)
     g.add_argument("--lora-batch-size", type=positive_int, default=4)
     g.add_argument("--lora-text-encoder", action=argparse.BooleanOptionalAction, default=True,
                    help="also train a text-encoder LoRA (default on)")
-    g.add_argument("--resolution", type=positive_int, help="LoRA training and generation resolution (default: the model's native)")
+    g.add_argument("--resolution", type=positive_int, help="lora/external training and generation resolution (default: the model's native)")
+    g = p.add_argument_group("external (bring your own mimic)")
+    g.add_argument("--train-command", metavar="TEMPLATE",
+                   help="training command run (no shell) once per training seed; placeholders {data_dir} (images + "
+                   "metadata.jsonl), {instance_dir} (images only), {kohya_dir} (1_<prompt>/ with .txt captions), "
+                   "{output_dir}, {seed}, {prompt}, {resolution}, {model}")
+    g.add_argument("--generate-command", metavar="TEMPLATE",
+                   help="optional: generation command run per prompt, writing PNGs into {output_dir}/samples; "
+                   "placeholders {model_dir}, {output_dir}, {seed}, {prompt}, {samples}, {steps}, {guidance}, "
+                   "{resolution}, {model} (default: load the LoRA or pipeline the training wrote)")
+    g.add_argument("--train-seeds", type=_seeds, default=[0, 1, 2], metavar="LIST",
+                   help="training seeds of the external mimic, one training run each (default 0,1,2)")
     g = p.add_argument_group("sdedit / inpaint")
     g.add_argument("--sdedit-strength", type=_strength, default=0.5, help="img2img strength in (0, 1] (default 0.5)")
     g.add_argument("--inpaint-masks", help="folder of masks named like the clean images (white = repainted); default: "
@@ -140,18 +164,27 @@ def _comma_list(value: str) -> list[str]:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from .external import ExternalMimicry, check_commands, mimicry_kind
     from .harness import EvaluationSettings, check_output_folder, evaluate, load_image_sets
-    from .mimicry import InpaintMimicry, LoraMimicry, SDEditMimicry, get_mimicry
+    from .mimicry import InpaintMimicry, LoraMimicry, SDEditMimicry
     from .purify_spec import check_spec
 
     # Everything a user can get wrong is checked before a model loads.
     names = [m.lower() for m in _comma_list(args.mimicry)]
     if not names:
-        raise InvalidArgumentError(f"--mimicry {args.mimicry!r}: choose at least one of lora, sdedit, inpaint.")
+        raise InvalidArgumentError(f"--mimicry {args.mimicry!r}: choose at least one of lora, sdedit, inpaint, external.")
     for name in names:
-        get_mimicry(name)
+        mimicry_kind(name)
     if len(set(names)) != len(names):
         raise InvalidArgumentError(f"--mimicry {args.mimicry!r}: an attack is listed twice.")
+    if "external" in names:
+        if not args.train_command:
+            raise InvalidArgumentError("--mimicry external needs --train-command (the mimic's training command).")
+        check_commands(args.train_command, args.generate_command)
+    else:
+        for option, value in (("--train-command", args.train_command), ("--generate-command", args.generate_command)):
+            if value is not None:
+                raise InvalidArgumentError(f"{option} is only used with --mimicry external (add it to --mimicry).")
     purifications = _comma_list(args.purify)
     seen: dict[str, str] = {}
     for spec in purifications:
@@ -187,6 +220,11 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
                                          steps=args.lora_steps, learning_rate=args.lora_lr, rank=args.lora_rank,
                                          batch_size=args.lora_batch_size, train_text_encoder=args.lora_text_encoder,
                                          resolution=args.resolution, **common))  # fmt: skip
+        elif name == "external":
+            mimicries.append(ExternalMimicry(model, train_command=args.train_command, generate_command=args.generate_command,
+                                             train_seeds=args.train_seeds, instance_prompt=args.instance_prompt,
+                                             resolution=args.resolution, model_spec=args.model, prompts=args.prompt,
+                                             **common))  # fmt: skip
         elif name == "sdedit":
             mimicries.append(SDEditMimicry(model, strength=args.sdedit_strength, prompts=args.edit_prompt, **common))
         else:
@@ -207,11 +245,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
               f"{row['value']:.3f}  effect {row['effect']:+.3f} [{low:+.3f}, {high:+.3f}]  "
               f"{'protects' if row['protects'] else 'does not protect'}")
     print(f"report: {Path(args.output) / 'report.html'}")
-    return 0
+    for failure in report.get("failed", []):
+        print(f"failed: {failure['mimicry']} on {failure['condition']}: {failure['error']}", file=sys.stderr)
+    return 1 if report.get("failed") else 0
 
 
 def main(argv: list[str] | None = None, prog: str = "artshield evaluate") -> int:
-    """Run the command; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    """Run the command; returns the exit status (0 ok, 1 some cells failed, 2 user error, 130 interrupted)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_cli(prog, build_parser(prog), argv, lambda args: _run(args, argv),
                    "finished cells are kept under the output folder's cells/ and reused by a rerun.")

@@ -21,6 +21,11 @@ image-to-image attacks also SSIM/PSNR/LPIPS of each output to the one made from 
 same seed (PhotoGuard's measure of how far protection pushes an edit). Scores of the protected images
 themselves: PSNR, SSIM, LPIPS (when present) and L∞ against the originals.
 
+A cell whose mimic is an external tool that fails (:class:`~.mimicry.CellFailed`) is listed in the report's
+``failed`` with the reason and left out of the comparisons; the other cells go on. An attack that trains
+several times (one run per training seed, ``MimicryOutput.groups``) gets a two-stage bootstrap: runs, then
+outputs within runs.
+
 Long runs resume: every (attack, input set) cell is stored under ``<output>/cells/`` with a fingerprint of
 everything that determines it, and reused when the fingerprint matches; purified inputs likewise under
 ``<output>/inputs/``. Results are written atomically: ``report.json`` (:func:`evaluate` returns the same
@@ -50,7 +55,7 @@ from ..metrics import image_report, lpips_distance, lpips_unavailable_reason, ps
 from . import feature_distance as fdist
 from .clip_score import clip_score, clip_unavailable_reason
 from .image_sets import CLEAN, ImageSets, check_output_folder, load_image_sets
-from .mimicry import Mimicry, MimicryOutput
+from .mimicry import CellFailed, Mimicry, MimicryOutput
 from .purify_base import Purification, image_seed
 from .purify_spec import get_purification
 from .report import safe_name, write_report
@@ -158,9 +163,11 @@ def run_cell(mimicry: Mimicry, images: list[torch.Tensor], folder: Path) -> tupl
     cached = _read_cached(folder, fingerprint)
     if cached is not None:
         images_out = _load_images(folder, len(cached["keys"]))
-        return MimicryOutput(images_out, cached["prompts"], cached["keys"], cached["sources"], cached["info"]), True
+        return MimicryOutput(images_out, cached["prompts"], cached["keys"], cached["sources"], cached["info"],
+                             cached.get("groups", [])), True
     output = mimicry(images, folder / "work")
-    meta = {"keys": output.keys, "prompts": output.prompts, "sources": output.sources, "info": output.info}
+    meta = {"keys": output.keys, "prompts": output.prompts, "sources": output.sources, "info": output.info,
+            "groups": output.groups}  # fmt: skip
     output.images = _store(folder, fingerprint, output.images, meta)
     return output, False
 
@@ -239,19 +246,31 @@ def _statistic(score: str, reference: np.ndarray) -> Callable[[np.ndarray, np.nd
     return lambda values, idx: float(np.mean(values[idx]))
 
 
-def bootstrap_conditions(data: dict[str, np.ndarray], stat: Callable, n: int, seed: int) -> tuple[dict[str, float], np.ndarray]:
+def bootstrap_conditions(data: dict[str, np.ndarray], stat: Callable, n: int, seed: int,
+                         groups: Sequence[str] | None = None) -> tuple[dict[str, float], np.ndarray]:
     """Point estimates and a joint (paired) bootstrap: the same resampled output items for every condition.
 
-    Returns ``(estimates, samples)`` with samples of shape (n, len(data)) in ``data``'s order.
+    With `groups` (the training run of each output item, when an attack trains several times), the bootstrap
+    is two-stage: resample runs, then output items within each drawn run, so intervals cover the variation
+    between training runs and not only between generations. Returns ``(estimates, samples)`` with samples of
+    shape (n, len(data)) in ``data``'s order.
     """
     names = list(data)
     count = len(next(iter(data.values())))
     full = np.arange(count)
     estimates = {name: stat(data[name], full) for name in names}
     rng = np.random.default_rng(seed)
+    clusters = None
+    if groups is not None and len(groups) == count and len(set(groups)) > 1:
+        labels = list(dict.fromkeys(groups))
+        clusters = [np.flatnonzero(np.asarray(groups) == label) for label in labels]
     samples = np.empty((int(n), len(names)))
     for b in range(int(n)):
-        idx = rng.integers(0, count, count)
+        if clusters is None:
+            idx = rng.integers(0, count, count)
+        else:
+            drawn = rng.integers(0, len(clusters), len(clusters))
+            idx = np.concatenate([clusters[k][rng.integers(0, len(clusters[k]), len(clusters[k]))] for k in drawn])
         samples[b] = [stat(data[name], idx) for name in names]
     return estimates, samples
 
@@ -262,7 +281,8 @@ def _ci(values: np.ndarray, alpha: float) -> list[float]:
 
 
 def summarise_score(score: str, data: dict[str, np.ndarray], reference: np.ndarray,
-                    protected_sets: dict[str, list[Condition]], n_boot: int, alpha: float, seed: int) -> dict[str, Any]:
+                    protected_sets: dict[str, list[Condition]], n_boot: int, alpha: float, seed: int,
+                    groups: Sequence[str] | None = None) -> dict[str, Any]:
     """Per-condition estimate and interval; per protected set, the effect per purification and the worst case.
 
     ``effect`` = direction × (clean − protected): how much the protection reduced the mimic's success, positive
@@ -271,7 +291,7 @@ def summarise_score(score: str, data: dict[str, np.ndarray], reference: np.ndarr
     images under the same purification: the protection's effect net of what the purification does by itself.
     """
     direction = SCORES[score][0]
-    estimates, samples = bootstrap_conditions(data, _statistic(score, reference), n_boot, seed)
+    estimates, samples = bootstrap_conditions(data, _statistic(score, reference), n_boot, seed, groups)
     columns = {name: i for i, name in enumerate(data)}
     result: dict[str, Any] = {"conditions": {name: {"value": estimates[name], "ci95": _ci(samples[:, i], alpha)}
                                              for name, i in columns.items()}}  # fmt: skip
@@ -443,6 +463,7 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
         "notes": scorer.notes,
         "quality": image_quality(sets),
         "mimicry": {},
+        "failed": [],
     }
     protected_conditions = {label: [c for c in conditions if c.image_set == label] for label in sets.protected}
     progress = _progress(len(conditions) * len(settings.mimicries), quiet)
@@ -453,17 +474,32 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
             progress.set_postfix_str(f"{mimicry.name} on {condition.name}")
             cell_dir = output / "cells" / mimicry.name / condition.folder
             start = time.perf_counter()
-            out, reused = run_cell(mimicry, inputs[condition.name], cell_dir)
+            try:
+                out, reused = run_cell(mimicry, inputs[condition.name], cell_dir)
+            except CellFailed as exc:  # an external tool failed: record it, go on with the other cells
+                logger.warning("%s on %s failed: %s", mimicry.name, condition.name, exc)
+                report["failed"].append({"mimicry": mimicry.name, "condition": condition.name, "error": str(exc),
+                                         "folder": str(cell_dir.relative_to(output))})  # fmt: skip
+                progress.update(1)
+                continue
             outputs[condition.name] = out
             cells[condition.name] = {"image_set": condition.image_set, "purification": condition.purification,
                                      "outputs": len(out.images), "folder": str(cell_dir.relative_to(output)),
                                      "reused": reused, "seconds": round(time.perf_counter() - start, 1), "info": out.info}  # fmt: skip
             progress.update(1)
-        keys = outputs[conditions[0].name].keys
+        baseline = conditions[0].name
+        if baseline not in outputs:  # nothing to compare with: keep what ran, score nothing
+            report["mimicry"][mimicry.name] = {"config": mimicry.config, "summary": mimicry.summary, "keys": [],
+                                               "prompts": [], "conditions": cells, "scores": {}}  # fmt: skip
+            for name in cells:
+                cells[name]["scores"], cells[name]["per_item"] = {}, {}
+            continue
+        keys = outputs[baseline].keys
         for name, out in outputs.items():
             if out.keys != keys:
                 raise RuntimeError(f"{mimicry.name}: condition {name} produced different items than the clean run.")
-        clean_out = outputs[conditions[0].name] if mimicry.edits_inputs else None
+        groups = outputs[baseline].groups or None
+        clean_out = outputs[baseline] if mimicry.edits_inputs else None
         per_item: dict[str, dict[str, np.ndarray]] = {
             name: scorer.item_scores(out, None if name == conditions[0].name else clean_out) for name, out in outputs.items()
         }
@@ -479,13 +515,15 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
                 if not data:
                     continue
             summaries[score] = summarise_score(score, data, scorer.reference_features, protected_conditions,
-                                               settings.bootstrap, settings.alpha, settings.seed)
+                                               settings.bootstrap, settings.alpha, settings.seed, groups)
         for name in cells:
             cells[name]["scores"] = {s: summaries[s]["conditions"][name] for s in summaries if name in summaries[s]["conditions"]}
             cells[name]["per_item"] = {s: [float(v) for v in per_item[name][s]] for s in per_item[name]}
         report["mimicry"][mimicry.name] = {"config": mimicry.config, "summary": mimicry.summary, "keys": keys,
-                                           "prompts": outputs[conditions[0].name].prompts, "conditions": cells,
+                                           "prompts": outputs[baseline].prompts, "conditions": cells,
                                            "scores": summaries}  # fmt: skip
+        if groups:
+            report["mimicry"][mimicry.name]["runs"] = list(dict.fromkeys(groups))
     progress.close()
 
     report["headline_score"] = headline

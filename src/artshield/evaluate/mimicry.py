@@ -18,6 +18,9 @@ name       what the mimic does
            seeded random rectangle), ``samples`` seeds each.
 =========  ===================================================================================================
 
+``external`` (:mod:`.external`) brings the mimic's own tool: a training command run once per training seed,
+then generation as ``lora`` does (or by a generation command).
+
 Images are cropped (never resized: resampling is itself a purification) to a multiple of the model's pixel
 multiple before an image-to-image attack; LoRA training sees them at ``resolution`` as the trainer's data
 pipeline prepares them (resize of the short side and centre crop, as diffusers' examples do).
@@ -36,7 +39,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import InvalidArgumentError
+from ..errors import ArtshieldError, InvalidArgumentError
 from ..imageio import as_rgb, write_png
 
 logger = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ class MimicryOutput:
         keys: a stable name per output ("p0-s1", "img3-mask1-s0"): outputs with the same key, made from clean
             and from protected images, are paired.
         info: what else a report should say (training time, LoRA location, ...).
+        groups: for attacks that train several times (one run per training seed), the run each output came
+            from; the harness's bootstrap then resamples runs, and outputs within runs. Empty: one run.
     """
 
     images: list[torch.Tensor]
@@ -60,6 +65,13 @@ class MimicryOutput:
     keys: list[str]
     sources: list[int | None] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    groups: list[str] = field(default_factory=list)
+
+
+class CellFailed(ArtshieldError):
+    """One mimicry run on one input set failed for a reason outside artshield (an external training or generation
+    command exited with an error, or wrote nothing artshield can load). The harness records it and goes on with
+    the other cells; the CLI then exits with status 1."""
 
 
 def item_generator(seed: int, key: str) -> torch.Generator:
@@ -132,7 +144,28 @@ def _tqdm_disabled(disabled: bool):
                 os.environ["TQDM_DISABLE"] = previous
 
 
-class LoraMimicry(Mimicry):
+class TextToImageMimicry(Mimicry):
+    """Base of the mimicries that train a model on the images and then generate from prompts."""
+
+    resolution: int
+
+    def generate(self, pipe, key_prefix: str = "") -> tuple[list[torch.Tensor], list[str], list[str]]:
+        """``samples`` images per prompt from a text-to-image pipeline at ``resolution``, one seeded generator per
+        item (key ``{key_prefix}p{prompt}-s{sample}``); returns (images, prompts, keys)."""
+        outputs, prompts, keys = [], [], []
+        for p, prompt in enumerate(self.prompts):
+            for s in range(self.samples):
+                key = f"{key_prefix}p{p}-s{s}"
+                image = pipe(prompt=prompt, height=self.resolution, width=self.resolution,
+                             num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                             generator=item_generator(self.seed, key), output_type="pt").images[0]
+                outputs.append(image.float().clamp(0, 1).cpu())
+                prompts.append(prompt)
+                keys.append(key)
+        return outputs, prompts, keys
+
+
+class LoraMimicry(TextToImageMimicry):
     """LoRA fine-tuning on the images, then text-to-image generation (the main style-mimicry threat).
 
     Args:
@@ -194,16 +227,7 @@ class LoraMimicry(Mimicry):
         pipe = self.model.pipeline("text2img")
         pipe.load_lora_weights(str(lora_dir))
         try:
-            outputs, prompts, keys = [], [], []
-            for p, prompt in enumerate(self.prompts):
-                for s in range(self.samples):
-                    key = f"p{p}-s{s}"
-                    image = pipe(prompt=prompt, height=self.resolution, width=self.resolution,
-                                 num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
-                                 generator=item_generator(self.seed, key), output_type="pt").images[0]
-                    outputs.append(image.float().clamp(0, 1).cpu())
-                    prompts.append(prompt)
-                    keys.append(key)
+            outputs, prompts, keys = self.generate(pipe)
         finally:
             # The pipeline shares the handle's UNet and text encoder: take the adapters out again.
             pipe.unload_lora_weights()
@@ -338,5 +362,5 @@ def get_mimicry(name: str) -> type[Mimicry]:
     return MIMICRIES[key]
 
 
-__all__ = ["MIMICRIES", "InpaintMimicry", "LoraMimicry", "Mimicry", "MimicryOutput", "SDEditMimicry",
-           "crop_to_multiple", "default_masks", "get_mimicry", "item_generator"]
+__all__ = ["MIMICRIES", "CellFailed", "InpaintMimicry", "LoraMimicry", "Mimicry", "MimicryOutput", "SDEditMimicry",
+           "TextToImageMimicry", "crop_to_multiple", "default_masks", "get_mimicry", "item_generator"]

@@ -163,6 +163,14 @@ def _html(report: dict[str, Any], plots: dict[str, str]) -> str:
                "compared with the clean images under the same purification, which separates the protection's effect from "
                "what the purification does to the mimic's outputs by itself.</small></p>")
 
+    if report.get("failed"):
+        out.append("<h2>Failed cells</h2><p>These ran, but the mimic's tool failed; they are left out of every "
+                   "comparison (their logs are in the cell folders).</p><table><tr><th class=l>mimicry</th>"
+                   "<th class=l>condition</th><th class=l>error</th></tr>")
+        out.extend(f"<tr><td class=l>{html.escape(f['mimicry'])}</td><td class=l>{html.escape(f['condition'])}</td>"
+                   f"<td class=l><small>{html.escape(f['error'])}</small></td></tr>" for f in report["failed"])
+        out.append("</table>")
+
     out.append("<h2>Protected images against the originals</h2><table><tr><th class=l>set</th><th>L∞ max (/255)</th>"
                "<th>PSNR (dB)</th><th>SSIM</th><th>LPIPS</th></tr>")
     for label, quality in report["quality"].items():
