@@ -23,7 +23,8 @@ Blocks and their sources:
 * ``memorization-detection``, ``memorization-prune``: ``benchmarks/results/memorization_demo.json``
   (``examples/memorization_demo.py``'s ``results.json``);
 * ``fl-proof``: ``benchmarks/results/fl_proof.json`` (``examples/fl_proof.py`` writes it there itself);
-* ``fl-aggregation``: ``benchmarks/results/fl_aggregation.json`` (``benchmarks/fl_aggregation.py``).
+* ``fl-aggregation``: ``benchmarks/results/fl_aggregation.json`` (``benchmarks/fl_aggregation.py``);
+* ``sd-scale``: ``benchmarks/results/sd_scale.json`` (``benchmarks/sd_scale.py``).
 
 A block whose result file is not committed cannot be in the README (the test refuses it).
 """
@@ -236,6 +237,77 @@ def fl_aggregation_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def sd_scale_table(data: dict) -> str:
+    """``benchmarks/sd_scale.py``'s JSON: seconds per step at SD size under each knob, the allocator, every method
+    at the defaults, peak memory with and without ``--low-memory``, the component split, gradient fidelity."""
+    sizes = sorted((k for k in data if k.isdigit()), key=int)
+    where = "GPU" if str(data["device"]).startswith("cuda") else f"{data.get('cpus', '?')}-core CPU"
+    lines = [f"`{data['arch']}` (random weights, the real configs) on a {where} ({data.get('cpu', '?')}), torch "
+             f"{data['torch']}; medians of {data['repeats']} alternating rounds, seconds per step; one image, one tile, "
+             f"L∞ 8/255.", ""]
+
+    def cell(medians: dict, key: str) -> str:
+        return f"{medians[key]:.2f}" if key in medians else "–"
+
+    knob_rows = [(size, data[size]["knobs"]["median_s"]) for size in sizes if data[size].get("knobs", {}).get("median_s")]
+    if knob_rows:
+        knobs = ["fp32", "bf16", "bf16-cl", "fp32-cl"]
+        lines += ["| step | fp32 (exact) | bf16 autocast | bf16 + channels-last VAE | fp32 + channels-last VAE | best / fp32 |",
+                  "|---|---|---|---|---|---|"]
+        for size, medians in knob_rows:
+            for method in sorted({k.split("/")[1] for k in medians}, key=lambda m: (m != "advdm", m)):
+                values = [medians[f"{k}/{method}"] for k in knobs if f"{k}/{method}" in medians]
+                best = min(values) / medians[f"fp32/{method}"] if f"fp32/{method}" in medians else float("nan")
+                lines.append(f"| {method} {size}² | " + " | ".join(cell(medians, f"{k}/{method}") for k in knobs)
+                             + f" | {best:.2f} |")
+        lines.append("")
+    alloc_rows = [(size, data[size]["allocator"]) for size in sizes if "allocator" in data[size]]
+    if alloc_rows:
+        lines += ["| step (defaults) | glibc's malloc | freed memory kept | ratio |", "|---|---|---|---|"]
+        for size, alloc in alloc_rows:
+            default, keep = alloc["default"]["median_s"], alloc["keep"]["median_s"]
+            for key in default:
+                if key in keep:
+                    lines.append(f"| {key.split('/')[1]} {size}² | {default[key]:.2f} | {keep[key]:.2f} | "
+                                 f"{keep[key] / default[key]:.2f} |")
+        lines.append("")
+    method_rows = [(size, data[size]) for size in sizes if data[size].get("methods", {}).get("median_s")]
+    if method_rows:
+        lines += ["| method | size | s/step (defaults) | peak MB above the model | with `--low-memory` |",
+                  "|---|---|---|---|---|"]
+        for size, block in method_rows:
+            memory = {(r.get("method"), r.get("low_memory")): r for r in block.get("memory", []) if "peak_above_model_mb" in r}
+            for key, seconds in block["methods"]["median_s"].items():
+                method = key.split("/")[1]
+                plain, low = memory.get((method, False)), memory.get((method, True))
+                plain_text = f"{plain['peak_above_model_mb']:.0f}" if plain else "–"
+                low_text = f"{low['peak_above_model_mb']:.0f} ({low['s_per_step']:.2f} s/step)" if low else "–"
+                lines.append(f"| {method} | {size}² | {seconds:.2f} | {plain_text} | {low_text} |")
+        lines.append("")
+    notes = []
+    names = {"vae_forward_backward": "VAE encoder fwd+bwd", "unet_forward_backward": "UNet fwd+bwd"}
+    for size in sizes:
+        block = data[size]
+        parts = block.get("components", {}).get("median_s", {})
+        if parts:
+            split = ", ".join(f"{label} " + " → ".join(f"{parts[f'{d}/{part}']:.2f}" for d in ("fp32", "bf16", "weights")
+                                                      if f"{d}/{part}" in parts)
+                              for part, label in names.items())
+            notes.append(f"{size}²: {split} s (fp32 → bf16)")
+        overhead = block.get("overhead", {})
+        if "ratio" in overhead:
+            notes.append(f"{size}²: engine / bare loop {overhead['ratio']:.3f}")
+        for row in block.get("fidelity", []):
+            for method, values in row.get("rows", {}).items():
+                notes.append(f"{row['arch']} {row['size']}² {method}: bf16 gradient cosine to fp32 ≥ "
+                             f"{values['cosine_min']:.4f}, signs agree {values['sign_agreement'] * 100:.1f} %")
+    if notes:
+        lines += ["Components, engine overhead and gradient fidelity: " + "; ".join(notes) + "."]
+    if data.get("note"):
+        lines += ["", f"Note: {data['note']}."]
+    return "\n".join(lines)
+
+
 #: Block name -> (result file relative to the repository root, formatter).
 BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "engine-overhead": ("benchmarks/results/engine_overhead.json", engine_overhead_table),
@@ -249,6 +321,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),
     "fl-proof": ("benchmarks/results/fl_proof.json", fl_proof_table),
     "fl-aggregation": ("benchmarks/results/fl_aggregation.json", fl_aggregation_table),
+    "sd-scale": ("benchmarks/results/sd_scale.json", sd_scale_table),
 }
 
 

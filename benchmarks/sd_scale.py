@@ -81,7 +81,7 @@ def build_model(arch: str, device: str, dtype: str = "auto", compute: str = "aut
         where = resolve_device(device)
         weights = resolve_dtype(None if dtype == "auto" else dtype, where)
         model.to(where, weights).freeze()
-        model.compute_dtype = resolve_compute_dtype(compute, where, weights)
+        model.compute_dtype = resolve_compute_dtype(compute, where, weights, sum(p.numel() for p in model.unet.parameters()))
     if channels_last is not None:
         model.use_channels_last(vae=channels_last)
     return model

@@ -30,8 +30,16 @@ def test_auto_picks_bf16_only_on_cpus_with_native_bf16_and_fp32_weights(native_b
     assert resolve_compute_dtype(None, CPU, torch.float32) is torch.bfloat16
     assert resolve_compute_dtype("auto", CPU, torch.bfloat16) is None  # half weights compute in their own dtype
     assert resolve_compute_dtype("auto", torch.device("cuda"), torch.float16) is None
+    # Small models (the demo, 6 M) stay exact: the casts cost more than bf16's kernels save.
+    assert resolve_compute_dtype("auto", CPU, torch.float32, parameters=6_000_000) is None
+    assert resolve_compute_dtype("auto", CPU, torch.float32, parameters=860_000_000) is torch.bfloat16
     native_bf16(False)  # emulated bf16 is slower than fp32: stay exact
     assert resolve_compute_dtype("auto", CPU, torch.float32) is None
+
+
+def test_the_demo_model_loads_exact(native_bf16):
+    native_bf16(True)
+    assert load("demo", device="cpu").compute_dtype is None
 
 
 def test_explicit_compute_dtypes(native_bf16):

@@ -80,7 +80,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, model_help: str, def
                         help="the model weights' precision (default auto: fp32 on CPU, bf16/fp16 on GPUs)")
     parser.add_argument("--compute-dtype", default="auto", choices=DTYPE_CHOICES, metavar="{auto,fp32,bf16,fp16}",
                         help="precision the VAE and UNet compute in (autocast); default auto: bf16 on CPUs with native "
-                             "bf16 (AVX512-BF16/AMX), the weights' own elsewhere; fp32 for exact fp32")
+                             "bf16 (AVX512-BF16/AMX) for SD-size models, the weights' own elsewhere; fp32 for exact fp32")
     parser.add_argument("--low-memory", action="store_true",
                         help="gradient checkpointing of the VAE and UNet: about half the memory, a third more time")
 

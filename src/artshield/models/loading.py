@@ -78,7 +78,8 @@ def load(
         device (*optional*): ``"auto"``/None (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ...
         dtype (*optional*): weights' precision; None picks bf16/fp16 on accelerators and fp32 on the CPU.
         compute_dtype (defaults to ``"auto"``): the precision the VAE and UNet compute in, under autocast:
-            auto picks bf16 on CPUs with native bf16 arithmetic and the weights' own dtype elsewhere; ``"fp32"``
+            auto picks bf16 on CPUs with native bf16 arithmetic for SD-size models (not the demo), and the
+            weights' own dtype elsewhere; ``"fp32"``
             computes exactly in fp32 (see :func:`artshield.models.device.resolve_compute_dtype`).
         low_memory (`bool`, defaults to `False`): gradient checkpointing of the VAE and UNet
             (:meth:`DiffusionModel.enable_low_memory`): about half the activation memory for a third more time.
@@ -102,7 +103,7 @@ def load(
     """
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    compute = resolve_compute_dtype(compute_dtype, device, dtype)
+    resolve_compute_dtype(compute_dtype, device, dtype)  # a bad value fails here, before anything loads
     spec_str = os.fspath(spec)
     with quiet_loading():
         if spec_str in ("demo", "demo-inpaint"):
@@ -143,7 +144,9 @@ def load(
         model = DiffusionModel(**components, source=source)
         # Inside quiet_loading: diffusers' `.to(dtype)` warns about fp32 modules even when there are none.
         model.to(device, dtype).freeze()
-    model.compute_dtype = compute
+    model.compute_dtype = resolve_compute_dtype(
+        compute_dtype, device, dtype, parameters=sum(p.numel() for p in model.unet.parameters())
+    )
     return model.enable_low_memory() if low_memory else model
 
 
