@@ -251,12 +251,12 @@ def sd_scale_table(data: dict) -> str:
 
     knob_rows = [(size, data[size]["knobs"]["median_s"]) for size in sizes if data[size].get("knobs", {}).get("median_s")]
     if knob_rows:
-        knobs = ["fp32", "bf16", "bf16-cl", "fp32-cl"]
-        lines += ["| step | fp32 (exact) | bf16 autocast | bf16 + channels-last VAE | fp32 + channels-last VAE | best / fp32 |",
-                  "|---|---|---|---|---|---|"]
+        knobs = ["fp32", "bf16", "bf16-cl", "fp32-cl", "bf16-lm"]
+        lines += ["| step | fp32 (exact) | bf16 autocast | bf16 + channels-last VAE | fp32 + channels-last VAE | "
+                  "bf16 + `--low-memory` | best / fp32 |", "|---|---|---|---|---|---|---|"]
         for size, medians in knob_rows:
             for method in sorted({k.split("/")[1] for k in medians}, key=lambda m: (m != "advdm", m)):
-                values = [medians[f"{k}/{method}"] for k in knobs if f"{k}/{method}" in medians]
+                values = [medians[f"{k}/{method}"] for k in knobs[:4] if f"{k}/{method}" in medians]
                 best = min(values) / medians[f"fp32/{method}"] if f"fp32/{method}" in medians else float("nan")
                 lines.append(f"| {method} {size}² | " + " | ".join(cell(medians, f"{k}/{method}") for k in knobs)
                              + f" | {best:.2f} |")
@@ -281,7 +281,7 @@ def sd_scale_table(data: dict) -> str:
                 method = key.split("/")[1]
                 plain, low = memory.get((method, False)), memory.get((method, True))
                 plain_text = f"{plain['peak_above_model_mb']:.0f}" if plain else "–"
-                low_text = f"{low['peak_above_model_mb']:.0f} ({low['s_per_step']:.2f} s/step)" if low else "–"
+                low_text = f"{low['peak_above_model_mb']:.0f}" if low else "–"
                 lines.append(f"| {method} | {size}² | {seconds:.2f} | {plain_text} | {low_text} |")
         lines.append("")
     notes = []

@@ -10,7 +10,8 @@ hits them alike. A step's time is the gap between the engine's progress callback
 Sections (``--sections``, default all):
 
 * ``knobs``: AdvDM and SDS+ steps under each precision/layout knob: ``fp32`` (exact, the old default),
-  ``bf16`` (autocast over fp32 weights), ``bf16-cl`` (and channels-last VAE weights), ``fp32-cl``;
+  ``bf16`` (autocast over fp32 weights), ``bf16-cl`` (and channels-last VAE weights), ``fp32-cl``, ``bf16-lm``
+  (bf16 with ``--low-memory``'s gradient checkpointing);
 * ``allocator``: the same AdvDM/SDS+ steps in one subprocess with glibc's defaults and one with
   :func:`artshield.allocator.keep_freed_memory` (what every command applies), alternating subprocesses;
 * ``methods``: every method's step at the defaults ``load()`` picks on this machine (+ the allocator);
@@ -52,11 +53,12 @@ from artshield.cli_support import ArgumentParser, positive_int  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("knobs", "allocator", "methods", "components", "fidelity", "overhead", "memory")
-KNOBS = {  # name -> (compute dtype, channels-last VAE)
-    "fp32": ("fp32", False),
-    "bf16": ("bf16", False),
-    "bf16-cl": ("bf16", True),
-    "fp32-cl": ("fp32", True),
+KNOBS = {  # name -> (compute dtype, channels-last VAE, gradient checkpointing)
+    "fp32": ("fp32", False, False),
+    "bf16": ("bf16", False, False),
+    "bf16-cl": ("bf16", True, False),
+    "fp32-cl": ("fp32", True, False),
+    "bf16-lm": ("bf16", False, True),
 }
 METHODS = ("advdm", "sds+", "sds-", "photoguard", "mist", "mist-lunet")
 SETTINGS = {"eps": 8 / 255, "step_size": 1 / 255, "norm": "linf", "samples_per_step": 1, "seed": 0}
@@ -90,9 +92,10 @@ def build_model(arch: str, device: str, dtype: str = "auto", compute: str = "aut
 def set_knob(model, knob: str) -> None:
     import torch
 
-    compute, channels_last = KNOBS[knob]
+    compute, channels_last, low_memory = KNOBS[knob]
     model.compute_dtype = torch.bfloat16 if compute == "bf16" else None
     model.use_channels_last(vae=channels_last)
+    model.enable_low_memory(low_memory)
 
 
 def images_for(model, size: int, batch: int = 1):
@@ -337,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--note", help="conditions of the run worth knowing, saved as 'note'")
     parser.add_argument("--output", default=str(RESULTS / "sd_scale.json"))
+    parser.add_argument("--update", action="store_true",
+                        help="keep the other sections of an existing --output (of the same arch and device), replace these")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--size", type=positive_int, help=argparse.SUPPRESS)
     parser.add_argument("--variants", nargs="*", default=[], help=argparse.SUPPRESS)
@@ -354,7 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     cuda = args.device.startswith("cuda")
-    result: dict = {
+    previous = json.loads(Path(args.output).read_text()) if args.update and Path(args.output).is_file() else {}
+    if previous and (previous.get("arch"), previous.get("device")) != (args.arch, args.device):
+        parser.error(f"--update: {args.output} measured {previous.get('arch')} on {previous.get('device')}, not {args.arch} on {args.device}")
+    result: dict = {**previous,
         "benchmark": "sd_scale", "arch": args.arch, "device": args.device, "torch": torch.__version__,
         "machine": platform.machine(), "cpu": _cpu_name(), "cpus": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "repeats": args.repeats, "steps": args.steps,
@@ -367,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     core = [m for m in ("advdm", "sds+") if m in args.methods] or args.methods[:1]
     for size in args.sizes:
-        block: dict = {}
+        block: dict = dict(previous.get(str(size), {}))
         if "knobs" in args.sections and not cuda:
             variants = [f"{k}/{m}" for k in KNOBS for m in core]
             row = run_worker(args, "time", size, variants=variants)
@@ -416,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"above the model ({row.get('model_rss_mb', 0):.0f} MB)")
             block["memory"] = rows
         result[str(size)] = block
-    result["seconds"] = round(time.perf_counter() - started, 1)
+    result["seconds"] = round(time.perf_counter() - started, 1) + (previous.get("seconds", 0) if previous else 0)
     if args.note:
         result["note"] = args.note
     from artshield.fileio import write_json_atomic
