@@ -158,3 +158,25 @@ def test_latent_scores_of_a_real_recovery(pair, images):
     assert set(scores) == {"latent-gain", "latent-align"}
     assert all(len(v) == 2 and all(math.isfinite(x) for x in v) for v in scores.values())
     assert all(-1.0 - 1e-6 <= x <= 1.0 + 1e-6 for x in scores["latent-align"])
+
+
+def test_suspect_only_recovery_lowers_the_suspect_loss_and_is_scored(pair, images):
+    method = CGIDM(pair, steps=15, eps=2.0, step_size=0.3, timesteps_per_step=4, t_max=200, seed=0)
+    rec = method.recover(images, base=False, suspect=True)
+    start, moved = rec.latents["start"], rec.latents["suspect"]
+    keep = rec.keep_mask.expand_as(start).bool()
+    assert torch.equal(moved[keep], start[keep]) and (moved - start)[~keep].abs().max() > 0
+    assert ((moved - start).flatten(1).norm(dim=1) <= 2.0 + 1e-4).all()
+    assert rec.suspect_image.shape == images.shape and len(rec.suspect_losses) == 15
+
+    def suspect_loss(latents):
+        gen = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            return float(sum(method.model_loss(latents, gen, "suspect").mean() for _ in range(16)))
+
+    assert suspect_loss(moved) < suspect_loss(start)
+    assert len(rec.latent_scores("suspect")["latent-align"]) == 2
+    plain = method.recover(images[:1], base=False)
+    assert plain.suspect_image is None and "suspect" not in plain.latents
+    with pytest.raises(InvalidArgumentError, match="which"):
+        method.model_loss(start, torch.Generator(), "other")
