@@ -119,3 +119,64 @@ def test_dct_features_tell_images_apart_and_score_both_ways(images):
     swapped = paired_cosine(noisy.flip(0), a)
     assert (paired_cosine(noisy, a) > swapped).all()
     assert torch.allclose(max_cosine(noisy, a), paired_cosine(noisy, a))
+
+
+def _recovery(original, start, contrast, keep):
+    from artshield.authenticate.cgidm import Recovery
+
+    blank = torch.zeros(original.shape[0], 3, 8, 8)
+    latents = {"original": original, "start": start, "contrast": contrast, "base": start.clone()}
+    return Recovery(original=blank, degraded=blank, contrast=blank, base=blank, keep_mask=keep, latents=latents)
+
+
+def test_latent_scores_measure_the_removed_cells_only_and_against_the_start():
+    gen = torch.Generator().manual_seed(0)
+    original = torch.randn(3, 4, 8, 8, generator=gen)
+    keep = latent_keep_mask((3, 4, 8, 8), "checkerboard", cell=2)
+    start = original * keep + torch.randn(3, 4, 8, 8, generator=gen) * (1 - keep)
+    # image 0 recovered exactly, image 1 not moved, image 2 moved away from the original
+    contrast = torch.stack([original[0], start[1], start[2] + 0.5 * (start[2] - original[2])])
+    scores = _recovery(original, start, contrast, keep).latent_scores()
+    d_start = ((start - original) * (1 - keep)).flatten(1).norm(dim=1)
+    gain, align = scores["latent-gain"], scores["latent-align"]
+    assert math.isclose(gain[0], float(d_start[0]), rel_tol=1e-5) and math.isclose(align[0], 1.0, rel_tol=1e-5)
+    assert gain[1] == 0.0 and align[1] == 0.0
+    assert math.isclose(gain[2], -0.5 * float(d_start[2]), rel_tol=1e-4) and math.isclose(align[2], -1.0, rel_tol=1e-5)
+    # The kept (pinned) cells do not count: changing the original there changes nothing.
+    shifted = original + 10 * keep
+    again = _recovery(shifted, start, contrast, keep).latent_scores()
+    for name, values in scores.items():
+        assert again[name] == pytest.approx(values)
+    assert _recovery(original, start, contrast, keep).latent_scores("base")["latent-gain"] == [0.0, 0.0, 0.0]
+    with pytest.raises(InvalidArgumentError, match="which"):
+        _recovery(original, start, contrast, keep).latent_scores("suspect")
+
+
+def test_latent_scores_of_a_real_recovery(pair, images):
+    rec = CGIDM(pair, steps=3, eps=0.5, step_size=0.3, t_max=200, seed=0).recover(images, base=False)
+    scores = rec.latent_scores()
+    assert set(scores) == {"latent-gain", "latent-align"}
+    assert all(len(v) == 2 and all(math.isfinite(x) for x in v) for v in scores.values())
+    assert all(-1.0 - 1e-6 <= x <= 1.0 + 1e-6 for x in scores["latent-align"])
+
+
+def test_suspect_only_recovery_lowers_the_suspect_loss_and_is_scored(pair, images):
+    method = CGIDM(pair, steps=15, eps=2.0, step_size=0.3, timesteps_per_step=4, t_max=200, seed=0)
+    rec = method.recover(images, base=False, suspect=True)
+    start, moved = rec.latents["start"], rec.latents["suspect"]
+    keep = rec.keep_mask.expand_as(start).bool()
+    assert torch.equal(moved[keep], start[keep]) and (moved - start)[~keep].abs().max() > 0
+    assert ((moved - start).flatten(1).norm(dim=1) <= 2.0 + 1e-4).all()
+    assert rec.suspect_image.shape == images.shape and len(rec.suspect_losses) == 15
+
+    def suspect_loss(latents):
+        gen = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            return float(sum(method.model_loss(latents, gen, "suspect").mean() for _ in range(16)))
+
+    assert suspect_loss(moved) < suspect_loss(start)
+    assert len(rec.latent_scores("suspect")["latent-align"]) == 2
+    plain = method.recover(images[:1], base=False)
+    assert plain.suspect_image is None and "suspect" not in plain.latents
+    with pytest.raises(InvalidArgumentError, match="which"):
+        method.model_loss(start, torch.Generator(), "other")
