@@ -39,7 +39,6 @@ says ``"in_process": true``).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -55,37 +54,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
 from artshield.cli_support import ArgumentParser, positive_int  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # memory_probe, beside this script (not a package)
+from memory_probe import malloc_trim, proc_status_kb, reset_peak_rss  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INPAINTING_ONLY = {"diffusionguard"}
-
-
-def _rss_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _malloc_trim() -> None:
-    """Give freed heap back to the OS (glibc), so that resident memory measures live memory."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _reset_peak_rss() -> bool:
-    """Reset VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def _architecture(spec: str) -> str | None:
@@ -175,16 +151,16 @@ def worker(args) -> dict:
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    _malloc_trim()
-    rss_before = _rss_kb("VmRSS")
+    malloc_trim()
+    rss_before = proc_status_kb("VmRSS")
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    reset = _reset_peak_rss()
+    reset = reset_peak_rss()
     method.protect(images)
     if cuda:
         torch.cuda.synchronize()
         above = (torch.cuda.max_memory_allocated() - before) / 2**20
     elif reset and rss_before is not None:
-        above = (_rss_kb("VmHWM") - rss_before) / 1024
+        above = (proc_status_kb("VmHWM") - rss_before) / 1024
     else:
         above = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - maxrss_before) / 1024
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -271,18 +271,19 @@ def sd_scale_table(data: dict) -> str:
                     lines.append(f"| {key.split('/')[1]} {size}² | {default[key]:.2f} | {keep[key]:.2f} | "
                                  f"{keep[key] / default[key]:.2f} |")
         lines.append("")
-    method_rows = [(size, data[size]) for size in sizes if data[size].get("methods", {}).get("median_s")]
+    method_rows = [(size, data[size]) for size in sizes if data[size].get("methods", {}).get("median_s") or data[size].get("memory")]
     if method_rows:
         lines += ["| method | size | s/step (defaults) | peak MB above the model | with `--low-memory` |",
                   "|---|---|---|---|---|"]
         for size, block in method_rows:
             memory = {(r.get("method"), r.get("low_memory")): r for r in block.get("memory", []) if "peak_above_model_mb" in r}
-            for key, seconds in block["methods"]["median_s"].items():
-                method = key.split("/")[1]
+            seconds = {key.split("/")[1]: value for key, value in block.get("methods", {}).get("median_s", {}).items()}
+            for method in dict.fromkeys([*seconds, *(m for m, _ in memory)]):
                 plain, low = memory.get((method, False)), memory.get((method, True))
+                time_text = f"{seconds[method]:.2f}" if method in seconds else "–"
                 plain_text = f"{plain['peak_above_model_mb']:.0f}" if plain else "–"
                 low_text = f"{low['peak_above_model_mb']:.0f}" if low else "–"
-                lines.append(f"| {method} | {size}² | {seconds:.2f} | {plain_text} | {low_text} |")
+                lines.append(f"| {method} | {size}² | {time_text} | {plain_text} | {low_text} |")
         lines.append("")
     notes = []
     names = {"vae_forward_backward": "VAE encoder fwd+bwd", "unet_forward_backward": "UNet fwd+bwd"}

@@ -35,7 +35,6 @@ A smoke run of the whole script on the tiny architecture takes seconds:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import json
 import os
@@ -49,7 +48,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
 from artshield.cli_support import ArgumentParser, positive_int  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # memory_probe, beside this script (not a package)
+from memory_probe import malloc_trim, proc_status_kb, reset_peak_rss  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("knobs", "allocator", "methods", "components", "fidelity", "overhead", "memory")
@@ -252,18 +255,15 @@ def worker_memory(args) -> dict:
         sync(model)
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    rss_before = _proc_status_kb("VmRSS")
-    reset = _reset_peak_rss()
+    malloc_trim()
+    rss_before = proc_status_kb("VmRSS")
+    reset = reset_peak_rss()
     seconds = step_times(model, method_name, images, args.steps)
     if cuda:
         above = (torch.cuda.max_memory_allocated() - before) / 2**20
         measure = "cuda_max_memory_allocated"
     elif reset and rss_before is not None:
-        above, measure = (_proc_status_kb("VmHWM") - rss_before) / 1024, "VmHWM"
+        above, measure = (proc_status_kb("VmHWM") - rss_before) / 1024, "VmHWM"
     else:
         above, measure = float("nan"), "unavailable"
     return {"size": args.size, "method": method_name, "low_memory": bool(args.low_memory), "peak_above_model_mb": above,
@@ -273,24 +273,6 @@ def worker_memory(args) -> dict:
 
 WORKERS = {"time": worker_time, "components": worker_components, "fidelity": worker_fidelity,
            "overhead": worker_overhead, "memory": worker_memory}
-
-
-def _proc_status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def _threads() -> int:

@@ -48,7 +48,8 @@ def test_audit_writes_report_with_verdict_and_evidence_then_resumes(auditor, fol
     assert report["verdict"]["reference"] == "holdout" and 0 < report["verdict"]["p_value"] <= 1
     assert isinstance(report["verdict"]["learned"], bool) and report["verdict_text"]
     assert report["feature_space"] in ("clip", "dct")
-    assert set(report["metrics"]) >= {"cgidm", "cgidm-gain", "cgidm-max", "loss", "loss-diff", "secmi", "pia"}
+    assert set(report["metrics"]) >= {"cgidm", "cgidm-gain", "cgidm-max", "cgidm-latent-align", "cgidm-latent-gain",
+                                      "loss", "loss-diff", "secmi", "pia"}
     assert 0 <= report["metrics"]["cgidm"]["auc"] <= 1
     for image in report["images"]:
         assert set(image["evidence"]) == {"original", "degraded", "base", "contrast"}
@@ -128,3 +129,15 @@ def test_proof_example_smoke_run(tmp_path):
     assert run["suspect"]["verdict"] is not None and run["control"]["verdict"] is not None
     assert "cgidm" in run["suspect"]["metrics"] and run["suspect"]["gradient_variance"]["draws"] == 2
     assert "| cgidm |" in (tmp_path / "proof" / "table.md").read_text()
+
+
+def test_suspect_recovery_adds_its_score_and_can_decide(tiny_model_dir, lora_file, folders):
+    auditor = Auditor(str(tiny_model_dir), lora=lora_file, prompt="sks", cgidm={**TINY, "t_max": 200}, baselines=(),
+                      suspect_recovery=True, verdict_score="cgidm-suspect-align", device="cpu", dtype="fp32")
+    artist, holdout = sorted((folders / "artist").glob("*.png")), sorted((folders / "holdout").glob("*.png"))
+    result = auditor.audit(artist[:2], holdout=holdout[:2])
+    scores = result.images[0].scores
+    assert {"cgidm-suspect-align", "cgidm-latent-align", "cgidm-latent-gain"} <= set(scores)
+    assert all(-1.0 <= image.scores["cgidm-latent-align"] <= 1.0 for image in result.images)
+    with pytest.raises(InvalidArgumentError, match="verdict_score"):  # without the suspect-only recovery
+        Auditor(str(tiny_model_dir), lora=lora_file, verdict_score="cgidm-suspect-align", device="cpu", dtype="fp32")

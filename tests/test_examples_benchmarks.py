@@ -200,3 +200,21 @@ def test_memorization_demo_smoke(tmp_path):
     renderer = script("benchmarks/render_readme.py")
     assert renderer.memorization_detection_table(results).count("\n") == 4
     assert renderer.memorization_prune_table(results).splitlines()[2].startswith("| — | 0 | 0 |")
+
+
+def test_sd_scale_smoke(tmp_path):
+    """The SD-scale benchmark end to end on the tiny architecture: knob timings and memory in subprocesses, the
+    JSON its README table renders from, and --update keeping the sections it does not rerun."""
+    out = tmp_path / "sd_scale.json"
+    module = script("benchmarks/sd_scale.py")
+    base = ["--arch", "tiny", "--sizes", "32", "--repeats", "1", "--methods", "advdm", "--output", str(out)]
+    assert module.main([*base, "--sections", "knobs"]) == 0
+    assert module.main([*base, "--sections", "memory", "--update"]) == 0
+    result = json.loads(out.read_text())
+    block = result["32"]
+    assert set(block["knobs"]["median_s"]) == {f"{k}/advdm" for k in module.KNOBS}
+    assert all(v > 0 for v in block["knobs"]["median_s"].values())
+    memory = {row["low_memory"]: row for row in block["memory"]}
+    assert set(memory) == {False, True} and all(row["peak_above_model_mb"] >= 0 for row in memory.values())
+    table = script("benchmarks/render_readme.py").sd_scale_table(result)
+    assert "| advdm 32² |" in table and "| advdm | 32² |" in table

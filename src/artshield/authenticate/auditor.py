@@ -59,7 +59,10 @@ class ImageResult:
         ``"holdout"`` or ``"calibration"``. key: the cell's key.
         scores: ``cgidm`` (paired cosine of the contrast recovery with the original), ``cgidm-gain``
             (that minus the base-only recovery's), ``cgidm-max`` (Revelio: max cosine over the split's
-            recoveries) and one entry per baseline; higher = more likely a member.
+            recoveries), ``cgidm-latent-align`` / ``cgidm-latent-gain`` (the contrast recovery compared with the
+            original in latent space on the removed cells, see :meth:`Recovery.latent_scores`),
+            ``cgidm-suspect-align`` (the suspect-only recovery's, with ``suspect_recovery``) and one entry per
+            baseline; higher = more likely a member.
         similarity: cosine of the ``degraded``, ``base`` and ``contrast`` images with the original.
         evidence: relative paths (from the output folder) of ``original``, ``degraded``, ``base``,
             ``contrast`` PNGs. flagged: above the reference set's 1 %-FPR threshold (artist images only,
@@ -182,6 +185,8 @@ class Auditor:
         alpha: the verdict's significance level (its false-accusation rate).
         verdict_score: the score the verdict and per-image flags use (default ``"cgidm"``; any CGI-DM score or
             a baseline that is run, e.g. ``"loss-diff"``, which did better on the demo world). seed: randomness.
+        suspect_recovery: also recover each image with the suspect alone (score ``cgidm-suspect-align``;
+            about 50 % more time).
         device, dtype: where and in which precision the weights live.
     """
 
@@ -198,6 +203,7 @@ class Auditor:
         features: str = "auto",
         alpha: float = 0.01,
         verdict_score: str = PRIMARY,
+        suspect_recovery: bool = False,
         seed: int = 0,
         device=None,
         dtype=None,
@@ -210,10 +216,11 @@ class Auditor:
         unknown = [name for name in baselines if name not in BASELINES]
         if unknown:
             raise InvalidArgumentError(f"unknown baseline(s) {', '.join(map(repr, unknown))}; choose from {', '.join(BASELINES)}.")
-        allowed = (PRIMARY, "cgidm-gain", "cgidm-max", *baselines)
+        allowed = (PRIMARY, "cgidm-gain", "cgidm-max", "cgidm-latent-align", "cgidm-latent-gain",
+                   *(["cgidm-suspect-align"] if suspect_recovery else []), *baselines)
         if verdict_score not in allowed:
             raise InvalidArgumentError(f"`verdict_score` must be one of {', '.join(allowed)}, but is {verdict_score!r}.")
-        self.verdict_score = verdict_score
+        self.verdict_score, self.suspect_recovery = verdict_score, bool(suspect_recovery)
         if not 0 < alpha < 1:
             raise InvalidArgumentError(f"`alpha` must be in (0, 1), but is {alpha!r}.")
         self.cgidm_config = cgidm if isinstance(cgidm, CGIDMConfig) else CGIDMConfig(**(cgidm or {}))
@@ -259,11 +266,12 @@ class Auditor:
             "seed": self.seed,
             "alpha": self.alpha,
             "verdict_score": self.verdict_score,
+            "suspect_recovery": self.suspect_recovery,
         }
 
     def cell_key(self, sha256: str) -> str:
         keyed = {k: v for k, v in self.settings.items() if k not in ("alpha", "verdict_score")}  # not in a cell
-        text = json.dumps({"image": sha256, "settings": keyed, "cell_version": 1}, sort_keys=True)
+        text = json.dumps({"image": sha256, "settings": keyed, "cell_version": 2}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _compute_cell(self, path: Path, sha: str, key: str, split: str, cells: Path | None) -> dict:
@@ -272,13 +280,17 @@ class Auditor:
 
         started = time.perf_counter()
         image = load_square(path, self.resolution)
-        recovery = self.method.recover(image)
+        recovery = self.method.recover(image, suspect=self.suspect_recovery)
         views = {"original": recovery.original, "degraded": recovery.degraded, "base": recovery.base,
                  "contrast": recovery.contrast}  # fmt: skip
         embeddings = {name: self.features.embed(view) for name, view in views.items()}
         similarity = {name: float(paired_cosine(embeddings[name], embeddings["original"])[0])
                       for name in ("degraded", "base", "contrast")}  # fmt: skip
         scores = {PRIMARY: similarity["contrast"], "cgidm-gain": similarity["contrast"] - similarity["base"]}
+        latent = recovery.latent_scores("contrast")
+        scores["cgidm-latent-align"], scores["cgidm-latent-gain"] = latent["latent-align"][0], latent["latent-gain"][0]
+        if self.suspect_recovery:
+            scores["cgidm-suspect-align"] = recovery.latent_scores("suspect")["latent-align"][0]
         for name in self.baselines:
             generator = torch.Generator().manual_seed(self.seed)
             value = BASELINES[name]().score(self.pair, image, generator=generator)

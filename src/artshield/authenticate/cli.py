@@ -58,7 +58,12 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
     parser.add_argument("--resolution", type=positive_int, default=None, help="square side images are resized to (default: the base's native resolution)")
     parser.add_argument("--features", choices=("auto", "clip", "dct"), default="auto", help="similarity space (default auto: CLIP when local, else DCT)")
     parser.add_argument("--alpha", type=bounded(float, 1e-9, 0.5), default=0.01, help="verdict significance level = false-accusation rate (default 0.01)")
-    parser.add_argument("--verdict-score", default="cgidm", help="score the verdict uses: cgidm (default), cgidm-gain, cgidm-max or a baseline run")
+    parser.add_argument("--verdict-score", default="cgidm", help="score the verdict uses: cgidm (default), cgidm-gain, cgidm-max, "
+                        "cgidm-latent-align, cgidm-latent-gain, cgidm-suspect-align (with --suspect-recovery) or a baseline run")
+    parser.add_argument("--t-max", type=positive_int, default=None,
+                        help="draw CGI-DM timesteps below this (default: the whole range, as Revelio; 200 did better on the demo world)")
+    parser.add_argument("--suspect-recovery", action="store_true",
+                        help="also recover with the suspect alone (score cgidm-suspect-align; about 50%% more time)")
     parser.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, metavar="{auto,fp32,fp16,bf16}", help="weights' precision (default auto)")
     add_common_arguments(parser, __version__)
@@ -114,7 +119,8 @@ def check_arguments(args) -> dict:
     unknown = [name for name in baselines if name not in BASELINES]
     if unknown:
         raise InvalidArgumentError(f"--baselines: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(BASELINES)}.")
-    allowed = ("cgidm", "cgidm-gain", "cgidm-max", *baselines)
+    allowed = ("cgidm", "cgidm-gain", "cgidm-max", "cgidm-latent-align", "cgidm-latent-gain",
+               *(["cgidm-suspect-align"] if args.suspect_recovery else []), *baselines)
     if args.verdict_score not in allowed:
         raise InvalidArgumentError(f"--verdict-score {args.verdict_score!r} is not one of {', '.join(allowed)}.")
     return {"sets": sets, "baselines": baselines}
@@ -127,9 +133,9 @@ def _body(args) -> int:
     auditor = Auditor(
         args.base, suspect=args.suspect, lora=args.lora, prompt=args.prompt,
         cgidm={"steps": args.steps, "timesteps_per_step": args.timesteps_per_step, "mask": args.mask,
-               "eps": args.eps, "seed": args.seed},
+               "eps": args.eps, "seed": args.seed, "t_max": args.t_max},
         baselines=checked["baselines"], resolution=args.resolution, features=args.features, alpha=args.alpha,
-        verdict_score=args.verdict_score, seed=args.seed, device=None if args.device == "auto" else args.device,
+        verdict_score=args.verdict_score, suspect_recovery=args.suspect_recovery, seed=args.seed, device=None if args.device == "auto" else args.device,
         dtype=None if args.dtype == "auto" else args.dtype,
     )  # fmt: skip
     sets = checked["sets"]
