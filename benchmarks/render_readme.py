@@ -54,7 +54,7 @@ def engine_overhead_table(data: dict) -> str:
     lines = [
         f"Model `{data['model']}` on {data['device']} ({data['dtype']}, torch {data['torch']}, {data['threads']} "
         f"thread{'s' * (data['threads'] != 1)}), median of {data['repeats']} alternating runs; target ratio "
-        f"≤ {data['target_ratio']:.2f}.",
+        f"≤ {data['target_ratio']:.2f}" + (f"; allocator: {data['allocator']}." if "allocator" in data else "."),
         "",
         "| resolution | steps | artshield ms/step | bare PyTorch ms/step | ratio |",
         "|---|---|---|---|---|",
