@@ -14,8 +14,10 @@ held three ways:
 
 Each variant runs in a **fresh subprocess** (load, one warm-up audit, ``--repeats`` timed audits), the variants
 alternating (A B C A B C ...) for ``--rounds`` rounds so that drift of the machine hits all alike; medians over
-rounds. Memory: the process's peak resident set (``VmHWM``, else ``ru_maxrss``; loading included) and that
-peak above the resident set before the models were loaded; on CUDA, ``torch.cuda.max_memory_allocated``.
+rounds. Time: wall seconds and the process's CPU seconds per audited image (with one thread the CPU time
+hardly depends on other jobs on the machine, the wall time does). Memory: the process's peak resident set (``VmHWM``, else ``ru_maxrss``; loading included) and that
+peak above the resident set before the models were loaded (after importing torch, diffusers, transformers and
+peft); on CUDA, ``torch.cuda.max_memory_allocated``.
 ``weights_mb`` counts every distinct parameter and buffer the pair holds. Ratios are to ``lora-toggle``.
 
     python benchmarks/authenticate_pair.py [--model demo|PATH] [--resolution 128] [--steps 10] [--repeats 3] \
@@ -87,6 +89,16 @@ def _weights_mb(pair) -> float:
     return total / 2**20
 
 
+def _import_loaders() -> None:
+    import diffusers  # noqa: F401
+    import peft  # noqa: F401
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel  # noqa: F401
+    from transformers import CLIPTextModel  # noqa: F401
+
+    from artshield.authenticate import pair  # noqa: F401
+    from artshield.models import load  # noqa: F401
+
+
 def load_pair(variant: str, model: str, lora: str, merged: str, device: str | None, dtype: str | None):
     from artshield.authenticate.pair import ModelPair
     from artshield.models import load
@@ -106,6 +118,7 @@ def worker(variant: str, model: str, lora: str, merged: str, *, resolution: int 
     """Load `variant`, audit one image once to warm up, then `repeats` timed audits: one result row."""
     from artshield.authenticate.cgidm import CGIDM, CGIDMConfig
 
+    _import_loaders()  # so that the start below excludes the libraries and measures models and activations
     start_kb = _status_kb("VmRSS")
     cuda = torch.cuda.is_available() and (device or "auto") != "cpu"
     if cuda:
@@ -117,20 +130,22 @@ def worker(variant: str, model: str, lora: str, merged: str, *, resolution: int 
     image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     method = CGIDM(pair, CGIDMConfig(steps=steps, seed=0))
     method.recover(image)  # warm-up: allocator, kernels, prompt embeddings
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
         if cuda:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         method.recover(image)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
     peak_kb, measure = _peak_kb()
     row = {
         "variant": variant,
         "resolution": size,
         "s_per_image": statistics.median(times),
+        "cpu_s_per_image": statistics.median(cpu_times),
         "load_s": load_s,
         "peak_rss_mb": peak_kb / 1024,
         "peak_above_start_mb": (peak_kb - start_kb) / 1024 if start_kb is not None else float("nan"),
@@ -236,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for variant in VARIANTS:
         runs = rounds[variant]
-        row = {key: statistics.median(r[key] for r in runs) for key in ("s_per_image", "load_s", "peak_rss_mb", "peak_above_start_mb")}
+        row = {key: statistics.median(r[key] for r in runs) for key in ("s_per_image", "cpu_s_per_image", "load_s", "peak_rss_mb", "peak_above_start_mb")}
         row.update(variant=variant, weights_mb=runs[0]["weights_mb"], memory_measure=runs[0]["memory_measure"],
                    s_per_image_rounds=[r["s_per_image"] for r in runs], peak_rss_mb_rounds=[r["peak_rss_mb"] for r in runs])  # fmt: skip
         if "cuda_peak_mb" in runs[0]:
@@ -245,11 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     reference = rows[0]
     for row in rows:
         row["time_ratio"] = row["s_per_image"] / reference["s_per_image"]
+        row["cpu_time_ratio"] = row["cpu_s_per_image"] / reference["cpu_s_per_image"]
         memory = "cuda_peak_mb" if "cuda_peak_mb" in row else "peak_rss_mb"
         row["memory_ratio"] = row[memory] / reference[memory]
+        row["above_start_ratio"] = row["peak_above_start_mb"] / reference["peak_above_start_mb"]
         row["weights_ratio"] = row["weights_mb"] / reference["weights_mb"]
-        print(f"{row['variant']:14s} {row['s_per_image']:7.3f} s/image  time x{row['time_ratio']:.2f}  "
-              f"memory x{row['memory_ratio']:.2f}  weights x{row['weights_ratio']:.2f}")
+        print(f"{row['variant']:14s} {row['s_per_image']:7.3f} s/image  time x{row['time_ratio']:.2f}  CPU time x{row['cpu_time_ratio']:.2f}  "
+              f"memory x{row['memory_ratio']:.2f} (above start x{row['above_start_ratio']:.2f})  weights x{row['weights_ratio']:.2f}")
     first = rounds[VARIANTS[0]][0]
     result = {
         "benchmark": "authenticate_pair",

@@ -291,17 +291,20 @@ def authenticate_pair_table(data: dict) -> str:
     lines = [
         f"Model `{data['model']}` on {data['device']} ({data['dtype']}, torch {data['torch']}, "
         f"{data['threads']} thread{'s' * (data['threads'] != 1)}); CGI-DM audit of one {data['resolution']}² image, "
-        f"{data['steps']} steps (contrast and base-only recovery); each variant in fresh subprocesses, alternating "
-        f"{' '.join(v[0].upper() for v in data['variants'])} × {data['rounds']}; medians.",
+        f"{data['steps']} steps (contrast and base-only recovery), {data['repeats']} timed per subprocess; each variant in "
+        f"fresh subprocesses, alternating ({', '.join(data['variants'])}) × {data['rounds']} rounds; medians.",
         "",
-        "| variant | s / image | peak RSS MiB | above start MiB | weights MiB | time ratio | memory ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | s / image (wall) | CPU s / image | peak RSS MiB | peak above start MiB | weights MiB | "
+        "wall-time ratio | CPU-time ratio | peak RSS ratio | above-start ratio | weights ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in data["rows"]:
-        lines.append(f"| {row['variant']} | {row['s_per_image']:.2f} | {row['peak_rss_mb']:.0f} | "
+        lines.append(f"| {row['variant']} | {row['s_per_image']:.2f} | {row['cpu_s_per_image']:.2f} | {row['peak_rss_mb']:.0f} | "
                      f"{row['peak_above_start_mb']:.0f} | {row['weights_mb']:.1f} | {row['time_ratio']:.2f} | "
-                     f"{row['memory_ratio']:.2f} |")  # fmt: skip
-    lines += ["", f"Ratios are to `{data['rows'][0]['variant']}`; memory ratio: peak RSS."]
+                     f"{row['cpu_time_ratio']:.2f} | "
+                     f"{row['memory_ratio']:.2f} | {row['above_start_ratio']:.2f} | {row['weights_ratio']:.2f} |")  # fmt: skip
+    lines += ["", f"Ratios are to `{data['rows'][0]['variant']}`. Peak RSS includes Python, torch and the libraries; "
+              "above start: the peak above the resident set after importing them (the models and the audit)."]
     if data.get("note"):
         lines += ["", f"Note: {data['note']}."]
     return "\n".join(lines)
