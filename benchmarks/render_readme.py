@@ -24,7 +24,10 @@ Blocks and their sources:
   (``examples/memorization_demo.py``'s ``results.json``);
 * ``fl-proof``: ``benchmarks/results/fl_proof.json`` (``examples/fl_proof.py`` writes it there itself);
 * ``fl-aggregation``: ``benchmarks/results/fl_aggregation.json`` (``benchmarks/fl_aggregation.py``);
-* ``sd-scale``: ``benchmarks/results/sd_scale.json`` (``benchmarks/sd_scale.py``).
+* ``sd-scale``: ``benchmarks/results/sd_scale.json`` (``benchmarks/sd_scale.py``);
+* ``authenticate-proof``: ``benchmarks/results/authenticate_proof.json`` (``examples/authenticate_proof.py
+  --write-result benchmarks/results/authenticate_proof.json``);
+* ``authenticate-pair``: ``benchmarks/results/authenticate_pair.json`` (``benchmarks/authenticate_pair.py``).
 
 A block whose result file is not committed cannot be in the README (the test refuses it).
 """
@@ -304,6 +307,72 @@ def sd_scale_table(data: dict) -> str:
                              f"{values['cosine_min']:.4f}, signs agree {values['sign_agreement'] * 100:.1f} %")
     if notes:
         lines += ["Components, engine overhead and gradient fidelity: " + "; ".join(notes) + "."]
+def authenticate_proof_table(data: dict) -> str:
+    """``examples/authenticate_proof.py``'s JSON: per suspect kind and score, the AUC members vs hold-out over
+    training seeds and pooled per image, TPR at 1 % FPR, the negative control's AUC and every seed's p-value."""
+    s = data["settings"]
+    seeds = data["seeds"]
+    first = data["summary"][next(iter(data["summary"]))]["scores"]
+    n = first[next(iter(first))]["suspect"]["pooled"]
+    steps = {"lora": f"LoRA rank {s['rank']}, {s['lora_steps']} steps", "dreambooth": f"DreamBooth (every UNet weight), "
+             f"{s['dreambooth_steps']} steps"}  # fmt: skip
+    kinds = "; ".join(steps[k] for k in data["summary"])
+    feature = data["runs"][0]["suspects"][next(iter(data["summary"]))]["suspect"]["feature_space"]
+    lines = [
+        f"Demo model, {s['size']}² px, {len(seeds)} training seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))}); "
+        f"per seed {n['n_members'] // len(seeds)} members vs {n['n_nonmembers'] // len(seeds)} hold-out images of the artist; "
+        f"{kinds}; negative controls: the same recipe on {s['control_images']} images of other styles; CGI-DM "
+        f"{s['cgidm_steps']} steps, {feature} features; {data['wall_seconds'] / 60:.0f} min in all ({data['machine']}).",
+        "",
+        "| suspect | score | AUC, mean over seeds [95 % CI] | pooled AUC [95 % CI] | TPR @ 1 % FPR (pooled) | "
+        "control AUC (mean) | p per seed: suspect / control |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind, entry in data["summary"].items():
+        for name, score in entry["scores"].items():
+            sus, ctl = score["suspect"], score.get("control")
+            over, pooled = sus["auc_over_seeds"], sus["pooled"]
+            p = ", ".join(f"{x:.2g}" for x in sus["p_values"])
+            if ctl:
+                p += " / " + ", ".join(f"{x:.2g}" for x in ctl["p_values"])
+            control = f"{ctl['auc_over_seeds']['mean']:.2f}" if ctl else "–"
+            lines.append(f"| {kind} | {name} | {over['mean']:.2f} [{over['ci'][0]:.2f}, {over['ci'][1]:.2f}] | "
+                         f"{pooled['auc']:.2f} [{pooled['auc_ci'][0]:.2f}, {pooled['auc_ci'][1]:.2f}] | "
+                         f"{pooled['tpr_at_1pct']:.2f} | {control} | {p} |")  # fmt: skip
+    lines.append("")
+    for kind, entry in data["summary"].items():
+        verdicts = entry["verdicts"]
+        accused = sum(v["suspect"]["learned"] for v in verdicts)
+        controls = [v["control"] for v in verdicts if "control" in v]
+        text = (f"{kind}: the CGI-DM verdict (α = {data['alpha']:g}) accused the real suspect in {accused} of "
+                f"{len(verdicts)} seeds")
+        if controls:
+            text += f" and the negative control in {sum(c['learned'] for c in controls)} of {len(controls)}"
+        lines.append(f"- {text}; {entry['seconds_per_image']:.1f} s per audited image, {entry['train_seconds']:.0f} s "
+                     "to train a suspect.")
+    return "\n".join(lines)
+
+
+def authenticate_pair_table(data: dict) -> str:
+    """``benchmarks/authenticate_pair.py``'s JSON: seconds per audited image and peak memory, LoRA toggled on
+    one set of weights vs a second loaded model, and the ratios."""
+    lines = [
+        f"Model `{data['model']}` on {data['device']} ({data['dtype']}, torch {data['torch']}, "
+        f"{data['threads']} thread{'s' * (data['threads'] != 1)}); CGI-DM audit of one {data['resolution']}² image, "
+        f"{data['steps']} steps (contrast and base-only recovery), {data['repeats']} timed per subprocess; each variant in "
+        f"fresh subprocesses, alternating ({', '.join(data['variants'])}) × {data['rounds']} rounds; medians.",
+        "",
+        "| variant | s / image (wall) | CPU s / image | peak RSS MiB | peak above start MiB | weights MiB | "
+        "wall-time ratio | CPU-time ratio | peak RSS ratio | above-start ratio | weights ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        lines.append(f"| {row['variant']} | {row['s_per_image']:.2f} | {row['cpu_s_per_image']:.2f} | {row['peak_rss_mb']:.0f} | "
+                     f"{row['peak_above_start_mb']:.0f} | {row['weights_mb']:.1f} | {row['time_ratio']:.2f} | "
+                     f"{row['cpu_time_ratio']:.2f} | "
+                     f"{row['memory_ratio']:.2f} | {row['above_start_ratio']:.2f} | {row['weights_ratio']:.2f} |")  # fmt: skip
+    lines += ["", f"Ratios are to `{data['rows'][0]['variant']}`. Peak RSS includes Python, torch and the libraries; "
+              "above start: the peak above the resident set after importing them (the models and the audit)."]
     if data.get("note"):
         lines += ["", f"Note: {data['note']}."]
     return "\n".join(lines)
@@ -323,6 +392,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "fl-proof": ("benchmarks/results/fl_proof.json", fl_proof_table),
     "fl-aggregation": ("benchmarks/results/fl_aggregation.json", fl_aggregation_table),
     "sd-scale": ("benchmarks/results/sd_scale.json", sd_scale_table),
+    "authenticate-proof": ("benchmarks/results/authenticate_proof.json", authenticate_proof_table),
+    "authenticate-pair": ("benchmarks/results/authenticate_pair.json", authenticate_pair_table),
 }
 
 

@@ -122,13 +122,14 @@ def test_proof_example_smoke_run(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     argv = [str(tmp_path / "proof"), "--images", "4", "--size", "32", "--lora-steps", "1", "--cgidm-steps", "1",
-            "--seeds", "0", "--control-images", "2", "--variance-draws", "2", "--device", "cpu", "--dtype", "fp32", "-q"]  # fmt: skip
+            "--seeds", "0", "--control-images", "2", "--variance-draws", "2", "--device", "cpu", "--dtype", "fp32", "-q",
+            "--suspects", "lora"]  # fmt: skip
     assert module.main(argv) == 0
     results = json.loads((tmp_path / "proof" / "results.json").read_text())
-    run = results["runs"][0]
+    run = results["runs"][0]["suspects"]["lora"]
     assert run["suspect"]["verdict"] is not None and run["control"]["verdict"] is not None
     assert "cgidm" in run["suspect"]["metrics"] and run["suspect"]["gradient_variance"]["draws"] == 2
-    assert "| cgidm |" in (tmp_path / "proof" / "table.md").read_text()
+    assert "| lora | cgidm |" in (tmp_path / "proof" / "table.md").read_text()
 
 
 def test_suspect_recovery_adds_its_score_and_can_decide(tiny_model_dir, lora_file, folders):
