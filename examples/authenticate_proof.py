@@ -60,7 +60,8 @@ PROMPT = f"a painting in {ARTIST_STYLE} style"
 CONTROL_STYLES = STYLES[:4]
 SUSPECT_KINDS = ("lora", "dreambooth")
 #: Scores in the order tables list them (those a run lacks are skipped).
-SCORE_ORDER = ("cgidm", "cgidm-gain", "cgidm-max", "loss", "loss-diff", "secmi", "pia")
+SCORE_ORDER = ("cgidm", "cgidm-gain", "cgidm-max", "cgidm-latent-align", "cgidm-latent-gain", "cgidm-suspect-align", "loss",
+               "loss-diff", "secmi", "pia")
 ALPHA = 0.01
 
 
@@ -131,7 +132,9 @@ def audit(kind: str, weights: Path, members: Path, holdout: Path, out: Path, arg
     model = {"lora": weights} if kind == "lora" else {"suspect": str(weights)}
     auditor = Auditor(
         "demo", **model, prompt=PROMPT, resolution=args.size, device=args.device, dtype=args.dtype, seed=args.seed_offset,
-        alpha=ALPHA, cgidm={"steps": args.cgidm_steps, "timesteps_per_step": args.timesteps_per_step, "seed": args.seed_offset},
+        alpha=ALPHA, cgidm={"steps": args.cgidm_steps, "timesteps_per_step": args.timesteps_per_step, "seed": args.seed_offset,
+                            "t_max": args.t_max},
+        suspect_recovery=args.suspect_recovery,
     )  # fmt: skip
     result = auditor.audit(members, holdout=holdout, output=out, progress=not args.quiet)
     computed = [i.seconds for i in result.images if not i.reused]
@@ -248,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="DreamBooth learning rate (default 2e-4; the trainer's 5e-6 barely moves the demo UNet)")
     parser.add_argument("--cgidm-steps", type=non_negative_int, default=100)
     parser.add_argument("--timesteps-per-step", type=positive_int, default=1)
+    parser.add_argument("--t-max", type=positive_int, default=None, help="CGI-DM timesteps below this (default: all, as Revelio)")
+    parser.add_argument("--suspect-recovery", action="store_true", help="also the suspect-only recovery (cgidm-suspect-align)")
     parser.add_argument("--variance-draws", type=non_negative_int, default=16,
                         help="draws to measure the gradient variance with shared vs separate noise (0: skip)")
     parser.add_argument("--seed-offset", type=non_negative_int, default=0, help="seed of the audit's randomness")
