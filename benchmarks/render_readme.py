@@ -27,6 +27,8 @@ Blocks and their sources:
 * ``sd-scale``: ``benchmarks/results/sd_scale.json`` (``benchmarks/sd_scale.py``);
 * ``authenticate-proof``: ``benchmarks/results/authenticate_proof.json`` (``examples/authenticate_proof.py
   --write-result benchmarks/results/authenticate_proof.json``);
+* ``authenticate-proof-latent``: ``benchmarks/results/authenticate_proof_latent.json`` (the same script with
+  ``--t-max 200 --suspect-recovery --suspects lora``);
 * ``authenticate-pair``: ``benchmarks/results/authenticate_pair.json`` (``benchmarks/authenticate_pair.py``).
 
 A block whose result file is not committed cannot be in the README (the test refuses it).
@@ -393,6 +395,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "fl-aggregation": ("benchmarks/results/fl_aggregation.json", fl_aggregation_table),
     "sd-scale": ("benchmarks/results/sd_scale.json", sd_scale_table),
     "authenticate-proof": ("benchmarks/results/authenticate_proof.json", authenticate_proof_table),
+    "authenticate-proof-latent": ("benchmarks/results/authenticate_proof_latent.json", authenticate_proof_table),
     "authenticate-pair": ("benchmarks/results/authenticate_pair.json", authenticate_pair_table),
 }
 

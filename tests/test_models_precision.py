@@ -138,3 +138,11 @@ def test_protect_records_the_precision_and_memory_mode(tiny_model_dir, tmp_path)
     assert status == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["compute_dtype"] == "float32" and report["low_memory"] is True
+
+
+def test_bf16_autocast_on_the_cpu_brings_channels_last_vae_weights(tiny_model_dir):
+    fast = load(str(tiny_model_dir), device="cpu", dtype="fp32", compute_dtype="bf16")
+    assert fast.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.unet.conv_in.weight.is_contiguous()  # the UNet was not faster channels-last
+    exact = load(str(tiny_model_dir), device="cpu", dtype="fp32", compute_dtype="fp32")
+    assert exact.vae.encoder.conv_in.weight.is_contiguous()
