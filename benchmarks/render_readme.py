@@ -309,6 +309,9 @@ def sd_scale_table(data: dict) -> str:
                              f"{values['cosine_min']:.4f}, signs agree {values['sign_agreement'] * 100:.1f} %")
     if notes:
         lines += ["Components, engine overhead and gradient fidelity: " + "; ".join(notes) + "."]
+    return "\n".join(lines)
+
+
 def authenticate_proof_table(data: dict) -> str:
     """``examples/authenticate_proof.py``'s JSON: per suspect kind and score, the AUC members vs hold-out over
     training seeds and pooled per image, TPR at 1 % FPR, the negative control's AUC and every seed's p-value."""
