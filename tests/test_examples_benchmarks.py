@@ -69,7 +69,7 @@ def test_committed_results_have_the_scripts_format():
     """Every key of a committed result file is one its script writes (no hand-added notes or rows)."""
     engine = committed("benchmarks/results/engine_overhead.json")
     assert set(engine) <= {"benchmark", "model", "device", "dtype", "torch", "threads", "machine", "repeats", "rows",
-                           "target_ratio", "demo_training", "note"}
+                           "target_ratio", "demo_training", "note", "allocator"}
     methods = committed("benchmarks/results/protect_methods.json")
     assert set(methods) <= {"benchmark", "model", "device", "torch", "omp_num_threads", "machine", "steps", "repeats",
                             "rounds", "budget", "rows", "targets", "in_process", "note"}
