@@ -135,6 +135,37 @@ def proof_table(results: dict, mimicry: str) -> str:
     return "\n".join(lines)
 
 
+def proof_curve_table(results: dict, mimicry: str) -> str:
+    """The checkpoint curve of one mimicry attack of ``examples/protection_proof.py``'s results: per training step,
+    the headline score from clean and from each protected set (unpurified), and each set's worst-case effect over
+    the purifications, intervals over training runs and generations."""
+    entry = results["mimicry"][mimicry]
+    score, curve = entry["headline_score"], entry["curve"]
+    labels = list(entry["scores"]["protection"])
+    runs = entry.get("runs", [])
+    lines = [f"{mimicry} over {len(runs) or 1} training run{'s' * (len(runs) != 1)} "
+             f"({', '.join(runs) or 'one seed'}): {score} of the mimic's outputs at each training step (the same "
+             f"generation noise at every step); effect = worst case over {', '.join(entry['purifications'])}, "
+             "mean [95 % bootstrap over runs, then outputs].", "",
+             "| step | clean | " + " | ".join(labels) + " | " + " | ".join(f"effect: {label}" for label in labels) + " |",
+             "|---|---|" + "---|" * (2 * len(labels))]  # fmt: skip
+
+    def value(cell: dict) -> str:
+        return f"{cell['value']:.3f} [{cell['ci95'][0]:.2f}, {cell['ci95'][1]:.2f}]"
+
+    for step in sorted(curve, key=int):
+        summary = curve[step]
+        protected = [value(summary["conditions"][f"{label}+none"]) for label in labels]
+        effects = []
+        for label in labels:
+            worst = summary["protection"][label]["worst_case"]
+            mark = " ✓" if worst["protects"] else ""
+            effects.append(f"{worst['effect']:+.3f} [{worst['effect_ci95'][0]:+.3f}, {worst['effect_ci95'][1]:+.3f}]{mark}")
+        lines.append(f"| {step} | {value(summary['conditions']['clean+none'])} | " + " | ".join(protected) + " | "
+                     + " | ".join(effects) + " |")
+    return "\n".join(lines)
+
+
 def lora_mimicry_table(data: dict) -> str:
     """``examples/lora_artist_mimicry.py``'s ``results.json``: artist score before and after the LoRA."""
     scores, training = data["artist_score"], data["training"]
@@ -391,6 +422,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "proof-sdedit": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "sdedit")),
     "proof-lora": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "lora")),
     "proof-inpaint": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "inpaint")),
+    "proof-lora-runs": ("benchmarks/results/protection_proof_lora_runs.json", lambda d: proof_curve_table(d, "lora")),
     "lora-mimicry": ("benchmarks/results/lora_artist_mimicry.json", lora_mimicry_table),
     "memorization-detection": ("benchmarks/results/memorization_demo.json", memorization_detection_table),
     "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),

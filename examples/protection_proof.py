@@ -22,8 +22,9 @@
    surroundings of a centred ellipse, which DiffusionGuard leaves editable by default, and a random rectangle;
    2 seeds each) for ``--inpaint-methods`` under ``--inpaint-purify``.
 5. Evaluate LoRA mimicry (the main threat: 8 images, rank 16 + text-encoder LoRA, lr 1e-3, ``--lora-steps`` 800,
-   generations for 4 artist prompts × 4 seeds) for the methods in ``--lora-methods`` under ``--lora-purify``
-   (each cell is a LoRA training run, about 5 CPU minutes here).
+   generations for 4 artist prompts × 4 seeds) for the methods in ``--lora-methods`` under ``--lora-purify``,
+   one training run per ``--train-seeds`` seed (intervals over runs), generating also at ``--lora-checkpoints``
+   (the checkpoint curve; each run is about 5 CPU minutes here).
 6. Write ``results.json`` (settings, and per mimicry attack the headline score's conditions, protection
    effects and the protected images' quality: what the tables show) and print the Markdown tables the
    README quotes (``tables.md``; ``benchmarks/render_readme.py`` renders the same tables from
@@ -98,13 +99,19 @@ def summary(report: dict, mimicry: str) -> dict:
     effects, the purifications, and the protected images' quality summaries."""
     score = report["headline_score"]
     scores = report["mimicry"][mimicry]["scores"][score]
-    return {
+    entry = report["mimicry"][mimicry]
+    out = {
         "headline_score": score,
         "purifications": report["purifications"],
         "scores": scores,
         "quality": {label: report["quality"][label]["summary"] for label in scores["protection"]},
         "seconds": report.get("seconds"),
     }
+    if entry.get("runs"):
+        out["runs"] = entry["runs"]
+    if entry.get("curve"):  # the checkpoint curve: the headline score at every training step
+        out["curve"] = {step: summaries[score] for step, summaries in entry["curve"].items() if score in summaries}
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-methods", default="advdm,photoguard-diffusion,mist,sds+,aspl", help="methods evaluated with LoRA mimicry (slow)")
     parser.add_argument("--lora-purify", default="none,diffpure", help="purifications for the LoRA evaluation")
     parser.add_argument("--lora-steps", type=positive_int, default=800)
+    parser.add_argument("--train-seeds", default="0,1,2", help="LoRA training runs per cell (default 0,1,2)")
+    parser.add_argument("--lora-checkpoints", help="training steps at which each LoRA run also generates (the "
+                        "checkpoint curve, e.g. 200,400,600)")
+    parser.add_argument("--write-result", metavar="JSON", help="also write results.json here (e.g. a file under "
+                        "benchmarks/results/ that the README renders)")
     parser.add_argument("--inpaint-methods", default="diffusionguard,photoguard-diffusion,advdm",
                         help="methods evaluated with inpainting mimicry on demo-inpaint")
     parser.add_argument("--inpaint-purify", default="none,jpeg75,diffpure")
@@ -157,14 +169,20 @@ def main(argv: list[str] | None = None) -> int:
             prompts = [arg for s in ARTIST_SUBJECTS for arg in ("--prompt", caption(ARTIST_STYLE, s))]
             report = evaluate(clean, lora_folders, results / "eval_lora", "lora", args.lora_purify,
                               ["--instance-prompt", f"a painting in {ARTIST_STYLE} style", *prompts,
-                               "--lora-steps", str(args.lora_steps), *samples[2:],
+                               "--lora-steps", str(args.lora_steps), "--train-seeds", args.train_seeds,
+                               *(["--lora-checkpoints", args.lora_checkpoints] if args.lora_checkpoints else []),
+                               *samples[2:],
                                "--samples", str(2 * args.samples)])  # fmt: skip
             out["mimicry"]["lora"] = summary(report, "lora")
     # As the harness's report.json, which may hold NaN (e.g. a score undefined for a condition).
     write_text_atomic(results / "results.json", json.dumps(out, indent=2) + "\n", what="proof results")
+    if args.write_result:
+        write_text_atomic(args.write_result, json.dumps(out, indent=2) + "\n", what="proof results")
     renderer = _renderer()
     # The README's order: SDEdit, LoRA, inpainting.
-    text = "\n\n".join(renderer.proof_table(out, m) for m in ("sdedit", "lora", "inpaint") if m in out["mimicry"]) + "\n"
+    tables = [renderer.proof_table(out, m) for m in ("sdedit", "lora", "inpaint") if m in out["mimicry"]]
+    tables += [renderer.proof_curve_table(out, m) for m in out["mimicry"] if "curve" in out["mimicry"][m]]
+    text = "\n\n".join(tables) + "\n"
     write_text_atomic(results / "tables.md", text, what="tables")
     print(text)
     return 0

@@ -72,6 +72,8 @@ def test_audit_writes_report_with_verdict_and_evidence_then_resumes(auditor, fol
     assert (again.computed, again.reused) == (0, 6)
     assert [i.scores for i in again.images] == [i.scores for i in result.images]
     assert again.verdict == result.verdict
+    # A reused image keeps the time its computation took (a proof over reused cells still reports seconds per image).
+    assert [i.seconds for i in again.images] == [i.seconds for i in result.images] and min(i.seconds for i in again.images) > 0
 
 
 def test_changed_settings_do_not_reuse_cells(auditor, tiny_model_dir, lora_file):

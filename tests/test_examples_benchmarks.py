@@ -158,6 +158,23 @@ def test_protection_proof_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_protection_proof_lora_curve_smoke(tmp_path):
+    """The LoRA part over two training runs with a checkpoint curve, written where --write-result says."""
+    written = tmp_path / "committed.json"
+    argv = [str(tmp_path / "run"), "--images", "2", "--size", "64", "--steps", "1", "--methods", "advdm",
+            "--lora-methods", "advdm", "--lora-purify", "none", "--samples", "1", "--sampling-steps", "2", "--lora-steps", "2",
+            "--train-seeds", "0,1", "--lora-checkpoints", "1", "--skip-inpaint", "--skip-sdedit", "--write-result", str(written)]
+    assert script("examples/protection_proof.py").main(argv) == 0
+    results = json.loads(written.read_text())
+    entry = results["mimicry"]["lora"]
+    assert entry["runs"] == ["seed0", "seed1"] and set(entry["curve"]) == {"1", "2"}
+    assert entry["curve"]["2"] == entry["scores"]
+    table = script("benchmarks/render_readme.py").proof_curve_table(results, "lora")
+    assert table.startswith("lora over 2 training runs (seed0, seed1)") and "| 1 |" in table and "| 2 |" in table
+    assert table in (tmp_path / "run" / "tables.md").read_text()
+
+
+@pytest.mark.slow
 def test_lora_artist_mimicry_smoke(tmp_path):
     argv = [str(tmp_path), "--num_images", "2", "--steps", "2", "--batch_size", "1", "--rank", "2", "--resolution", "64",
             "--samples_per_prompt", "1", "--sampling_steps", "1"]

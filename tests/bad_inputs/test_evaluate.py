@@ -43,6 +43,13 @@ BASE = ["evaluate", "--clean", "clean", "--protected", "prot", "--mimicry", "sde
         (["--sdedit-strength", "1.5"], "--sdedit-strength"),
         (["--guidance-scale", "nan"], "--guidance-scale"),
         (["--lora-lr", "0"], "--lora-lr"),
+        (["--lora-checkpoints", "200"], "--lora-checkpoints"),  # without the lora mimic
+        (["--mimicry", "lora", "--lora-checkpoints", "800"], "--lora-steps"),
+        (["--mimicry", "lora", "--lora-steps", "100", "--lora-checkpoints", "50,150"], "--lora-steps"),
+        (["--mimicry", "lora", "--lora-checkpoints", "0,100"], "--lora-checkpoints"),
+        (["--mimicry", "lora", "--lora-checkpoints", "100,100"], "--lora-checkpoints"),
+        (["--mimicry", "lora", "--lora-checkpoints", "a"], "--lora-checkpoints"),
+        (["--mimicry", "lora", "--train-seeds", "1,1"], "--train-seeds"),
         (["--columns", "0"], "--columns"),
         (["--seed", "-1"], "--seed"),
         (["--device", "tpu"], "--device"),

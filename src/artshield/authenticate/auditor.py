@@ -66,7 +66,8 @@ class ImageResult:
         similarity: cosine of the ``degraded``, ``base`` and ``contrast`` images with the original.
         evidence: relative paths (from the output folder) of ``original``, ``degraded``, ``base``,
             ``contrast`` PNGs. flagged: above the reference set's 1 %-FPR threshold (artist images only,
-            None without a reference). seconds: compute time (0 when reused). reused: read from the cache.
+            None without a reference). seconds: what computing the image took (for a reused cell, when it was
+            computed). reused: read from the cache.
     """
 
     name: str
@@ -372,7 +373,7 @@ class Auditor:
         results = [
             ImageResult(name=c["name"], path=c["path"], sha256=c["sha256"], split=c["split"], key=c["key"],
                         scores=c["scores"], similarity=c["similarity"], evidence=c["evidence"], moved=c["moved"],
-                        seconds=0.0 if c["reused"] else c["seconds"], reused=c["reused"])
+                        seconds=c["seconds"], reused=c["reused"])
             for c in raw
         ]  # fmt: skip
         result = AuditResult(

@@ -44,12 +44,22 @@ def _strength(text: str) -> float:
 
 def _seeds(text: str) -> list[int]:
     """``--train-seeds``: a comma list of distinct integers >= 0."""
-    from .external import parse_seeds
+    from .mimicry import parse_seeds
 
     try:
         return parse_seeds(text)
     except InvalidArgumentError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--train-seeds {text!r}: ")) from None
+
+
+def _steps(text: str) -> list[int]:
+    """``--lora-checkpoints``: a comma list of distinct training steps >= 1."""
+    from .mimicry import parse_steps
+
+    try:
+        return parse_steps(text)
+    except InvalidArgumentError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--lora-checkpoints {text!r}: ")) from None
 
 
 def build_parser(prog: str = "artshield evaluate") -> argparse.ArgumentParser:
@@ -82,6 +92,12 @@ def build_parser(prog: str = "artshield evaluate") -> argparse.ArgumentParser:
     g.add_argument("--lora-batch-size", type=positive_int, default=4)
     g.add_argument("--lora-text-encoder", action=argparse.BooleanOptionalAction, default=True,
                    help="also train a text-encoder LoRA (default on)")
+    g.add_argument("--lora-checkpoints", type=_steps, default=[], metavar="LIST",
+                   help="training steps below --lora-steps at which each run also generates (the checkpoint curve: "
+                   "the score against training steps, e.g. 200,400,600); the result is the last step's")
+    g.add_argument("--train-seeds", type=_seeds, default=[0, 1, 2], metavar="LIST",
+                   help="training seeds of the lora and external mimics, one training run each; intervals then cover "
+                   "training runs (default 0,1,2; one run cannot tell a protection from a lucky checkpoint)")
     g.add_argument("--resolution", type=positive_int, help="lora/external training and generation resolution (default: the model's native)")
     g = p.add_argument_group("external (bring your own mimic)")
     g.add_argument("--train-command", metavar="TEMPLATE",
@@ -92,8 +108,6 @@ def build_parser(prog: str = "artshield evaluate") -> argparse.ArgumentParser:
                    help="optional: generation command run per prompt, writing PNGs into {output_dir}/samples; "
                    "placeholders {model_dir}, {output_dir}, {seed}, {prompt}, {samples}, {steps}, {guidance}, "
                    "{resolution}, {model} (default: load the LoRA or pipeline the training wrote)")
-    g.add_argument("--train-seeds", type=_seeds, default=[0, 1, 2], metavar="LIST",
-                   help="training seeds of the external mimic, one training run each (default 0,1,2)")
     g = p.add_argument_group("sdedit / inpaint")
     g.add_argument("--sdedit-strength", type=_strength, default=0.5, help="img2img strength in (0, 1] (default 0.5)")
     g.add_argument("--inpaint-masks", help="folder of masks named like the clean images (white = repainted); default: "
@@ -185,6 +199,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         for option, value in (("--train-command", args.train_command), ("--generate-command", args.generate_command)):
             if value is not None:
                 raise InvalidArgumentError(f"{option} is only used with --mimicry external (add it to --mimicry).")
+    if args.lora_checkpoints:
+        steps = ",".join(map(str, args.lora_checkpoints))
+        if "lora" not in names:
+            raise InvalidArgumentError(f"--lora-checkpoints {steps} is only used with --mimicry lora (add it to --mimicry).")
+        if args.lora_checkpoints[-1] >= args.lora_steps:
+            raise InvalidArgumentError(f"--lora-checkpoints {steps}: every step must be below --lora-steps "
+                                       f"{args.lora_steps} (the last step is always scored).")  # fmt: skip
     purifications = _comma_list(args.purify)
     seen: dict[str, str] = {}
     for spec in purifications:
@@ -219,7 +240,8 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             mimicries.append(LoraMimicry(model, instance_prompt=args.instance_prompt, prompts=args.prompt,
                                          steps=args.lora_steps, learning_rate=args.lora_lr, rank=args.lora_rank,
                                          batch_size=args.lora_batch_size, train_text_encoder=args.lora_text_encoder,
-                                         resolution=args.resolution, **common))  # fmt: skip
+                                         resolution=args.resolution, train_seeds=args.train_seeds,
+                                         checkpoints=args.lora_checkpoints, **common))  # fmt: skip
         elif name == "external":
             mimicries.append(ExternalMimicry(model, train_command=args.train_command, generate_command=args.generate_command,
                                              train_seeds=args.train_seeds, instance_prompt=args.instance_prompt,
@@ -244,6 +266,13 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"  {row['mimicry']:7s} {row['protected']:20s} clean {row['clean']['value']:.3f}  worst ({row['purification']}) "
               f"{row['value']:.3f}  effect {row['effect']:+.3f} [{low:+.3f}, {high:+.3f}]  "
               f"{'protects' if row['protects'] else 'does not protect'}")
+    for name, entry in report["mimicry"].items():
+        curve = {step: summary[score] for step, summary in entry.get("curve", {}).items() if score in summary}
+        for label in sets.protected:
+            points = [f"{step}: {s['protection'][label]['worst_case']['effect']:+.3f}" for step, s in curve.items()
+                      if label in s.get("protection", {})]
+            if points:
+                print(f"  {name:7s} {label:20s} effect by training step  " + "  ".join(points))
     print(f"report: {Path(args.output) / 'report.html'}")
     for failure in report.get("failed", []):
         print(f"failed: {failure['mimicry']} on {failure['condition']}: {failure['error']}", file=sys.stderr)

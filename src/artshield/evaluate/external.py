@@ -35,7 +35,6 @@ rerun: its folder carries a fingerprint of the command, the images, the seed and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -53,8 +52,16 @@ import torch
 
 from ..errors import ArtshieldError, InvalidArgumentError
 from ..fileio import write_json_atomic, write_text_atomic
-from ..imageio import quantize, read_image, write_png
-from .mimicry import MIMICRIES, CellFailed, Mimicry, MimicryOutput, TextToImageMimicry
+from ..imageio import read_image, write_png
+from .mimicry import (
+    MIMICRIES,
+    CellFailed,
+    Generated,
+    Mimicry,
+    TextToImageMimicry,
+    images_digest,
+    settings_digest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -202,31 +209,6 @@ def find_trained(folder: Path) -> tuple[str, Path]:
     )
 
 
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _images_digest(images: list[torch.Tensor]) -> str:
-    hasher = hashlib.sha256()
-    for image in images:
-        hasher.update(str(tuple(image.shape)).encode())
-        hasher.update(quantize(image).tobytes())
-    return hasher.hexdigest()[:16]
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``--train-seeds``: a comma list of distinct integers >= 0 (e.g. ``0,1,2``)."""
-    try:
-        seeds = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise InvalidArgumentError(f"--train-seeds {text!r}: expected a comma list of integers, e.g. 0,1,2.") from None
-    if not seeds or any(seed < 0 for seed in seeds):
-        raise InvalidArgumentError(f"--train-seeds {text!r}: expected one or more integers >= 0, e.g. 0,1,2.")
-    if len(set(seeds)) != len(seeds):
-        raise InvalidArgumentError(f"--train-seeds {text!r}: a seed is listed twice.")
-    return seeds
-
-
 class ExternalMimicry(TextToImageMimicry):
     """Train with an external command (one run per training seed), then generate from what it wrote.
 
@@ -255,9 +237,7 @@ class ExternalMimicry(TextToImageMimicry):
             self.prompts = [instance_prompt]
         self.train_words, self.generate_words = check_commands(train_command, generate_command)
         self.train_command, self.generate_command = train_command, generate_command
-        self.train_seeds = [int(seed) for seed in train_seeds]
-        if not self.train_seeds or len(set(self.train_seeds)) != len(self.train_seeds) or min(self.train_seeds) < 0:
-            raise InvalidArgumentError(f"`train_seeds` must be distinct integers >= 0, but is {list(train_seeds)!r}.")
+        self.set_train_seeds(train_seeds)
         self.instance_prompt = instance_prompt
         self.resolution = int(resolution or model.native_resolution)
         self.model_spec = model_path(str(model_spec or model.source))
@@ -277,7 +257,7 @@ class ExternalMimicry(TextToImageMimicry):
                   "seed": seed, "prompt": self.instance_prompt, "resolution": self.resolution,
                   "model": self.model_spec}  # fmt: skip
         argv = fill_template(self.train_words, {k: os.fspath(v) if isinstance(v, Path) else v for k, v in values.items()})
-        key = _digest({"argv": argv, "images": _images_digest(images), "version": 1})
+        key = settings_digest({"argv": argv, "images": images_digest(images), "version": 1})
         marker = run_dir / "trained.json"
         try:
             done = json.loads(marker.read_text()) if marker.is_file() else None
@@ -357,24 +337,14 @@ class ExternalMimicry(TextToImageMimicry):
                 keys.append(f"{prefix}p{p}-s{s}")
         return images, prompts, keys, "generate command"
 
-    def _attack(self, images: list[torch.Tensor], workdir: Path) -> MimicryOutput:
-        out = MimicryOutput([], [], [], [], {"runs": []})
-        for seed in self.train_seeds:
-            run_dir = (workdir / f"seed{seed}").resolve()
-            model_dir, info = self._train(images, run_dir, seed)
-            prefix = f"r{seed}-"
-            if self.generate_words is None:
-                result = self._generate_builtin(model_dir, prefix)
-            else:
-                result = self._generate_external(model_dir, run_dir, prefix)
-            generated, prompts, keys, loaded = result
-            out.images += generated
-            out.prompts += prompts
-            out.keys += keys
-            out.groups += [f"seed{seed}"] * len(generated)
-            out.info["runs"].append({**info, "generated_from": loaded})
-        out.sources = [None] * len(out.images)
-        return out
+    def train_and_generate(self, images: list[torch.Tensor], run_dir: Path, seed: int, key_prefix: str) -> list[Generated]:
+        model_dir, info = self._train(images, run_dir, seed)
+        if self.generate_words is None:
+            generated, prompts, keys, loaded = self._generate_builtin(model_dir, key_prefix)
+        else:
+            generated, prompts, keys, loaded = self._generate_external(model_dir, run_dir, key_prefix)
+        info = {key: value for key, value in info.items() if key != "seed"}
+        return [Generated(generated, prompts, keys, None, {**info, "generated_from": loaded})]
 
 
 #: Every mimicry kind ``artshield evaluate --mimicry`` accepts (the built-in ones and ``external``).
@@ -390,5 +360,5 @@ def mimicry_kind(name: str) -> type[Mimicry]:
 
 
 __all__ = ["DATA_PLACEHOLDERS", "GENERATE_PLACEHOLDERS", "MIMICRY_KINDS", "TRAIN_PLACEHOLDERS", "ExternalMimicry", "check_commands",
-           "fill_template", "find_trained", "mimicry_kind", "model_path", "parse_seeds", "parse_template",
+           "fill_template", "find_trained", "mimicry_kind", "model_path", "parse_template",
            "run_command"]

@@ -34,7 +34,6 @@ dict), ``report.html`` with image grids and a plot (:mod:`.report`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -50,12 +49,12 @@ import torch
 from .. import __version__
 from ..errors import InvalidArgumentError, OutputWriteError
 from ..fileio import write_json_atomic
-from ..imageio import as_rgb, quantize, read_image, write_png
+from ..imageio import as_rgb, read_image, write_png
 from ..metrics import image_report, lpips_distance, lpips_unavailable_reason, psnr, ssim
 from . import feature_distance as fdist
 from .clip_score import clip_score, clip_unavailable_reason
 from .image_sets import CLEAN, ImageSets, check_output_folder, load_image_sets
-from .mimicry import CellFailed, Mimicry, MimicryOutput
+from .mimicry import CellFailed, Mimicry, MimicryOutput, images_digest, settings_digest
 from .purify_base import Purification, image_seed
 from .purify_spec import get_purification
 from .report import safe_name, write_report
@@ -96,19 +95,6 @@ class Condition:
 
 
 # ------------------------------------------------------------------------------------------------ caching
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def images_digest(images: Sequence[torch.Tensor]) -> str:
-    """A digest of images as their 8-bit quantisation (what is on disk)."""
-    hasher = hashlib.sha256()
-    for image in images:
-        hasher.update(str(tuple(image.shape)).encode())
-        hasher.update(quantize(image).tobytes())
-    return hasher.hexdigest()[:16]
-
-
 def _read_cached(folder: Path, fingerprint: str) -> dict | None:
     meta = folder / "cell.json"
     if not meta.is_file():
@@ -144,7 +130,7 @@ def _load_images(folder: Path, count: int) -> list[torch.Tensor]:
 def purified_inputs(images: list[torch.Tensor], names: list[str], purification: Purification, folder: Path,
                     seed: int) -> list[torch.Tensor]:
     """The purified images, saved as 8-bit PNGs as a mimic would (reused when already made with the same settings)."""
-    fingerprint = _digest({"inputs": images_digest(images), "purification": purification.config,
+    fingerprint = settings_digest({"inputs": images_digest(images), "purification": purification.config,
                            "name": purification.name, "seed": seed, "version": __version__})  # fmt: skip
     cached = _read_cached(folder, fingerprint)
     if cached is not None:
@@ -159,15 +145,15 @@ def purified_inputs(images: list[torch.Tensor], names: list[str], purification: 
 
 def run_cell(mimicry: Mimicry, images: list[torch.Tensor], folder: Path) -> tuple[MimicryOutput, bool]:
     """Run (or reuse) one mimicry attack on one input set; outputs are 8-bit as saved. Returns (output, reused)."""
-    fingerprint = _digest({"mimicry": mimicry.config, "inputs": images_digest(images), "version": __version__})
+    fingerprint = settings_digest({"mimicry": mimicry.config, "inputs": images_digest(images), "version": __version__})
     cached = _read_cached(folder, fingerprint)
     if cached is not None:
         images_out = _load_images(folder, len(cached["keys"]))
         return MimicryOutput(images_out, cached["prompts"], cached["keys"], cached["sources"], cached["info"],
-                             cached.get("groups", [])), True
+                             cached.get("groups", []), cached.get("stages", [])), True
     output = mimicry(images, folder / "work")
     meta = {"keys": output.keys, "prompts": output.prompts, "sources": output.sources, "info": output.info,
-            "groups": output.groups}  # fmt: skip
+            "groups": output.groups, "stages": output.stages}  # fmt: skip
     output.images = _store(folder, fingerprint, output.images, meta)
     return output, False
 
@@ -354,6 +340,31 @@ class EvaluationSettings:
     grid_columns: int = 8
 
 
+def summarise_items(per_item: dict[str, dict[str, np.ndarray]], features: dict[str, np.ndarray], items: np.ndarray | None,
+                    groups: Sequence[str] | None, scorer: Scorer, protected_conditions: dict[str, list[Condition]],
+                    settings: EvaluationSettings) -> dict[str, Any]:
+    """Every score's summary (:func:`summarise_score`) over the output items `items` (None: all of them) of one
+    mimicry's conditions: `per_item` and `features` map each condition to its items' scores and features."""
+    def pick(values: np.ndarray) -> np.ndarray:
+        return values if items is None else values[items]
+
+    if groups is not None and items is not None:
+        groups = [groups[i] for i in items]
+    summaries: dict[str, Any] = {}
+    for score in SCORES:
+        if score in ("kid", "fd"):
+            if score in scorer.notes:
+                continue
+            data = {name: pick(values) for name, values in features.items()}
+        else:
+            data = {name: pick(values[score]) for name, values in per_item.items() if score in values}
+            if not data:
+                continue
+        summaries[score] = summarise_score(score, data, scorer.reference_features, protected_conditions,
+                                           settings.bootstrap, settings.alpha, settings.seed, groups)
+    return summaries
+
+
 def image_quality(sets: ImageSets) -> dict[str, Any]:
     """PSNR, SSIM, LPIPS and L∞ of every protected image against its clean original: per image and summarised."""
     from ..stats import bootstrap_ci
@@ -504,18 +515,18 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
             name: scorer.item_scores(out, None if name == conditions[0].name else clean_out) for name, out in outputs.items()
         }
         features = {name: scorer.features(out.images) for name, out in outputs.items()}
-        summaries: dict[str, Any] = {}
-        for score in SCORES:
-            if score in ("kid", "fd"):
-                if score in scorer.notes:
-                    continue
-                data = features
-            else:
-                data = {name: values[score] for name, values in per_item.items() if score in values}
-                if not data:
-                    continue
-            summaries[score] = summarise_score(score, data, scorer.reference_features, protected_conditions,
-                                               settings.bootstrap, settings.alpha, settings.seed, groups)
+
+        # With a checkpoint curve, the result is the last training step's outputs; every step is summarised too.
+        stages = outputs[baseline].stages
+        curve: dict[str, Any] = {}
+        if stages:
+            steps = sorted(set(stages))
+            for step in steps:
+                items = np.flatnonzero(np.asarray(stages) == step)
+                curve[str(step)] = summarise_items(per_item, features, items, groups, scorer, protected_conditions, settings)
+            summaries = curve[str(steps[-1])]
+        else:
+            summaries = summarise_items(per_item, features, None, groups, scorer, protected_conditions, settings)
         for name in cells:
             cells[name]["scores"] = {s: summaries[s]["conditions"][name] for s in summaries if name in summaries[s]["conditions"]}
             cells[name]["per_item"] = {s: [float(v) for v in per_item[name][s]] for s in per_item[name]}
@@ -524,6 +535,9 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
                                            "scores": summaries}  # fmt: skip
         if groups:
             report["mimicry"][mimicry.name]["runs"] = list(dict.fromkeys(groups))
+        if stages:
+            report["mimicry"][mimicry.name]["stages"] = stages
+            report["mimicry"][mimicry.name]["curve"] = curve
     progress.close()
 
     report["headline_score"] = headline

@@ -29,10 +29,13 @@ pipeline prepares them (resize of the short side and centre crop, as diffusers' 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import math
 import os
 import shlex
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -40,7 +43,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ArtshieldError, InvalidArgumentError
-from ..imageio import as_rgb, write_png
+from ..fileio import write_json_atomic, write_text_atomic
+from ..imageio import as_rgb, quantize, read_image, write_png
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,9 @@ class MimicryOutput:
         info: what else a report should say (training time, LoRA location, ...).
         groups: for attacks that train several times (one run per training seed), the run each output came
             from; the harness's bootstrap then resamples runs, and outputs within runs. Empty: one run.
+        stages: for attacks that generate at several points of their training (the checkpoint curve), the
+            training step each output was made at; the harness scores the last step as the result and every
+            step as the curve. Empty: one stage.
     """
 
     images: list[torch.Tensor]
@@ -66,6 +73,21 @@ class MimicryOutput:
     sources: list[int | None] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
     groups: list[str] = field(default_factory=list)
+    stages: list[int] = field(default_factory=list)
+
+
+def settings_digest(data: Any) -> str:
+    """A short digest of JSON-able settings (what identifies a cached run)."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def images_digest(images: Sequence[torch.Tensor]) -> str:
+    """A digest of images as their 8-bit quantisation (what is on disk)."""
+    hasher = hashlib.sha256()
+    for image in images:
+        hasher.update(str(tuple(image.shape)).encode())
+        hasher.update(quantize(image).tobytes())
+    return hasher.hexdigest()[:16]
 
 
 class CellFailed(ArtshieldError):
@@ -144,14 +166,53 @@ def _tqdm_disabled(disabled: bool):
                 os.environ["TQDM_DISABLE"] = previous
 
 
+def parse_seeds(text: str, option: str = "--train-seeds") -> list[int]:
+    """A comma list of distinct integers >= 0 (e.g. ``0,1,2``), as ``--train-seeds`` takes."""
+    try:
+        seeds = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"{option} {text!r}: expected a comma list of integers, e.g. 0,1,2.") from None
+    if not seeds or any(seed < 0 for seed in seeds):
+        raise InvalidArgumentError(f"{option} {text!r}: expected one or more integers >= 0, e.g. 0,1,2.")
+    if len(set(seeds)) != len(seeds):
+        raise InvalidArgumentError(f"{option} {text!r}: a seed is listed twice.")
+    return seeds
+
+
+@dataclass
+class Generated:
+    """What one training run produced at one point of its training: the generated images and how they were made."""
+
+    images: list[torch.Tensor]
+    prompts: list[str]
+    keys: list[str]
+    step: int | None = None  # the training step, when the attack generates at several steps
+    info: dict[str, Any] = field(default_factory=dict)
+
+
 class TextToImageMimicry(Mimicry):
-    """Base of the mimicries that train a model on the images and then generate from prompts."""
+    """Base of the mimicries that train a model on the images and then generate from prompts.
+
+    A subclass trains once per seed in ``train_seeds`` (:meth:`train_and_generate`); the outputs carry their run
+    (``groups``) so the harness's intervals cover training runs, not only generations, and, when a run generates
+    at several training steps, their step (``stages``).
+    """
 
     resolution: int
+    train_seeds: list[int]
 
-    def generate(self, pipe, key_prefix: str = "") -> tuple[list[torch.Tensor], list[str], list[str]]:
+    def set_train_seeds(self, train_seeds: Iterable[int] | None) -> None:
+        """One training run per seed (default: one run with the mimicry's ``seed``)."""
+        seeds = [self.seed] if train_seeds is None else [int(seed) for seed in train_seeds]
+        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise InvalidArgumentError(f"`train_seeds` must be distinct integers >= 0, but is {train_seeds!r}.")
+        self.train_seeds = seeds
+
+    def generate(self, pipe, key_prefix: str = "", label: str = "") -> tuple[list[torch.Tensor], list[str], list[str]]:
         """``samples`` images per prompt from a text-to-image pipeline at ``resolution``, one seeded generator per
-        item (key ``{key_prefix}p{prompt}-s{sample}``); returns (images, prompts, keys)."""
+        item (key ``{key_prefix}p{prompt}-s{sample}``); returns (images, prompts, keys). A `label` goes into each
+        returned key (``{key_prefix}{label}p{prompt}-s{sample}``) but not into the generator's seed, so the images
+        of one run at different training steps start from the same noise (the curve compares like with like)."""
         outputs, prompts, keys = [], [], []
         for p, prompt in enumerate(self.prompts):
             for s in range(self.samples):
@@ -161,8 +222,42 @@ class TextToImageMimicry(Mimicry):
                              generator=item_generator(self.seed, key), output_type="pt").images[0]
                 outputs.append(image.float().clamp(0, 1).cpu())
                 prompts.append(prompt)
-                keys.append(key)
+                keys.append(f"{key_prefix}{label}p{p}-s{s}")
         return outputs, prompts, keys
+
+    def train_and_generate(self, images: list[torch.Tensor], run_dir: Path, seed: int, key_prefix: str) -> list[Generated]:
+        """Train on `images` with training seed `seed` in `run_dir` (reusing a finished run) and generate."""
+        raise NotImplementedError
+
+    def _attack(self, images: list[torch.Tensor], workdir: Path) -> MimicryOutput:
+        out = MimicryOutput([], [], [], [], {"runs": []})
+        for seed in self.train_seeds:
+            for made in self.train_and_generate(images, (workdir / f"seed{seed}").resolve(), seed, f"r{seed}-"):
+                out.images += made.images
+                out.prompts += made.prompts
+                out.keys += made.keys
+                out.groups += [f"seed{seed}"] * len(made.images)
+                if made.step is not None:
+                    out.stages += [made.step] * len(made.images)
+                out.info["runs"].append({"seed": seed, **({"step": made.step} if made.step is not None else {}), **made.info})
+        out.sources = [None] * len(out.images)
+        return out
+
+
+def parse_steps(text: str, option: str = "--lora-checkpoints") -> list[int]:
+    """A comma list of distinct training steps >= 1, sorted (e.g. ``200,400,600``)."""
+    try:
+        steps = sorted(int(item) for item in text.split(",") if item.strip())
+    except ValueError:
+        raise InvalidArgumentError(f"{option} {text!r}: expected a comma list of training steps, e.g. 200,400,600.") from None
+    if not steps or steps[0] < 1 or len(set(steps)) != len(steps):
+        raise InvalidArgumentError(f"{option} {text!r}: expected distinct training steps >= 1, e.g. 200,400,600.")
+    return steps
+
+
+#: The LoRA mimic's settings that change what training makes (the others only change generation).
+TRAINING_SETTINGS = ("instance_prompt", "steps", "learning_rate", "rank", "batch_size", "train_text_encoder",
+                     "resolution", "checkpoints")
 
 
 class LoraMimicry(TextToImageMimicry):
@@ -175,6 +270,10 @@ class LoraMimicry(TextToImageMimicry):
         steps, learning_rate, rank, batch_size, train_text_encoder, resolution: the LoRA recipe. Defaults are
             the recipe measured to learn the demo world's artist (``examples/lora_artist_mimicry.py``); for
             Stable Diffusion at 512 px the usual recipe is lr 1e-4, rank 4-16, 400-1000 steps.
+        train_seeds: one training run per seed (default: one run with ``seed``); the harness bootstraps over runs.
+        checkpoints: training steps below ``steps`` at which each run also generates (the checkpoint curve:
+            the score against training steps). The run trains in stages, resuming its own checkpoint, so the
+            curve costs generation only; the result is the last step's.
     """
 
     name = "lora"
@@ -182,7 +281,8 @@ class LoraMimicry(TextToImageMimicry):
 
     def __init__(self, model, *, instance_prompt: str = "a painting in sks style", steps: int = 800,
                  learning_rate: float = 1e-3, rank: int = 16, batch_size: int = 4, train_text_encoder: bool = True,
-                 resolution: int | None = None, **settings):
+                 resolution: int | None = None, train_seeds: Iterable[int] | None = None,
+                 checkpoints: Iterable[int] = (), **settings):
         super().__init__(model, **settings)
         if settings.get("prompts") is None:
             self.prompts = [instance_prompt]
@@ -190,51 +290,105 @@ class LoraMimicry(TextToImageMimicry):
         self.steps, self.learning_rate, self.rank, self.batch_size = int(steps), float(learning_rate), int(rank), int(batch_size)
         self.train_text_encoder = bool(train_text_encoder)
         self.resolution = int(resolution or model.native_resolution)
+        self.set_train_seeds(train_seeds)
+        self.checkpoints = sorted({int(step) for step in checkpoints})
+        if self.checkpoints and (self.checkpoints[0] < 1 or self.checkpoints[-1] >= self.steps):
+            raise InvalidArgumentError(f"`checkpoints` must be training steps from 1 to below `steps` ({self.steps}), "
+                                       f"but are {self.checkpoints}.")  # fmt: skip
+
+    @property
+    def stages(self) -> list[int]:
+        """The training steps at which each run generates: the checkpoints, then the last step."""
+        return [*self.checkpoints, self.steps]
 
     @property
     def config(self) -> dict[str, Any]:
         return {**super().config, "instance_prompt": self.instance_prompt, "steps": self.steps,
                 "learning_rate": self.learning_rate, "rank": self.rank, "batch_size": self.batch_size,
-                "train_text_encoder": self.train_text_encoder, "resolution": self.resolution}  # fmt: skip
+                "train_text_encoder": self.train_text_encoder, "resolution": self.resolution,
+                "train_seeds": self.train_seeds, "checkpoints": self.checkpoints}  # fmt: skip
 
-    def trainer_config(self, data_dir: Path, output_dir: Path):
-        """The trainer's :class:`~artshield.finetune.config.TrainConfig` for this recipe."""
+    def trainer_config(self, data_dir: Path, output_dir: Path, seed: int | None = None, steps: int | None = None):
+        """The trainer's :class:`~artshield.finetune.config.TrainConfig` for this recipe (training seed `seed`,
+        stopping at `steps`: a stage of the checkpoint curve)."""
         from ..finetune.config import TrainConfig
 
+        # A checkpoint at every stage's end (their greatest common divisor), so the next stage resumes there.
+        every = math.gcd(*self.stages) if self.checkpoints else max(100, self.steps // 4)
         return TrainConfig(
             method="lora", pretrained_model_name_or_path=str(self.model.source), instance_data_dir=str(data_dir),
             instance_prompt=self.instance_prompt, output_dir=str(output_dir), resolution=self.resolution,
-            random_flip=True, train_batch_size=self.batch_size, max_train_steps=self.steps,
+            random_flip=True, train_batch_size=self.batch_size, max_train_steps=steps or self.steps,
             learning_rate=self.learning_rate, rank=self.rank, lr_scheduler="constant",
-            checkpointing_steps=max(100, self.steps // 4), checkpoints_total_limit=1, resume_from_checkpoint="latest",
-            seed=self.seed, report_to="none", train_text_encoder=self.train_text_encoder,
+            checkpointing_steps=every, checkpoints_total_limit=1, resume_from_checkpoint="latest",
+            seed=self.seed if seed is None else seed, report_to="none", train_text_encoder=self.train_text_encoder,
         )  # fmt: skip
 
-    def _attack(self, images: list[torch.Tensor], workdir: Path) -> MimicryOutput:
+    def train_and_generate(self, images: list[torch.Tensor], run_dir: Path, seed: int, key_prefix: str) -> list[Generated]:
+        import shutil
         import time
 
         from ..finetune.train import train
 
-        data_dir, lora_dir = workdir / "training_images", workdir / "lora"
+        # The run folder belongs to one training recipe: another recipe must not resume its checkpoints.
+        training = settings_digest({"model": str(self.model.source), "seed": seed, "images": images_digest(images),
+                                    **{k: v for k, v in self.config.items() if k in TRAINING_SETTINGS}})  # fmt: skip
+        generation = settings_digest({k: v for k, v in self.config.items() if k not in (*TRAINING_SETTINGS, "train_seeds")})
+        marker = run_dir / "training.txt"
+        if run_dir.exists() and (not marker.is_file() or marker.read_text().strip() != training):
+            shutil.rmtree(run_dir)
+        data_dir, lora_dir = run_dir / "training_images", run_dir / "lora"
         for i, image in enumerate(images):
             write_png(data_dir / f"{i:03d}.png", image)
-        config = self.trainer_config(data_dir, lora_dir)
-        logger.info("lora mimicry: training %d steps on %d images in %s", self.steps, len(images), workdir)
-        start = time.perf_counter()
-        with _tqdm_disabled(not self.progress):
-            result = train(config)
-        seconds = time.perf_counter() - start
-        pipe = self.model.pipeline("text2img")
-        pipe.load_lora_weights(str(lora_dir))
-        try:
-            outputs, prompts, keys = self.generate(pipe)
-        finally:
-            # The pipeline shares the handle's UNet and text encoder: take the adapters out again.
-            pipe.unload_lora_weights()
-        info = {"training_seconds": round(seconds, 1), "final_loss": result.loss,
-                "steps": result.global_step, "lora": str(lora_dir),
-                "command": "python -m artshield.finetune.train " + shlex.join(config.to_argv())}  # fmt: skip
-        return MimicryOutput(outputs, prompts, keys, [None] * len(outputs), info)
+        write_text_atomic(marker, training + "\n")
+        made = []
+        for step in self.stages:
+            # A stage already generated is read back: training would resume from a later checkpoint.
+            stage_dir = run_dir / "generated" / f"step{step}"
+            done = _read_stage(stage_dir, generation)
+            if done is not None:
+                made.append(done)
+                continue
+            config = self.trainer_config(data_dir, lora_dir, seed, step)
+            logger.info("lora mimicry: training seed %d to step %d on %d images in %s", seed, step, len(images), run_dir)
+            start = time.perf_counter()
+            with _tqdm_disabled(not self.progress):
+                result = train(config)
+            seconds = time.perf_counter() - start
+            pipe = self.model.pipeline("text2img")
+            pipe.load_lora_weights(str(lora_dir))
+            try:
+                label = f"c{step}-" if self.checkpoints else ""
+                outputs, prompts, keys = self.generate(pipe, key_prefix, label)
+            finally:
+                # The pipeline shares the handle's UNet and text encoder: take the adapters out again.
+                pipe.unload_lora_weights()
+            loss = result.loss if result.loss is not None and math.isfinite(result.loss) else None  # JSON has no NaN
+            info = {"training_seconds": round(seconds, 1), "final_loss": loss, "steps": result.global_step,
+                    "lora": str(lora_dir), "command": "python -m artshield.finetune.train " + shlex.join(config.to_argv())}  # fmt: skip
+            made.append(_write_stage(stage_dir, generation, Generated(outputs, prompts, keys, step if self.checkpoints else None, info)))
+        return made
+
+
+def _write_stage(folder: Path, generation: str, made: Generated) -> Generated:
+    """Save one stage's images (8-bit, as the harness keeps them) and, last, what they are."""
+    for i, image in enumerate(made.images):
+        write_png(folder / f"{i:04d}.png", image)
+    write_json_atomic(folder / "stage.json", {"generation": generation, "prompts": made.prompts, "keys": made.keys,
+                                              "step": made.step, "info": made.info})  # fmt: skip
+    return made
+
+
+def _read_stage(folder: Path, generation: str) -> Generated | None:
+    """A stage saved by :func:`_write_stage` with the same generation settings, or None."""
+    try:
+        meta = json.loads((folder / "stage.json").read_text())
+        if meta["generation"] != generation:
+            return None
+        images = [read_image(folder / f"{i:04d}.png").rgb[0] for i in range(len(meta["keys"]))]
+    except (OSError, ValueError, KeyError, ArtshieldError):
+        return None
+    return Generated(images, meta["prompts"], meta["keys"], meta["step"], {**meta["info"], "reused": True})
 
 
 class SDEditMimicry(Mimicry):

@@ -105,9 +105,13 @@ def write_report(report: dict[str, Any], inputs: dict[str, list[torch.Tensor]], 
     for condition, images in inputs.items():
         write_png(output / "grids" / "inputs" / f"{safe_name(condition)}.png", strip(images, columns))
     for name, entry in report["mimicry"].items():
+        # With a checkpoint curve, the grid shows the last training step's outputs (the result).
+        stages = entry.get("stages") or []
+        shown = [i for i, step in enumerate(stages) if step == max(stages)] if stages else None
         for condition, cell in entry["conditions"].items():
             folder = output / cell["folder"] / "images"
-            images = [read_image(folder / f"{i:04d}.png").rgb[0] for i in range(min(columns, cell["outputs"]))]
+            indices = (shown if shown is not None else range(cell["outputs"]))[:columns]
+            images = [read_image(folder / f"{i:04d}.png").rgb[0] for i in indices]
             relative = Path("grids") / name / f"{safe_name(condition)}.png"
             write_png(output / relative, strip(images, columns))
             cell["grid"] = relative.as_posix()
@@ -122,6 +126,28 @@ def write_report(report: dict[str, Any], inputs: dict[str, list[torch.Tensor]], 
     path = output / "report.html"
     write_text_atomic(path, _html(report, plots))
     return path
+
+
+def _curve_table(curve: dict[str, Any], score: str) -> str:
+    """The checkpoint curve: the headline score of every condition at every training step, and each protected
+    set's worst-case effect (the result is the last row)."""
+    steps = [step for step in curve if score in curve[step]]
+    if not steps:
+        return ""
+    conditions = list(curve[steps[-1]][score]["conditions"])
+    protected = list(curve[steps[-1]][score].get("protection", {}))
+    out = [f"<p>Checkpoint curve: {html.escape(score)} of the mimic's outputs at each training step (the same "
+           "generation noise at every step; intervals over training runs and generations).</p>",
+           "<table><tr><th>step</th>" + "".join(f"<th>{html.escape(c)}</th>" for c in conditions)
+           + "".join(f"<th>effect, {html.escape(p)} (worst case)</th>" for p in protected) + "</tr>"]
+    for step in steps:
+        summary = curve[step][score]
+        cells = "".join(f"<td>{_with_ci(summary['conditions'].get(c))}</td>" for c in conditions)
+        effects = "".join(f"<td>{_with_ci(summary['protection'][p]['worst_case'], 'effect', 'effect_ci95')}</td>"
+                          if p in summary.get("protection", {}) else "<td>–</td>" for p in protected)
+        out.append(f"<tr><td>{html.escape(step)}</td>{cells}{effects}</tr>")
+    out.append("</table>")
+    return "".join(out)
 
 
 def _verdict(protects: bool) -> str:
@@ -191,7 +217,10 @@ def _html(report: dict[str, Any], plots: dict[str, str]) -> str:
             values = "".join(f"<td>{_with_ci(cell['scores'].get(s))}</td>" for s in scores)
             reused = " <small>(reused)</small>" if cell["reused"] else ""
             out.append(f"<tr><td class=l>{html.escape(condition)}</td>{values}<td>{cell['seconds']}{reused}</td></tr>")
-        out.append("</table><table><tr><th class=l>condition</th><th class=l>mimic's input</th><th class=l>mimic's output</th></tr>")
+        out.append("</table>")
+        if entry.get("curve"):
+            out.append(_curve_table(entry["curve"], score))
+        out.append("<table><tr><th class=l>condition</th><th class=l>mimic's input</th><th class=l>mimic's output</th></tr>")
         for condition, cell in entry["conditions"].items():
             out.append(f"<tr><td class=l>{html.escape(condition)}</td><td class=l><img src='{html.escape(cell['input_grid'])}'></td>"
                        f"<td class=l><img src='{html.escape(cell['grid'])}'></td></tr>")
