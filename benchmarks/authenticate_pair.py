@@ -51,23 +51,16 @@ import torch  # noqa: E402
 from artshield.cli_support import ArgumentParser, non_negative_int, positive_int  # noqa: E402
 from artshield.fileio import write_json_atomic  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # memory_probe, beside this script (not a package)
+from memory_probe import proc_status_kb  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = ("lora-toggle", "two-models", "two-pipelines")
 PROMPT = "a painting in velmora style"
 
 
-def _status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _peak_kb() -> tuple[int, str]:
-    peak = _status_kb("VmHWM")
+    peak = proc_status_kb("VmHWM")
     if peak is not None:
         return peak, "VmHWM"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
@@ -119,7 +112,7 @@ def worker(variant: str, model: str, lora: str, merged: str, *, resolution: int 
     from artshield.authenticate.cgidm import CGIDM, CGIDMConfig
 
     _import_loaders()  # so that the start below excludes the libraries and measures models and activations
-    start_kb = _status_kb("VmRSS")
+    start_kb = proc_status_kb("VmRSS")
     cuda = torch.cuda.is_available() and (device or "auto") != "cpu"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
