@@ -166,6 +166,29 @@ def proof_curve_table(results: dict, mimicry: str) -> str:
     return "\n".join(lines)
 
 
+def style_judges_table(data: dict) -> str:
+    """``benchmarks/style_judges.py``'s JSON: both demo judges on fresh renders, VAE round trips, colour-swapped
+    renders and (when given) what mimics made."""
+    judges = data["judges"]
+    names = {"style_metric": "style metric (`artist_score`)", "structure_judge": "structure judge (`structure_score`)"}
+    first = judges[next(iter(judges))]
+    sets = list(first["sets"])
+    lines = [f"{data['per_style']} fresh renders per style at {data['size']} px (seed {data['seed']}, unseen by both judges); "
+             f"artist = `{data['artist']}`. AUC: artist vs the 7 other styles. Other columns: mean artist probability "
+             "(share called the artist, p > 0.5).", "",
+             "| judge | AUC renders | AUC VAE round trip | artist renders | other styles | " + " | ".join(sets) + " |",
+             "|---|---|---|---|---|" + "---|" * len(sets)]  # fmt: skip
+
+    def cell(summary: dict) -> str:
+        return f"{summary['mean']:.2f} ({summary['called_artist'] * 100:.0f} %)"
+
+    for name, entry in judges.items():
+        lines.append(f"| {names.get(name, name)} | {entry['auc']['renders']:.3f} | {entry['auc']['vae']:.3f} | "
+                     f"{cell(entry['artist_images']['renders'])} | {cell(entry['other_images']['renders'])} | "
+                     + " | ".join(cell(entry["sets"][label]) for label in sets) + " |")
+    return "\n".join(lines)
+
+
 def lora_mimicry_table(data: dict) -> str:
     """``examples/lora_artist_mimicry.py``'s ``results.json``: artist score before and after the LoRA."""
     scores, training = data["artist_score"], data["training"]
@@ -423,6 +446,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "proof-lora": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "lora")),
     "proof-inpaint": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "inpaint")),
     "proof-lora-runs": ("benchmarks/results/protection_proof_lora_runs.json", lambda d: proof_curve_table(d, "lora")),
+    "style-judges": ("benchmarks/results/style_judges.json", style_judges_table),
     "lora-mimicry": ("benchmarks/results/lora_artist_mimicry.json", lora_mimicry_table),
     "memorization-detection": ("benchmarks/results/memorization_demo.json", memorization_detection_table),
     "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),

@@ -72,6 +72,8 @@ BASE = ["evaluate", "--clean", "clean", "--protected", "prot", "--mimicry", "sde
         (["--purify", "jpeg75,jpeg:quality=75"], "jpeg:quality=75"),
         (["--headline", "artist_score", "--style-metric", "none"], "style metric"),
         (["--style-metric", "no-such-metric"], "no-such-metric"),
+        (["--judge", "no-such-judge"], "no-such-judge"),
+        (["--headline", "structure_score", "--judge", "none"], "structure judge"),
         (["--mimicry", "inpaint", "--inpaint-masks", "no-masks"], "no-masks"),
     ],
 )

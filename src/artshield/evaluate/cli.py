@@ -115,7 +115,9 @@ def build_parser(prog: str = "artshield evaluate") -> argparse.ArgumentParser:
     g.add_argument("--num-masks", type=positive_int, default=2, help="default masks per image (default 2)")
     g = p.add_argument_group("scoring")
     g.add_argument("--style-metric", help="demo, none or a style-metric folder (default: demo with the demo models, else none)")
-    g.add_argument("--headline", choices=("artist_score", "clip_score", "kid", "fd"),
+    g.add_argument("--judge", help="demo, none or a structure-judge folder: a second, independent style judge "
+                   "(structure_score; default: demo with the demo models, else none)")
+    g.add_argument("--headline", choices=("artist_score", "structure_score", "clip_score", "kid", "fd"),
                    help="score for the headline (default artist_score with a style metric, else kid)")
     g.add_argument("--no-clip", action="store_true", help="skip the CLIP score even when its weights are present")
     g.add_argument("--bootstrap", type=positive_int, default=1000, help="bootstrap resamples (default 1000)")
@@ -162,6 +164,15 @@ def _masks(folder: str, names: list[str]):
             raise InvalidArgumentError(f"--inpaint-masks {folder}: no mask for image {name!r} (expected {name}.png).")
         masks.append([(read_mask(found[0])[0] > 0.5).float()])
     return masks
+
+
+def _judge(args):
+    from ..models.demo.judge import StructureJudge
+
+    choice = args.judge or ("demo" if args.model in ("demo", "demo-inpaint") else "none")
+    if choice == "none":
+        return None
+    return StructureJudge.load_default() if choice == "demo" else StructureJudge.load(choice)
 
 
 def _style_metric(args):
@@ -227,6 +238,9 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
     style_metric = _style_metric(args)
     if args.headline == "artist_score" and style_metric is None:
         raise InvalidArgumentError("--headline artist_score needs a style metric (--style-metric).")
+    judge = _judge(args)
+    if args.headline == "structure_score" and judge is None:
+        raise InvalidArgumentError("--headline structure_score needs a structure judge (--judge).")
 
     from ..models import load
 
@@ -255,7 +269,7 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
             mimicries.append(InpaintMimicry(inpaint_model, masks=masks, num_masks=args.num_masks,
                                             prompts=args.edit_prompt, **common))
     settings = EvaluationSettings(mimicries=mimicries, purifications=purifications, purify_clean=args.purify_clean,
-                                  style_metric=style_metric, use_clip=not args.no_clip, headline=args.headline,
+                                  style_metric=style_metric, judge=judge, use_clip=not args.no_clip, headline=args.headline,
                                   bootstrap=args.bootstrap, seed=args.seed, grid_columns=args.columns)  # fmt: skip
     report = evaluate(sets, settings, args.output, purification_model=model, quiet=quiet,
                       command="artshield evaluate " + shlex.join(argv))

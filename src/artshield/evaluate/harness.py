@@ -15,7 +15,8 @@ inside each bootstrap resample, so its interval accounts for the choice), as Hö
 BlurGuard report.
 
 Scores of the mimic's outputs (``SCORES``): the demo style metric's artist probability (when a style
-metric is given; the demo model's by default), KID and Fréchet distance to the artist's clean images in a
+metric is given; the demo model's by default) and a second, independent judge's (the demo world's colour-blind
+structure judge, :mod:`artshield.models.demo.judge`), KID and Fréchet distance to the artist's clean images in a
 handcrafted feature space (:mod:`.feature_distance`), CLIP score when its weights are present; for
 image-to-image attacks also SSIM/PSNR/LPIPS of each output to the one made from the clean image with the
 same seed (PhotoGuard's measure of how far protection pushes an edit). Scores of the protected images
@@ -67,6 +68,8 @@ NO_PURIFICATION = "none"
 #: -1: lower does. kind "item": one value per output (paired bootstrap of the mean); "set": a set statistic.
 SCORES: dict[str, tuple[int, str, str]] = {
     "artist_score": (+1, "item", "probability of the artist's style by the style metric (demo world only)"),
+    "structure_score": (+1, "item", "probability of the artist's style by the structure judge, a colour-blind CNN "
+                                    "trained separately (demo world only)"),
     "clip_score": (+1, "item", "CLIP image-prompt similarity ×100 (when open_clip weights are present)"),
     "kid": (-1, "set", "KID to the artist's clean images in handcrafted colour/texture features (FID-like, unbiased)"),
     "fd": (-1, "set", "Fréchet distance to the artist's clean images in the same features (FID's formula)"),
@@ -75,7 +78,7 @@ SCORES: dict[str, tuple[int, str, str]] = {
     "lpips_to_clean": (-1, "item", "LPIPS of each output to the output from the clean image with the same seed"),
 }
 #: Scores that need a clean baseline different from themselves (the *_to_clean ones compare to it directly).
-BASELINED = ("artist_score", "clip_score", "kid", "fd")
+BASELINED = ("artist_score", "structure_score", "clip_score", "kid", "fd")
 
 
 @dataclass
@@ -166,6 +169,7 @@ class Scorer:
     reference: list[torch.Tensor]  # the artist's clean images
     style_metric: Any = None
     use_clip: bool = True
+    judge: Any = None  # a second, independent style judge (the demo world's StructureJudge), or None
     notes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -181,6 +185,8 @@ class Scorer:
         self.reference_features = fdist.features(self.reference, mean, std)
         if self.style_metric is None:
             self.notes["artist_score"] = "no style metric (pass --style-metric; the demo model's is used with --model demo)"
+        if self.judge is None:
+            self.notes["structure_score"] = "no structure judge (pass --judge; the demo model's is used with --model demo)"
         if self.use_clip:
             reason = clip_unavailable_reason()
             if reason:
@@ -202,6 +208,8 @@ class Scorer:
         with torch.no_grad():
             if self.style_metric is not None:
                 scores["artist_score"] = np.array([float(self.style_metric.artist_score(as_rgb(im)[None])[0]) for im in output.images])
+            if self.judge is not None:
+                scores["structure_score"] = np.array([float(self.judge.artist_score(as_rgb(im)[None])[0]) for im in output.images])
             if self.use_clip:
                 values = [clip_score(as_rgb(im)[None], [p]) for im, p in zip(output.images, output.prompts, strict=True)]
                 if all(v is not None for v in values):
@@ -332,6 +340,7 @@ class EvaluationSettings:
     purifications: list[str | Purification] = field(default_factory=lambda: [NO_PURIFICATION])
     purify_clean: bool = False
     style_metric: Any = None
+    judge: Any = None
     use_clip: bool = True
     headline: str | None = None
     bootstrap: int = 1000
@@ -416,6 +425,8 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
         raise InvalidArgumentError(f"the headline score must be one of {', '.join(BASELINED)}, but is {headline!r}.")
     if headline == "artist_score" and settings.style_metric is None:
         raise InvalidArgumentError("the headline score artist_score needs a style metric (--style-metric).")
+    if headline == "structure_score" and settings.judge is None:
+        raise InvalidArgumentError("the headline score structure_score needs a structure judge (--judge).")
     output = check_output_folder(output_dir, sets.folders)
     for mimicry in settings.mimicries:
         multiple = int(getattr(mimicry.model, "pixel_multiple", 1)) if mimicry.edits_inputs else 1
@@ -444,7 +455,7 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
     for label in sets.protected:
         conditions += [Condition(label, spec) for spec in specs]
 
-    scorer = Scorer(sets.clean, settings.style_metric, settings.use_clip)
+    scorer = Scorer(sets.clean, settings.style_metric, settings.use_clip, settings.judge)
     started = time.perf_counter()
     try:
         output.mkdir(parents=True, exist_ok=True)
