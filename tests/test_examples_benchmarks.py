@@ -235,3 +235,24 @@ def test_sd_scale_smoke(tmp_path):
     assert set(memory) == {False, True} and all(row["peak_above_model_mb"] >= 0 for row in memory.values())
     table = script("benchmarks/render_readme.py").sd_scale_table(result)
     assert "| advdm 32² |" in table and "| advdm | 32² |" in table
+
+
+def test_style_judges_smoke(tmp_path):
+    """Both judges on a few renders, colour-swapped renders and a folder of outputs; the README table renders."""
+    import torch
+
+    from artshield.imageio import write_png
+
+    outputs = tmp_path / "outputs"
+    for i in range(2):
+        write_png(outputs / f"{i}.png", torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(i)))
+    out = tmp_path / "style_judges.json"
+    assert script("benchmarks/style_judges.py").main(["--per-style", "2", "--size", "64", "--outputs", f"noise={outputs}",
+                                                      "--output", str(out)]) == 0  # fmt: skip
+    result = json.loads(out.read_text())
+    assert set(result["judges"]) == {"style_metric", "structure_judge"}
+    for entry in result["judges"].values():
+        assert set(entry["sets"]) == {"artist colours, other structure", "artist structure, other colours", "noise"}
+        assert 0.0 <= entry["auc"]["renders"] <= 1.0 and entry["sets"]["noise"]["n"] == 2
+    table = script("benchmarks/render_readme.py").style_judges_table(result)
+    assert "| structure judge (`structure_score`) |" in table and "noise" in table.splitlines()[2]
