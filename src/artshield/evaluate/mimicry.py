@@ -9,8 +9,9 @@ effect alone.
 =========  ===================================================================================================
 name       what the mimic does
 =========  ===================================================================================================
-``lora``   fine-tunes a LoRA on the images (artshield's trainer, DreamBooth style with an instance prompt), then
-           generates ``samples`` images for each prompt with the LoRA loaded the stock-diffusers way.
+``lora``   fine-tunes a LoRA on the images (artshield's trainer, DreamBooth style with an instance prompt), once
+           per training seed, then generates ``samples`` images for each prompt with the LoRA loaded the
+           stock-diffusers way (also at ``checkpoints``: the score against training steps).
 ``sdedit`` img2img (SDEdit, Meng et al. 2022): noise each image to ``strength`` of the schedule and denoise with
            a prompt, ``samples`` seeds per image.
 ``inpaint`` repaints part of each image with an inpainting model (white mask = repainted), for each of the masks
