@@ -136,33 +136,35 @@ def proof_table(results: dict, mimicry: str) -> str:
 
 
 def proof_curve_table(results: dict, mimicry: str) -> str:
-    """The checkpoint curve of one mimicry attack of ``examples/protection_proof.py``'s results: per training step,
-    the headline score from clean and from each protected set (unpurified), and each set's worst-case effect over
-    the purifications, intervals over training runs and generations."""
+    """The checkpoint curve of one mimicry attack of ``examples/protection_proof.py``'s results: per judge and
+    training step, the score of what the mimic made from clean and from each protected set (unpurified), and each
+    set's worst-case effect over the purifications; intervals over training runs, then outputs."""
     entry = results["mimicry"][mimicry]
-    score, curve = entry["headline_score"], entry["curve"]
-    labels = list(entry["scores"]["protection"])
-    runs = entry.get("runs", [])
-    lines = [f"{mimicry} over {len(runs) or 1} training run{'s' * (len(runs) != 1)} "
-             f"({', '.join(runs) or 'one seed'}): {score} of the mimic's outputs at each training step (the same "
-             f"generation noise at every step); effect = worst case over {', '.join(entry['purifications'])}, "
-             "mean [95 % bootstrap over runs, then outputs].", "",
-             "| step | clean | " + " | ".join(labels) + " | " + " | ".join(f"effect: {label}" for label in labels) + " |",
-             "|---|---|" + "---|" * (2 * len(labels))]  # fmt: skip
+    curve, labels, runs = entry["curve"], list(entry["scores"]["protection"]), entry.get("runs", [])
+    steps = sorted(curve, key=int)
+    lines = [f"{mimicry} over {len(runs) or 1} training run{'s' * (len(runs) != 1)} ({', '.join(runs) or 'one seed'}), "
+             f"the same generation noise at every step; effect = worst case over {', '.join(entry['purifications'])} "
+             "(✓ = interval above 0); mean [95 % bootstrap over runs, then outputs]."]  # fmt: skip
 
     def value(cell: dict) -> str:
         return f"{cell['value']:.3f} [{cell['ci95'][0]:.2f}, {cell['ci95'][1]:.2f}]"
 
-    for step in sorted(curve, key=int):
-        summary = curve[step]
-        protected = [value(summary["conditions"][f"{label}+none"]) for label in labels]
-        effects = []
-        for label in labels:
-            worst = summary["protection"][label]["worst_case"]
-            mark = " ✓" if worst["protects"] else ""
-            effects.append(f"{worst['effect']:+.3f} [{worst['effect_ci95'][0]:+.3f}, {worst['effect_ci95'][1]:+.3f}]{mark}")
-        lines.append(f"| {step} | {value(summary['conditions']['clean+none'])} | " + " | ".join(protected) + " | "
-                     + " | ".join(effects) + " |")
+    for score in dict.fromkeys(name for step in steps for name in curve[step]):
+        lines += ["", f"{score}:", "",
+                  "| step | clean | " + " | ".join(labels) + " | " + " | ".join(f"effect: {label}" for label in labels) + " |",
+                  "|---|---|" + "---|" * (2 * len(labels))]  # fmt: skip
+        for step in steps:
+            summary = curve[step].get(score)
+            if summary is None:
+                continue
+            protected = [value(summary["conditions"][f"{label}+none"]) for label in labels]
+            effects = []
+            for label in labels:
+                worst = summary["protection"][label]["worst_case"]
+                mark = " ✓" if worst["protects"] else ""
+                effects.append(f"{worst['effect']:+.3f} [{worst['effect_ci95'][0]:+.3f}, {worst['effect_ci95'][1]:+.3f}]{mark}")
+            lines.append(f"| {step} | {value(summary['conditions']['clean+none'])} | " + " | ".join(protected) + " | "
+                         + " | ".join(effects) + " |")
     return "\n".join(lines)
 
 

@@ -14,7 +14,8 @@ in either's training (``--seed``):
   (histogram matching), to an artist render — blobs and dots in the artist's palette, which a judge must *not*
   call the artist; and ``artist structure, other colours``: artist renders matched to other styles' colours,
   which it should;
-* optionally what mimics made (``--outputs LABEL=DIR``, e.g. the LoRA outputs of an ``artshield evaluate`` cell).
+* optionally what mimics made (``--outputs LABEL=DIR``, e.g. the LoRA outputs of an ``artshield evaluate`` cell;
+  the same label repeated adds folders to one set).
 
 Reported per judge: the AUC of artist vs other styles (renders, vae), the mean artist probability of each set,
 and the share of images called the artist (probability > 0.5). Results are printed and written to
@@ -113,11 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     outputs = {}
     for item in args.outputs:
         label, _, folder = item.partition("=")
-        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".png")
+        files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() == ".png") if Path(folder).is_dir() else []
         if not files:
             parser.error(f"--outputs {item!r}: no PNG files in {folder}")
-        sets[label] = torch.stack([read_image(f).rgb[0] for f in files])
-        outputs[label] = folder
+        images = torch.stack([read_image(f).rgb[0] for f in files])
+        # The same label again adds another folder (e.g. one per training run) to the set.
+        sets[label] = torch.cat([sets[label], images]) if label in sets else images
+        outputs.setdefault(label, []).append(folder)
     scores = score_sets(judges, sets)
 
     result = {"benchmark": "style_judges", "artist": ARTIST_STYLE, "per_style": args.per_style, "seed": args.seed,

@@ -109,9 +109,23 @@ def summary(report: dict, mimicry: str) -> dict:
     }
     if entry.get("runs"):
         out["runs"] = entry["runs"]
-    if entry.get("curve"):  # the checkpoint curve: the headline score at every training step
-        out["curve"] = {step: summaries[score] for step, summaries in entry["curve"].items() if score in summaries}
+    if entry.get("curve"):  # the checkpoint curve: both judges' scores at every training step
+        out["curve"] = {step: {name: summaries[name] for name in (score, "structure_score") if name in summaries}
+                        for step, summaries in entry["curve"].items()}  # fmt: skip
     return out
+
+
+def montage(eval_dir: Path, report: dict, mimicry: str) -> torch.Tensor:
+    """The report's image grids stacked: the clean inputs, then what the mimic made from each unpurified input set
+    (clean first; with a checkpoint curve, the last step's outputs)."""
+    from artshield.imageio import read_image
+
+    cells = report["mimicry"][mimicry]["conditions"]
+    rows = [read_image(eval_dir / cells["clean+none"]["input_grid"]).rgb[0]]
+    rows += [read_image(eval_dir / cell["grid"]).rgb[0] for name, cell in cells.items() if name.endswith("+none")]
+    width = max(row.shape[-1] for row in rows)
+    padded = [torch.nn.functional.pad(row, (0, width - row.shape[-1]), value=1.0) for row in rows]
+    return torch.cat(padded, dim=1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                                *samples[2:],
                                "--samples", str(2 * args.samples)])  # fmt: skip
             out["mimicry"]["lora"] = summary(report, "lora")
+            picture = montage(results / "eval_lora", report, "lora")
+            write_png(results / "montage_lora.png", picture)
+            if args.write_result:
+                write_png(Path(args.write_result).with_suffix(".png"), picture)
     # As the harness's report.json, which may hold NaN (e.g. a score undefined for a condition).
     write_text_atomic(results / "results.json", json.dumps(out, indent=2) + "\n", what="proof results")
     if args.write_result:

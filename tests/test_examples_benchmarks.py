@@ -168,9 +168,15 @@ def test_protection_proof_lora_curve_smoke(tmp_path):
     results = json.loads(written.read_text())
     entry = results["mimicry"]["lora"]
     assert entry["runs"] == ["seed0", "seed1"] and set(entry["curve"]) == {"1", "2"}
-    assert entry["curve"]["2"] == entry["scores"]
+    assert entry["curve"]["2"]["artist_score"] == entry["scores"]  # the result is the last step's
+    assert set(entry["curve"]["1"]) == {"artist_score", "structure_score"}  # both judges along the curve
     table = script("benchmarks/render_readme.py").proof_curve_table(results, "lora")
     assert table.startswith("lora over 2 training runs (seed0, seed1)") and "| 1 |" in table and "| 2 |" in table
+    assert "structure_score:" in table
+    picture = np.asarray(Image.open(written.with_suffix(".png")))
+    from artshield.evaluate.report import THUMB
+
+    assert picture.shape[0] == 3 * THUMB  # the clean inputs, then the mimic's outputs from clean and from advdm
     assert table in (tmp_path / "run" / "tables.md").read_text()
 
 
