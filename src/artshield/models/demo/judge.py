@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ...errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError
+from ...errors import InvalidArgumentError, ModelLoadError
+from .saved import load_weights, read_config, save_folder, shipped_folder
 
 JUDGE_VERSION = 1  # bump when the architecture or the input transform changes: saved judges then refuse to load
 WEIGHTS_FILE = "structure_judge.safetensors"
-CONFIG_FILE = "config.json"
 INPUT_SIDE = 128  # images are resized to this square (the demo world's native size) before the CNN
 CHANNELS = (16, 32, 64, 64)
 
@@ -94,47 +94,23 @@ class StructureJudge(torch.nn.Module):
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | os.PathLike) -> Path:
         """``structure_judge.safetensors`` and ``config.json`` (styles, version, training facts)."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_FILE))
         config = {"judge_version": JUDGE_VERSION, "styles": list(self.styles), "artist": self.artist, "info": self.info}
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        return folder
+        return save_folder(self, folder, WEIGHTS_FILE, config)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> StructureJudge:
         """A judge saved by :meth:`save` (safetensors + JSON; nothing is unpickled)."""
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-            raise ModelNotFoundError(f"structure judge folder {folder}: expected {CONFIG_FILE} and {WEIGHTS_FILE}.")
-        try:
-            config = json.loads((folder / CONFIG_FILE).read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"structure judge folder {folder}: {CONFIG_FILE} is not valid JSON ({exc}).") from exc
+        config = read_config(folder, WEIGHTS_FILE, "structure judge")
         if config.get("judge_version") != JUDGE_VERSION:
             raise ModelLoadError(f"structure judge folder {folder} is version {config.get('judge_version')!r}; this "
                                  f"artshield reads version {JUDGE_VERSION}. Retrain it (python -m artshield.models.demo.judge).")  # fmt: skip
-        judge = cls(config["styles"], config["artist"], config.get("info"))
-        try:
-            judge.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
-        except RuntimeError as exc:
-            raise ModelLoadError(f"structure judge folder {folder}: {str(exc).splitlines()[0]}") from exc
-        return judge.eval()
+        return load_weights(cls(config["styles"], config["artist"], config.get("info")), folder, WEIGHTS_FILE, "structure judge")
 
     @classmethod
     def load_default(cls) -> StructureJudge:
         """The judge shipped with the demo model (``DEMO_WEIGHTS / "structure_judge"``)."""
-        from . import DEMO_WEIGHTS
-
-        folder = DEMO_WEIGHTS / "structure_judge"
-        if not folder.is_dir():
-            raise ModelNotFoundError(f"the demo structure judge is missing from {folder}; reinstall artshield or run "
-                                     "`python -m artshield.models.demo.judge --output-dir <folder>`.")  # fmt: skip
-        return cls.load(folder)
+        return cls.load(shipped_folder("structure_judge", "structure judge",
+                                       "run `python -m artshield.models.demo.judge --output-dir <folder>`"))
 
 
 # ---------------------------------------------------------------------------------------------------- training

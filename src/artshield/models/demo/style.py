@@ -26,7 +26,6 @@ the demo world its probabilities are meaningless.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -36,11 +35,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError
+from ...errors import InvalidArgumentError, ModelLoadError
+from .saved import load_weights, read_config, save_folder, shipped_folder
 
 FEATURE_VERSION = 1  # bump when the feature definitions change: saved metrics then refuse to load
 WEIGHTS_FILE = "style_metric.safetensors"
-CONFIG_FILE = "config.json"
 MIN_SIDE = 16  # three halvings of the pyramid and 3x3 filters still leave a few pixels
 _EPS = 1e-6
 
@@ -338,58 +337,26 @@ class StyleMetric(torch.nn.Module):
     # ------------------------------------------------------------------ persistence
     def save(self, folder: str | os.PathLike) -> Path:
         """Write ``style_metric.safetensors`` (tensors) and ``config.json`` (names, version, fit info)."""
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(folder / WEIGHTS_FILE))
-        config = {
-            "feature_version": FEATURE_VERSION,
-            "styles": list(self.styles),
-            "artist": self.artist,
-            "feature_names": list(FEATURE_NAMES),
-            "info": self.info,
-        }
-        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-        return folder
+        config = {"feature_version": FEATURE_VERSION, "styles": list(self.styles), "artist": self.artist,
+                  "feature_names": list(FEATURE_NAMES), "info": self.info}  # fmt: skip
+        return save_folder(self, folder, WEIGHTS_FILE, config)
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> StyleMetric:
         """Load a metric saved by :meth:`save` (safetensors + JSON; nothing is unpickled)."""
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-        if not config_path.is_file() or not weights_path.is_file():
-            raise ModelNotFoundError(f"style metric folder {folder}: expected {CONFIG_FILE} and {WEIGHTS_FILE}.")
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ModelLoadError(f"style metric folder {folder}: {CONFIG_FILE} is not valid JSON ({exc}).") from exc
+        config = read_config(folder, WEIGHTS_FILE, "style metric")
         if config.get("feature_version") != FEATURE_VERSION or config.get("feature_names") != list(FEATURE_NAMES):
             raise ModelLoadError(
                 f"style metric folder {folder} was fitted on features version {config.get('feature_version')!r}; "
                 f"this artshield computes version {FEATURE_VERSION}. Refit it (python -m artshield.models.demo.train)."
             )
-        metric = cls(config["styles"], config["artist"], config.get("info"))
-        try:
-            metric.load_state_dict(load_file(str(weights_path)))
-        except RuntimeError as exc:
-            raise ModelLoadError(f"style metric folder {folder}: {str(exc).splitlines()[0]}") from exc
-        return metric.eval()
+        return load_weights(cls(config["styles"], config["artist"], config.get("info")), folder, WEIGHTS_FILE, "style metric")
 
     @classmethod
     def load_default(cls) -> StyleMetric:
         """The metric shipped with the demo model (``DEMO_WEIGHTS / "style_metric"``)."""
-        from . import DEMO_WEIGHTS
-
-        folder = DEMO_WEIGHTS / "style_metric"
-        if not folder.is_dir():
-            raise ModelNotFoundError(
-                f"the demo style metric is missing from {folder}; reinstall artshield or run "
-                "`python -m artshield.models.demo.train --output-dir <folder>` and load `<folder>/style_metric`."
-            )
-        return cls.load(folder)
+        return cls.load(shipped_folder("style_metric", "style metric", "run `python -m artshield.models.demo.train "
+                                       "--output-dir <folder>` and load `<folder>/style_metric`"))
 
 
 __all__ = ["FEATURE_NAMES", "StyleMetric", "image_features"]
