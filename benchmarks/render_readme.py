@@ -352,10 +352,13 @@ def sd_scale_table(data: dict) -> str:
         block = data[size]
         parts = block.get("components", {}).get("median_s", {})
         if parts:
-            split = ", ".join(f"{label} " + " → ".join(f"{parts[f'{d}/{part}']:.2f}" for d in ("fp32", "bf16", "weights")
-                                                      if f"{d}/{part}" in parts)
+            kinds = [d for d in ("fp32", "bf16", "bf16-stored", "weights") if any(k.startswith(f"{d}/") for k in parts)]
+            split = ", ".join(f"{label} " + " → ".join(f"{parts[f'{d}/{part}']:.2f}" for d in kinds if f"{d}/{part}" in parts)
                               for part, label in names.items())
-            notes.append(f"{size}²: {split} s (fp32 → bf16)")
+            legend = " → ".join({"bf16-stored": "bf16 with the weights already bf16"}.get(d, d) for d in kinds)
+            exact = block["components"].get("bf16_stored_unet_grad_max_abs_diff")
+            exact_text = "" if exact is None else f", UNet input gradient of the last vs bf16: max |Δ| {exact:g}"
+            notes.append(f"{size}²: {split} s ({legend}{exact_text})")
         overhead = block.get("overhead", {})
         if "ratio" in overhead:
             notes.append(f"{size}²: engine / bare loop {overhead['ratio']:.3f}")

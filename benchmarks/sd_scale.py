@@ -15,7 +15,8 @@ Sections (``--sections``, default all):
 * ``allocator``: the same AdvDM/SDS+ steps in one subprocess with glibc's defaults and one with
   :func:`artshield.allocator.keep_freed_memory` (what every command applies), alternating subprocesses;
 * ``methods``: every method's step at the defaults ``load()`` picks on this machine (+ the allocator);
-* ``components``: VAE encoder and UNet forward, and forward + input-gradient, fp32 vs bf16;
+* ``components``: VAE encoder and UNet forward, and forward + input-gradient, fp32 vs bf16 vs bf16 with the
+  weights handed to autocast already in bf16 (``bf16-stored``, not adopted; its gradient difference is recorded);
 * ``fidelity``: cosine of bf16's input gradient (AdvDM and SDS+ objectives) to fp32's, on this model and the
   demo model;
 * ``overhead``: an AdvDM step through the engine vs the bare loop of ``engine_overhead.py`` (same knobs);
@@ -35,6 +36,7 @@ A smoke run of the whole script on the tiny architecture takes seconds:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -172,21 +174,51 @@ def worker_components(args) -> dict:
             if grad:
                 torch.autograd.grad(out.square().mean(), z)
 
+    # The convolution and linear weights of the VAE and UNet in bf16, made once (as stored weights would be).
+    copies = [(param, param.data.to(torch.bfloat16))
+              for module in (*model.vae.modules(), *model.unet.modules()) if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+              for param in (module.weight, module.bias) if param is not None]  # fmt: skip
+
+    @contextlib.contextmanager
+    def stored_in_bf16(stored: bool):
+        """With `stored`, autocast is handed those bf16 copies (what it casts the weights to at every call) for
+        one timed call, backward included; swapping them in is a pointer change."""
+        masters = [(param, param.data) for param, _ in copies] if stored else []
+        for param, copy in copies if stored else ():
+            param.data = copy
+        try:
+            yield
+        finally:
+            for param, data in masters:
+                param.data = data
+
     parts = {"vae_forward": (vae, False), "vae_forward_backward": (vae, True),
              "unet_forward": (unet, False), "unet_forward_backward": (unet, True)}
-    dtypes = {"fp32": None, "bf16": torch.bfloat16} if model.device.type == "cpu" else {"weights": None}
+    # bf16-stored: bf16 autocast with the weights already in bf16 (not adopted; measured for what it would save).
+    dtypes = ({"fp32": (None, False), "bf16": (torch.bfloat16, False), "bf16-stored": (torch.bfloat16, True)}
+              if model.device.type == "cpu" else {"weights": (None, False)})  # fmt: skip
     times = {f"{d}/{p}": [] for d in dtypes for p in parts}
     for repeat in range(args.repeats + 1):
-        for d, compute in dtypes.items():
+        for d, (compute, stored) in dtypes.items():
             model.compute_dtype = compute
             for p, (fn, grad) in parts.items():
                 sync(model)
                 start = time.perf_counter()
-                fn(grad)
+                with stored_in_bf16(stored):
+                    fn(grad)
                 sync(model)
                 if repeat:  # the first round warms up
                     times[f"{d}/{p}"].append(time.perf_counter() - start)
-    return {"size": args.size, "times": times}
+    out = {"size": args.size, "times": times}
+    if "bf16-stored" in dtypes:  # is handing autocast bf16 weights exact? (it should be bit for bit)
+        model.compute_dtype = torch.bfloat16
+        grads = []
+        for stored in (False, True):
+            z = latents.clone().requires_grad_(True)
+            with stored_in_bf16(stored):
+                grads.append(torch.autograd.grad(model.predict_noise(z, t, embeds).square().mean(), z)[0])
+        out["bf16_stored_unet_grad_max_abs_diff"] = float((grads[0] - grads[1]).abs().max())
+    return out
 
 
 def worker_fidelity(args) -> dict:

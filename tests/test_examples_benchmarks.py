@@ -233,7 +233,12 @@ def test_sd_scale_smoke(tmp_path):
     base = ["--arch", "tiny", "--sizes", "32", "--repeats", "1", "--methods", "advdm", "--output", str(out)]
     assert module.main([*base, "--sections", "knobs"]) == 0
     assert module.main([*base, "--sections", "memory", "--update"]) == 0
+    assert module.main([*base, "--sections", "components", "--update"]) == 0
     result = json.loads(out.read_text())
+    components = result["32"]["components"]
+    assert "bf16-stored/unet_forward_backward" in components["median_s"]
+    # Handing autocast weights already in bf16 is what it does itself: the same input gradient, bit for bit.
+    assert components["bf16_stored_unet_grad_max_abs_diff"] == 0.0
     block = result["32"]
     assert set(block["knobs"]["median_s"]) == {f"{k}/advdm" for k in module.KNOBS}
     assert all(v > 0 for v in block["knobs"]["median_s"].values())
