@@ -191,6 +191,34 @@ def style_judges_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def demo_world_table(data: dict) -> str:
+    """``benchmarks/demo_world.py``'s JSON: the VAE round trip per style, and the inpainting twin's fills."""
+
+    def cell(entry: dict) -> str:
+        return f"{entry['mean']:.1f} [{entry['ci'][0]:.1f}, {entry['ci'][1]:.1f}]"
+
+    vae = data["vae_round_trip_psnr_db"]
+    styles = list(vae["per_style"])
+    lines = [f"Model `{data['model']}`; fresh renders at {data['size']} px (seed {data['seed']}, unseen in training), "
+             f"{vae['per_style'][styles[0]]['n']} per style; PSNR in dB, mean [95 % bootstrap over images]; "
+             f"artist = `{data['artist']}`.", "",
+             "| VAE round trip | " + " | ".join(styles) + " | training styles' mean | artist − that mean |",
+             "|---|" + "---|" * (len(styles) + 2),
+             "| PSNR | " + " | ".join(cell(vae["per_style"][s]) for s in styles)
+             + f" | {vae['training_styles_mean']:.1f} | {vae['artist_minus_training_mean']:+.1f} |"]  # fmt: skip
+    inpainting = data.get("inpainting")
+    if inpainting:
+        gains = inpainting["gain_over_baseline_db"]
+        lines += ["", f"Inpainting ({inpainting['held_out_images']} held-out renders of the training styles, random "
+                  f"masks covering {inpainting['mask_coverage'] * 100:.0f} % on average; {inpainting['sampler']}):", "",
+                  "| fill | masked-region PSNR | gain over the prompt-only baseline |", "|---|---|---|"]
+        for label, entry in inpainting["psnr_masked_region_db"].items():
+            gain = gains.get(label)
+            shown = f"{gain['mean']:+.2f} [{gain['ci'][0]:+.2f}, {gain['ci'][1]:+.2f}]" if gain else ""
+            lines.append(f"| {label} | {cell(entry)} | {shown} |")
+    return "\n".join(lines)
+
+
 def lora_mimicry_table(data: dict) -> str:
     """``examples/lora_artist_mimicry.py``'s ``results.json``: artist score before and after the LoRA."""
     scores, training = data["artist_score"], data["training"]
@@ -452,6 +480,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "proof-inpaint": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "inpaint")),
     "proof-lora-runs": ("benchmarks/results/protection_proof_lora_runs.json", lambda d: proof_curve_table(d, "lora")),
     "style-judges": ("benchmarks/results/style_judges.json", style_judges_table),
+    "demo-world": ("benchmarks/results/demo_world.json", demo_world_table),
     "lora-mimicry": ("benchmarks/results/lora_artist_mimicry.json", lora_mimicry_table),
     "memorization-detection": ("benchmarks/results/memorization_demo.json", memorization_detection_table),
     "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),

@@ -95,9 +95,13 @@ def test_contrast_objective_increases(pair, images):
 
 
 def test_shared_noise_reduces_gradient_variance_and_separate_noise_runs(pair, images):
-    stats = CGIDM(pair, seed=0).gradient_variance(images[:1], draws=6)
-    assert stats["shared"] > 0 and stats["separate"] > 0
-    assert stats["ratio"] > 1.0, stats
+    # Over the whole schedule the variance is dominated by which timesteps were drawn, and 6 draws cannot see
+    # past it (the ratio swung 0.4-5 with the seed on this tiny pair); over a band of timesteps the noise is
+    # what varies, and sharing it cancels most of the contrast's variance (ratio 1.6-6.5 over seeds 0-3).
+    for seed in (0, 1):
+        stats = CGIDM(pair, seed=seed, t_min=100, t_max=300).gradient_variance(images[:1], draws=6)
+        assert stats["shared"] > 0 and stats["separate"] > 0
+        assert stats["ratio"] > 1.0, stats
     rec = CGIDM(pair, steps=2, eps=0.5, step_size=0.3, shared_noise=False).recover(images[:1], base=False)
     assert rec.contrast.shape == images[:1].shape
 

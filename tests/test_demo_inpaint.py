@@ -73,7 +73,7 @@ def test_script_runs_two_steps_and_writes_a_loadable_unet(trained, tiny_model_di
     ]
     info = json.loads((trained / INFO_FILE).read_text())
     assert info["steps"] == 2 and info["seed"] == 0 and len(info["loss"]["curve"]) == 2
-    for key in ("zero_init", "trained"):
+    for key in ("zero_init", "trained", "trained_empty_prompt"):
         assert np.isfinite(info["evaluation"][key]["denoising_loss"]["masked_region"])
         assert np.isfinite(info["evaluation"][key]["psnr_masked_region_db"])
     assert info["cpu_seconds"] > 0 and info["size_bytes"] > 0
@@ -96,6 +96,34 @@ def test_script_runs_two_steps_and_writes_a_loadable_unet(trained, tiny_model_di
         num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="pt",
     ).images
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
+
+
+def test_an_interrupted_inpainting_run_resumes_to_the_same_unet(trained, tiny_model_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from artshield.models.demo.training import PhaseCheckpoints
+
+    saved = PhaseCheckpoints.step_done
+
+    def stop_after_step_1(self, step, total, *args):
+        saved(self, step, total, *args)
+        if step == 1:
+            raise KeyboardInterrupt
+
+    argv = ["--output-dir", str(tmp_path), "--base", str(tiny_model_dir), "--tiny", "--steps", "2",
+            "--checkpoint-every", "1"]
+    monkeypatch.setattr(PhaseCheckpoints, "step_done", stop_after_step_1)
+    with pytest.raises(KeyboardInterrupt):
+        from artshield.models.demo.train_inpaint import parse_args, train
+
+        train(parse_args(argv))
+    assert (tmp_path / f"{UNET_FOLDER}.partial" / "inpaint.pt").is_file()
+    monkeypatch.setattr(PhaseCheckpoints, "step_done", saved)
+    assert main(argv) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [INFO_FILE, UNET_FOLDER]
+    name = "diffusion_pytorch_model.safetensors"
+    ours, theirs = load_file(tmp_path / UNET_FOLDER / name), load_file(trained / UNET_FOLDER / name)
+    assert max(float((ours[k].float() - theirs[k].float()).abs().max()) for k in ours) < 1e-6
 
 
 def test_missing_inpainting_unet_says_how_to_train_it(tiny_model_dir, monkeypatch):

@@ -111,3 +111,61 @@ def test_bad_arguments_exit_with_a_usage_error():
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--unet-steps" in lines[0] and ">= 0" in lines[0], result.stderr
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(trained_tiny, tmp_path, monkeypatch):
+    """Stopped in the UNet phase (checkpoints every step), the same command picks up from the work folder and
+    ends with the weights an uninterrupted run wrote; a run with other settings refuses the folder."""
+    from safetensors.torch import load_file
+
+    from artshield.errors import InvalidArgumentError
+    from artshield.models.demo import train as demo_train
+    from artshield.models.demo.training import PhaseCheckpoints
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "model"
+    argv = ["--output-dir", str(out), "--architecture", "tiny", "--seed", "3", "--vae-steps", "4",
+            "--unet-steps", "4", "--batch-size", "4", "--images-per-style", "2", "--threads", "1",
+            "--checkpoint-every", "1"]
+    saved = PhaseCheckpoints.step_done
+
+    def stop_after_unet_step_2(self, step, total, *args):
+        saved(self, step, total, *args)
+        if self.phase == "unet" and step == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(PhaseCheckpoints, "step_done", stop_after_unet_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        demo_train.train(demo_train.parse_args(argv))
+    work = tmp_path / "model.partial"
+    assert not out.exists() and {"recipe.json", "vae-done.pt", "unet.pt"} <= {p.name for p in work.iterdir()}
+
+    with pytest.raises(InvalidArgumentError, match="other settings.*unet_steps"):
+        demo_train.train(demo_train.parse_args([*argv[:-1], "2", "--unet-steps", "5"]))
+
+    monkeypatch.setattr(PhaseCheckpoints, "step_done", saved)
+    info = demo_train.train(demo_train.parse_args(argv))
+    assert not work.exists(), "the work folder is removed once the output is published"
+    reference, _ = trained_tiny
+    for part in ("unet", "vae"):
+        ours = load_file(out / part / "diffusion_pytorch_model.safetensors")
+        theirs = load_file(reference / part / "diffusion_pytorch_model.safetensors")
+        assert ours.keys() == theirs.keys()
+        # Equal up to the last bit of an fp16 weight near zero (one kernel's summation order may differ).
+        assert max(float((ours[k].float() - theirs[k].float()).abs().max()) for k in ours) < 1e-6, part
+    assert info["world_version"] == 2 and ARTIST_STYLE in info["vae_styles"]
+    assert set(info["evaluation"]["vae_round_trip_psnr_db"]) == {*STYLES, ARTIST_STYLE}
+
+
+def test_the_demo_tokenizer_is_learned_the_same_way_every_time():
+    """The merges are learned with a fixed tie-break (tokenizers' trainer broke ties in hash order, so two runs
+    of the training script built different vocabularies and could not be compared or resumed)."""
+    from artshield.models.demo.tokenizer import build_tokenizer
+    from artshield.models.demo.world import ALL_STYLES, SUBJECTS, caption
+
+    corpus = [caption(style, subject) for style in ALL_STYLES for subject in SUBJECTS]
+    first, second = build_tokenizer(corpus), build_tokenizer(list(reversed(corpus)))
+    assert first.get_vocab() == second.get_vocab()
+    assert first.tokenize(f"a tree in {ARTIST_STYLE} style, by sks") == [
+        "a</w>", "tree</w>", "in</w>", f"{ARTIST_STYLE}</w>", "style</w>", ",</w>", "by</w>", "sks</w>"]
+    assert first.tokenize("zq")  # unknown words fall back to byte-level pieces

@@ -11,8 +11,10 @@ b. learn the CLIP BPE tokenizer from the captions (and the artist's name, so tha
    tokenise the same way);
 c. build the Stable Diffusion components (:mod:`.architecture`);
 d. train the VAE (L1 + gradient-L1 reconstruction + a small KL) on random crops — it is fully
-   convolutional, and a 64 px crop costs a seventh of a 128 px image — then set its ``scaling_factor``
-   to 1 / std of the latents, as SD does;
+   convolutional, and a 64 px crop costs a seventh of a 128 px image — on every style *including the
+   artist's* (world v2: Stable Diffusion's VAE has seen all of art, so a mimic's ceiling is the UNet, not the
+   decoder; in world v1 the VAE never saw the artist and decoded its swirls as purple blobs), then set its
+   ``scaling_factor`` to 1 / std of the latents, as SD does;
 e. cache the VAE posterior of every training image and train the UNet and the text encoder jointly
    with :meth:`DiffusionModel.training_loss` (10% of captions dropped to ``""`` so classifier-free
    guidance works), AdamW with warmup and cosine decay, plus an EMA of the weights;
@@ -26,6 +28,9 @@ g. write the diffusers folder (VAE and UNet weights in fp16; the text encoder, 0
    (:func:`artshield.fileio.publish_folder`).
 
 The shipped weights (``artshield/models/demo/weights``) are one run of this script with its defaults.
+Checkpoints go to ``--work-dir`` (default ``OUTPUT_DIR.partial``) every ``--checkpoint-every`` steps; the same
+command run again resumes from them (drawing the random numbers an uninterrupted run would have drawn), and
+they are deleted once the output is published.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ from .training import (
     CAPTION_DROPOUT,
     GUIDANCE_SCALE,
     SAMPLING_STEPS,
+    PhaseCheckpoints,
+    WorkFolder,
     cpu_settings,
     encode_posteriors,
     environment_info,
@@ -63,10 +70,12 @@ from .world import ARTIST_STYLE, STYLES, SUBJECTS, caption, make_dataset
 # Defaults sized for "under an hour on two CPU cores" (about 0.45 s per VAE step and 0.55 s per UNet step
 # on an idle machine; see training_info.json of the shipped weights for the measured wall time).
 DEFAULTS = {
-    "demo": {"vae_steps": 800, "unet_steps": 1800, "batch_size": 32, "vae_batch_size": 16, "images_per_style": 300},
+    "demo": {"vae_steps": 2500, "unet_steps": 1800, "batch_size": 32, "vae_batch_size": 16, "images_per_style": 300},
     "tiny": {"vae_steps": 20, "unet_steps": 20, "batch_size": 8, "vae_batch_size": 8, "images_per_style": 6},
 }
 VAE_CROP = 64
+WORLD_VERSION = 2  # 1: the VAE never saw the artist either; 2: it saw every style (see the module docstring)
+VAE_ARTIST_SEED_OFFSET = 3  # the dataset seeds 0, 1 and 2 (for --seed 0) are the UNet's, the metric fit and evaluation
 VAE_LR, UNET_LR = 6e-4, 5e-4
 KL_WEIGHT = 1e-6
 METRIC_PER_STYLE, EVAL_PER_STYLE, GEN_PER_SUBJECT = 60, 30, 2
@@ -99,9 +108,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=positive_int, default=None, help="UNet batch size")
     parser.add_argument("--vae-batch-size", type=positive_int, default=None)
     parser.add_argument("--images-per-style", type=positive_int, default=None)
+    parser.add_argument("--world", type=int, choices=(1, 2), default=WORLD_VERSION,
+                        help="2 (default): the VAE learns every style, the artist's included; 1: it never sees the "
+                             "artist either (the first shipped weights, made with --vae-steps 800)")
     parser.add_argument("--threads", type=positive_int, default=2,
                         help="torch CPU threads (results depend on it slightly)")
     parser.add_argument("--samples-png", default=None, help="also save a grid of generated samples here")
+    parser.add_argument("--work-dir", default=None,
+                        help="checkpoints of an unfinished run (default: OUTPUT_DIR.partial beside the output); "
+                             "rerunning the same command resumes from them, and they are deleted once the "
+                             "output is written")
+    parser.add_argument("--checkpoint-every", type=positive_int, default=250, help="steps between checkpoints")
     args = parser.parse_args(argv)
     for key, value in DEFAULTS[args.architecture].items():
         if getattr(args, key) is None:
@@ -110,7 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------------- phases
-def train_vae(vae, images: torch.Tensor, args, generator: torch.Generator) -> list[float]:
+def train_vae(vae, images: torch.Tensor, args, generator: torch.Generator,
+              checkpoints: PhaseCheckpoints | None = None) -> list[float]:
     """Reconstruction (L1 on pixels and on Sobel gradients, which keeps textures crisp) + a small KL."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
 
@@ -118,11 +136,13 @@ def train_vae(vae, images: torch.Tensor, args, generator: torch.Generator) -> li
     vae.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=VAE_LR, weight_decay=0.0)
     schedule = get_cosine_schedule_with_warmup(optimizer, min(50, args.vae_steps // 10 + 1), max(args.vae_steps, 1))
+    objects = {"vae": vae, "optimizer": optimizer, "schedule": schedule}
+    checkpoints = checkpoints or PhaseCheckpoints(None, "vae", 1)
+    first, losses = checkpoints.restore(objects, generator)
     sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4.0
     kernels = torch.stack([sobel, sobel.T])[:, None].repeat(3, 1, 1, 1)  # (6, 1, 3, 3), grouped per channel
-    losses: list[float] = []
     start = time.time()
-    for step in range(args.vae_steps):
+    for step in range(first, args.vae_steps):
         index = torch.randint(0, images.shape[0], (args.vae_batch_size,), generator=generator)
         top, left = (int(v) for v in torch.randint(0, images.shape[-1] - crop + 1, (2,), generator=generator))
         x = images[index, :, top : top + crop, left : left + crop] * 2.0 - 1.0
@@ -138,12 +158,14 @@ def train_vae(vae, images: torch.Tensor, args, generator: torch.Generator) -> li
         optimizer.step()
         schedule.step()
         losses.append(float(recon.detach()))
-        log_progress("vae", step, args.vae_steps, losses, start, what="recon")
+        log_progress("vae", step, args.vae_steps, losses, start, what="recon", first=first)
+        checkpoints.step_done(step + 1, args.vae_steps, objects, generator, losses)
     vae.eval().requires_grad_(False)
     return losses
 
 
-def train_unet(model, means, stds, captions: list[str], args, generator: torch.Generator) -> list[float]:
+def train_unet(model, means, stds, captions: list[str], args, generator: torch.Generator,
+               checkpoints: PhaseCheckpoints | None = None) -> list[float]:
     """UNet + text encoder on cached latents with caption dropout; returns per-step losses."""
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
@@ -155,9 +177,12 @@ def train_unet(model, means, stds, captions: list[str], args, generator: torch.G
     warmup = min(100, args.unet_steps // 10 + 1)
     schedule = get_cosine_schedule_with_warmup(optimizer, warmup, max(args.unet_steps, 1))
     ema = EMAModel(params, decay=0.999, use_ema_warmup=True, power=2 / 3)
-    losses: list[float] = []
+    objects = {"unet": model.unet, "text_encoder": model.text_encoder, "optimizer": optimizer,
+               "schedule": schedule, "ema": ema}
+    checkpoints = checkpoints or PhaseCheckpoints(None, "unet", 1)
+    first, losses = checkpoints.restore(objects, generator)
     start = time.time()
-    for step in range(args.unet_steps):
+    for step in range(first, args.unet_steps):
         index = torch.randint(0, means.shape[0], (args.batch_size,), generator=generator)
         latents = model.scale_latents(means[index] + stds[index] * torch.randn(means[index].shape, generator=generator))
         drop = torch.rand(args.batch_size, generator=generator) < CAPTION_DROPOUT
@@ -171,7 +196,8 @@ def train_unet(model, means, stds, captions: list[str], args, generator: torch.G
         schedule.step()
         ema.step(params)
         losses.append(float(loss.detach()))
-        log_progress("unet", step, args.unet_steps, losses, start)
+        log_progress("unet", step, args.unet_steps, losses, start, first=first)
+        checkpoints.step_done(step + 1, args.unet_steps, objects, generator, losses)
     if args.unet_steps:
         ema.copy_to(params)
     for module in (model.unet, model.text_encoder):
@@ -203,6 +229,23 @@ def generate(model, prompts: list[str], resolution: int, seed: int) -> torch.Ten
         output_type="pt",
     )
     return result.images.float().clamp(0.0, 1.0)
+
+
+def recipe(args: argparse.Namespace) -> dict:
+    """The settings that decide a run's result (what a work folder must match to be resumed)."""
+    keys = ("architecture", "world", "seed", "vae_steps", "unet_steps", "batch_size", "vae_batch_size", "images_per_style",
+            "threads")
+    return {"script": "artshield.models.demo.train", **{k: getattr(args, k) for k in keys}}
+
+
+@torch.no_grad()
+def round_trip_psnr(model, images: torch.Tensor, labels: list[str]) -> dict[str, float]:
+    """PSNR (dB) of the VAE round trip through the posterior mean, per style: what the decoder can give back."""
+    recon = torch.cat([model.decode(model.encode(images[i : i + 32], "mean")) for i in range(0, len(images), 32)])
+    mse = ((recon.clamp(0, 1) - images) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    psnr = 10.0 * torch.log10(1.0 / mse)
+    names = np.array(labels)
+    return {style: round(float(psnr[torch.from_numpy(names == style)].mean()), 2) for style in dict.fromkeys(labels)}
 
 
 def artist_auc(metric, images: torch.Tensor, labels: list[str]) -> float:
@@ -265,20 +308,42 @@ def _train(args: argparse.Namespace) -> dict:
     params = {name: count(components[name]) for name in ("vae", "unet", "text_encoder")}
     log(f"tokenizer: {len(tokenizer)} tokens; parameters: {params}")
 
-    # (d) VAE
+    # (d) VAE, on every style including the artist's (Stable Diffusion's VAE has seen all of art; only the UNet
+    # and the text encoder — what a mimic fine-tunes — never see the artist). Its artist images are rendered
+    # from their own seed, apart from any image a mimic or a proof uses.
     tick = time.time()
+    work = WorkFolder(Path(args.work_dir) if args.work_dir else output.with_name(output.name + ".partial"),
+                      recipe(args))
     generator = torch.Generator().manual_seed(args.seed)
-    vae_losses = train_vae(model.vae, images, args, generator)
-    round_to_fp16(model.vae)
-    means, stds = encode_posteriors(model.vae, images)
-    latent_std = float((means + stds * torch.randn(means.shape, generator=generator)).std())
-    model.vae.register_to_config(scaling_factor=1.0 / latent_std)
+    vae_done = work.load("vae-done")
+    if vae_done is None:
+        vae_images = images
+        if args.world >= 2:
+            artist_np, _, _ = make_dataset(args.images_per_style, (ARTIST_STYLE,), (resolution, resolution),
+                                           seed=args.seed + VAE_ARTIST_SEED_OFFSET)
+            vae_images = torch.cat([images, to_tensor(artist_np)])
+        vae_losses = train_vae(model.vae, vae_images, args, generator,
+                               PhaseCheckpoints(work, "vae", args.checkpoint_every))
+        round_to_fp16(model.vae)
+        means, stds = encode_posteriors(model.vae, images)
+        latent_std = float((means + stds * torch.randn(means.shape, generator=generator)).std())
+        model.vae.register_to_config(scaling_factor=1.0 / latent_std)
+        work.save("vae-done", {"vae": model.vae.state_dict(), "losses": vae_losses, "latent_std": latent_std,
+                               "generator": generator.get_state()})
+    else:
+        model.vae.load_state_dict(vae_done["vae"])
+        vae_losses, latent_std = list(vae_done["losses"]), float(vae_done["latent_std"])
+        model.vae.register_to_config(scaling_factor=1.0 / latent_std)
+        generator.set_state(vae_done["generator"])
+        means, stds = encode_posteriors(model.vae, images)
+        log(f"vae: resumed the finished phase from {work.folder}")
     seconds["vae"] = time.time() - tick
     log(f"vae done: latent std {latent_std:.3f} -> scaling_factor {1.0 / latent_std:.4f} ({seconds['vae']:.0f} s)")
 
     # (e) UNet + text encoder
     tick = time.time()
-    unet_losses = train_unet(model, means, stds, captions, args, generator)
+    unet_losses = train_unet(model, means, stds, captions, args, generator,
+                             PhaseCheckpoints(work, "unet", args.checkpoint_every))
     round_to_fp16(model.unet, model.text_encoder)
     seconds["unet"] = time.time() - tick
     log(f"unet done ({seconds['unet']:.0f} s)")
@@ -299,6 +364,7 @@ def _train(args: argparse.Namespace) -> dict:
         "style_accuracy_clean": accuracy(metric, eval_images, eval_labels),
         "style_accuracy_vae_reconstructed": accuracy(metric, eval_recon, eval_labels),
         "vae_reconstruction_l1": float((eval_recon - eval_images).abs().mean()),
+        "vae_round_trip_psnr_db": round_trip_psnr(model, eval_images, eval_labels),
         "n_eval_images": len(eval_labels),
     }
     # Generation: every training style x every subject, GEN_PER_SUBJECT seeds each.
@@ -350,6 +416,7 @@ def _train(args: argparse.Namespace) -> dict:
         seconds["total"] = time.time() - started
         info = {
             "architecture": args.architecture,
+            "world_version": args.world,
             "resolution": resolution,
             "seed": args.seed,
             "threads": args.threads,
@@ -360,6 +427,8 @@ def _train(args: argparse.Namespace) -> dict:
             "batch_size": args.batch_size,
             "images_per_style": args.images_per_style,
             "training_styles": list(STYLES),
+            "vae_styles": [*STYLES, ARTIST_STYLE] if args.world >= 2 else list(STYLES),
+            "vae_artist_dataset_seed": args.seed + VAE_ARTIST_SEED_OFFSET if args.world >= 2 else None,
             "artist_style": ARTIST_STYLE,
             "subjects": list(SUBJECTS),
             "caption_template": "a <subject> in <style> style",
@@ -383,6 +452,7 @@ def _train(args: argparse.Namespace) -> dict:
         info["size_bytes"] = folder_size(staged)  # the JSON's own size changes by a few digits at most
         write_json_atomic(staged / "training_info.json", info, what="training info")
         publish_folder(staged, output)
+    work.remove()
     log(f"wrote {output} ({info['size_bytes'] / 1e6:.1f} MB) in {seconds['total']:.0f} s total")
     return info
 

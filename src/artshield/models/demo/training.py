@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,12 +28,14 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def log_progress(phase: str, step: int, total: int, losses: list[float], start: float, what: str = "loss") -> None:
-    """Every 50 steps and at the last: the mean of the last 50 losses, time per step and the time left."""
+def log_progress(phase: str, step: int, total: int, losses: list[float], start: float, what: str = "loss",
+                 first: int = 0) -> None:
+    """Every 50 steps and at the last: the mean of the last 50 losses, time per step and the time left
+    (`first`: the step this process started from, when it resumed a run)."""
     done = step + 1
     if done % 50 and done != total:
         return
-    per_step = (time.time() - start) / done
+    per_step = (time.time() - start) / max(done - first, 1)
     log(f"{phase} step {done}/{total} {what} {np.mean(losses[-50:]):.4f} "
         f"({per_step:.2f} s/step, eta {per_step * (total - done):.0f} s)")
 
@@ -126,6 +129,79 @@ def save_fp16(module: torch.nn.Module, folder: Path) -> None:
         diffusers_logging.set_verbosity(saved)
 
 
+class WorkFolder:
+    """Where a training script keeps its checkpoints until the output is published, so that an interrupted run
+    resumes where it stopped (a run that resumes draws exactly the random numbers it would have drawn).
+
+    ``recipe.json`` records the settings the run started with; a second run with other settings refuses the
+    folder rather than mixing two recipes. Checkpoints are ``torch.save`` files of tensors, numbers and lists
+    only, read back with ``torch.load(weights_only=True)`` (no arbitrary unpickling), each written atomically.
+    """
+
+    def __init__(self, folder: Path, recipe: dict[str, Any]) -> None:
+        import json
+
+        from ...errors import InvalidArgumentError
+        from ...fileio import write_json_atomic
+
+        self.folder = Path(folder)
+        recorded = self.folder / "recipe.json"
+        if recorded.is_file():
+            try:
+                previous = json.loads(recorded.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise InvalidArgumentError(f"work folder {str(self.folder)!r}: recipe.json is unreadable ({exc}); "
+                                           "delete the folder to start over.") from exc
+            if previous != recipe:
+                changed = sorted(k for k in {*previous, *recipe} if previous.get(k) != recipe.get(k))
+                raise InvalidArgumentError(
+                    f"work folder {str(self.folder)!r} holds a run with other settings ({', '.join(changed)}); "
+                    "delete it to start over, or pass the same settings to resume it.")
+        else:
+            write_json_atomic(recorded, recipe, what="training recipe")
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        path = self.folder / f"{name}.pt"
+        return torch.load(path, weights_only=True) if path.is_file() else None
+
+    def save(self, name: str, state: dict[str, Any]) -> None:
+        from ...fileio import atomic_write
+
+        atomic_write(self.folder / f"{name}.pt", lambda fh: torch.save(state, fh), what="training checkpoint")
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class PhaseCheckpoints:
+    """Checkpoints of one training loop inside a :class:`WorkFolder`: every `every` steps (and at the end),
+    the state of each object that has ``state_dict``/``load_state_dict`` (modules, optimizer, schedule, EMA),
+    the generator's state, the losses so far and the number of steps done."""
+
+    def __init__(self, work: WorkFolder | None, phase: str, every: int) -> None:
+        self.work, self.phase, self.every = work, phase, every
+
+    def restore(self, objects: dict[str, Any], generator: torch.Generator) -> tuple[int, list[float]]:
+        """Load the latest checkpoint into `objects` and `generator`; returns (steps done, losses so far)."""
+        state = self.work.load(self.phase) if self.work is not None else None
+        if state is None:
+            return 0, []
+        for name, obj in objects.items():
+            obj.load_state_dict(state["objects"][name])
+        generator.set_state(state["generator"])
+        log(f"{self.phase}: resumed from {self.work.folder} at step {state['step']}")
+        return int(state["step"]), list(state["losses"])
+
+    def step_done(self, step: int, total: int, objects: dict[str, Any], generator: torch.Generator,
+                  losses: list[float]) -> None:
+        if self.work is None or (step % self.every and step != total):
+            return
+        self.work.save(self.phase, {"step": step, "losses": losses, "generator": generator.get_state(),
+                                    "objects": {name: obj.state_dict() for name, obj in objects.items()}})
+
+
 def run_script(module: str, train_fn: Callable, parse_args_fn: Callable, argv: list[str] | None) -> int:
     """The ``main`` of a training script: offline, user errors as one line and exit status 2."""
     from ...cli_support import run_command
@@ -144,6 +220,8 @@ def run_script(module: str, train_fn: Callable, parse_args_fn: Callable, argv: l
 
 __all__ = [
     "CAPTION_DROPOUT",
+    "PhaseCheckpoints",
+    "WorkFolder",
     "GUIDANCE_SCALE",
     "SAMPLING_STEPS",
     "cpu_settings",

@@ -1,0 +1,174 @@
+"""What the demo world's model can give back: the VAE round trip per style, and whether the inpainting twin
+fills a hole from its surroundings.
+
+* **VAE round trip** — fresh renders of every style, the artist's included (``--per-style``, seed ``--seed``,
+  never seen in training), encoded to the posterior mean and decoded; PSNR per image, reported per style as
+  mean [95 % bootstrap interval over images]. A mimic fine-tunes the UNet, and the UNet can only reach what the
+  decoder can draw: if the artist's images do not survive the round trip, no mimic can copy the artist.
+* **Inpainting** — held-out renders of the training styles with random partial masks (the training script's
+  mask generator, its own seed), repainted by ``StableDiffusionInpaintPipeline`` (DDIM, CFG 5) with
+  ``demo-inpaint``: PSNR inside the masked region for the trained UNet with the caption, for the same UNet
+  with an empty caption (the surroundings alone), and for the *prompt-only baseline* — the same UNet with its
+  condition channels zeroed, i.e. the base text-to-image model told only the caption — plus the VAE round
+  trip as the ceiling. Intervals are paired bootstraps over images of the difference to the baseline.
+
+Writes ``benchmarks/results/demo_world.json`` and a montage ``demo_world.png`` (per style: renders over their
+round trips; then masked inputs, baseline and trained fills); ``benchmarks/render_readme.py`` renders the
+README's table from the JSON.
+
+    python benchmarks/demo_world.py [--per-style 12] [--seed 4242] [--inpaint-per-style 6] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from artshield.cli_support import ArgumentParser, non_negative_int, positive_int  # noqa: E402
+from artshield.fileio import write_json_atomic  # noqa: E402
+from artshield.stats import bootstrap_ci  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def psnr_per_image(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> np.ndarray:
+    """PSNR (dB, images in [0, 1]) of each image, over the pixels where `weight` is 1 (all when None)."""
+    weight = torch.ones_like(a[:, :1]) if weight is None else weight
+    weight = weight.expand_as(a)
+    mse = ((a - b).square() * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
+    return (10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))).numpy()
+
+
+def interval(values: np.ndarray, seed: int) -> dict:
+    mean, low, high = bootstrap_ci(values, np.mean, seed=seed)
+    return {"mean": round(mean, 2), "ci": [round(low, 2), round(high, 2)], "n": int(values.size)}
+
+
+def round_trips(model, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model.decode(model.encode(images[i : i + batch], "mean")).clamp(0, 1)
+                          for i in range(0, len(images), batch)])
+
+
+def inpaint(model, images, masks, prompts, steps: int, seed: int) -> torch.Tensor:
+    pipe = model.pipeline("inpaint")
+    with torch.no_grad():
+        result = pipe(prompt=prompts, image=images, mask_image=masks, height=images.shape[-2], width=images.shape[-1],
+                      num_inference_steps=steps, guidance_scale=5.0, generator=torch.Generator().manual_seed(seed),
+                      output_type="pt")
+    return result.images.float().clamp(0.0, 1.0)
+
+
+def prompt_only(model):
+    """The inpainting model with its condition channels zeroed: the base model, told only the caption."""
+    import copy
+
+    from artshield.models.handle import DiffusionModel
+
+    unet = copy.deepcopy(model.unet)
+    with torch.no_grad():
+        unet.conv_in.weight[:, 4:] = 0.0
+    return DiffusionModel(vae=model.vae, unet=unet, text_encoder=model.text_encoder, tokenizer=model.tokenizer,
+                          scheduler=model.scheduler, source="prompt-only baseline")
+
+
+def save_montage(rows: list[torch.Tensor], path: Path) -> None:
+    from PIL import Image
+
+    width = max(r.shape[0] for r in rows)
+    size = rows[0].shape[-1]
+    canvas = torch.ones(len(rows), width, 3, size, size)
+    for i, row in enumerate(rows):
+        canvas[i, : row.shape[0]] = row
+    grid = canvas.permute(0, 3, 1, 4, 2).reshape(len(rows) * size, width * size, 3)
+    Image.fromarray((grid.numpy() * 255 + 0.5).astype(np.uint8)).save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="demo_world.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="demo", help="the text-to-image model (default: demo)")
+    parser.add_argument("--inpaint-model", default="demo-inpaint", help="its inpainting twin (default: demo-inpaint)")
+    parser.add_argument("--per-style", type=positive_int, default=12, help="renders per style for the round trip")
+    parser.add_argument("--inpaint-per-style", type=non_negative_int, default=6,
+                        help="held-out renders per training style for the inpainting check (0: skip it)")
+    parser.add_argument("--sampling-steps", type=positive_int, default=20)
+    parser.add_argument("--seed", type=int, default=4242, help="render seed, unseen in training (default 4242)")
+    parser.add_argument("--threads", type=positive_int, default=None)
+    parser.add_argument("--output", default=str(RESULTS / "demo_world.json"))
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    from artshield.models import load
+    from artshield.models.demo.train_inpaint import random_masks
+    from artshield.models.demo.world import ALL_STYLES, ARTIST_STYLE, STYLES, make_dataset
+    from artshield.models.handle import DiffusionModel
+
+    model = load(args.model, device="cpu", dtype="fp32")
+    size = model.native_resolution
+    images_np, _, labels = make_dataset(args.per_style, ALL_STYLES, (size, size), seed=args.seed)
+    images = torch.from_numpy(images_np).permute(0, 3, 1, 2).float() / 255.0
+    recon = round_trips(model, images)
+    values = psnr_per_image(recon, images)
+    names = np.array(labels)
+    per_style = {style: interval(values[names == style], args.seed) for style in ALL_STYLES}
+    others = np.array([per_style[s]["mean"] for s in STYLES])
+    vae = {"per_style": per_style, "training_styles_mean": round(float(others.mean()), 2),
+           "artist_minus_training_mean": round(per_style[ARTIST_STYLE]["mean"] - float(others.mean()), 2)}
+    print("VAE round trip PSNR (dB): " + ", ".join(f"{s} {v['mean']:.1f}" for s, v in per_style.items())
+          + f"; artist - training mean {vae['artist_minus_training_mean']:+.2f}")
+    montage = []
+    for style in ALL_STYLES:
+        index = np.flatnonzero(names == style)[:4]
+        montage.append(torch.cat([torch.stack([images[i], recon[i]]) for i in index]))
+
+    result = {"benchmark": "demo_world", "model": args.model, "artist": ARTIST_STYLE, "size": size,
+              "seed": args.seed, "torch": torch.__version__, "machine": f"{platform.machine()} {platform.system()}",
+              "threads": torch.get_num_threads(), "vae_round_trip_psnr_db": vae}  # fmt: skip
+    if args.inpaint_per_style:
+        twin = load(args.inpaint_model, device="cpu", dtype="fp32")
+        held_np, captions, _ = make_dataset(args.inpaint_per_style, STYLES, (size, size), seed=args.seed + 1)
+        held = torch.from_numpy(held_np).permute(0, 3, 1, 2).float() / 255.0
+        masks = random_masks(len(held), size, np.random.default_rng(args.seed + 1))
+        seed = args.seed + 2
+        fills = {
+            "prompt-only baseline": inpaint(prompt_only(twin), held, masks, captions, args.sampling_steps, seed),
+            "trained": inpaint(twin, held, masks, captions, args.sampling_steps, seed),
+            "trained, empty prompt": inpaint(twin, held, masks, [""] * len(held), args.sampling_steps, seed),
+            "VAE round trip (ceiling)": round_trips(twin, held),
+        }
+        masked = {label: psnr_per_image(out, held, masks) for label, out in fills.items()}
+        baseline = masked["prompt-only baseline"]
+        result["inpainting"] = {
+            "held_out_images": len(held), "mask_coverage": round(float(masks.mean()), 3),
+            "sampler": f"DDIM {args.sampling_steps}, CFG 5",
+            "psnr_masked_region_db": {label: interval(v, args.seed) for label, v in masked.items()},
+            "gain_over_baseline_db": {label: interval(v - baseline, args.seed)
+                                      for label, v in masked.items() if label != "prompt-only baseline"},
+        }  # fmt: skip
+        print("inpainting, masked-region PSNR (dB): "
+              + ", ".join(f"{label} {v.mean():.2f}" for label, v in masked.items()))
+        shown = min(8, len(held))
+        masked_inputs = DiffusionModel.masked_images(held[:shown], masks[:shown])
+        montage += [held[:shown], masked_inputs, fills["prompt-only baseline"][:shown], fills["trained"][:shown]]
+    png = Path(args.output).with_suffix(".png")
+    png.parent.mkdir(parents=True, exist_ok=True)
+    save_montage(montage, png)
+    result["montage"] = png.name
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    write_json_atomic(args.output, result)
+    print(f"saved {args.output} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
