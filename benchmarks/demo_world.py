@@ -16,7 +16,8 @@ Writes ``benchmarks/results/demo_world.json`` and a montage ``demo_world.png`` (
 round trips; then masked inputs, baseline and trained fills); ``benchmarks/render_readme.py`` renders the
 README's table from the JSON.
 
-    python benchmarks/demo_world.py [--per-style 12] [--seed 4242] [--inpaint-per-style 6] [--threads 2]
+    python benchmarks/demo_world.py [--model demo] [--label NAME] [--per-style 12] [--seed 4242]
+        [--inpaint-per-style 6] [--threads 2]
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def save_montage(rows: list[torch.Tensor], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="demo_world.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="demo", help="the text-to-image model (default: demo)")
+    parser.add_argument("--label", help="what to call the model in the results (default: --model)")
     parser.add_argument("--inpaint-model", default="demo-inpaint", help="its inpainting twin (default: demo-inpaint)")
     parser.add_argument("--per-style", type=positive_int, default=12, help="renders per style for the round trip")
     parser.add_argument("--inpaint-per-style", type=non_negative_int, default=6,
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         index = np.flatnonzero(names == style)[:4]
         montage.append(torch.cat([torch.stack([images[i], recon[i]]) for i in index]))
 
-    result = {"benchmark": "demo_world", "model": args.model, "artist": ARTIST_STYLE, "size": size,
+    result = {"benchmark": "demo_world", "model": args.label or args.model, "artist": ARTIST_STYLE, "size": size,
               "seed": args.seed, "torch": torch.__version__, "machine": f"{platform.machine()} {platform.system()}",
               "threads": torch.get_num_threads(), "vae_round_trip_psnr_db": vae}  # fmt: skip
     if args.inpaint_per_style:

@@ -481,6 +481,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "proof-lora-runs": ("benchmarks/results/protection_proof_lora_runs.json", lambda d: proof_curve_table(d, "lora")),
     "style-judges": ("benchmarks/results/style_judges.json", style_judges_table),
     "demo-world": ("benchmarks/results/demo_world.json", demo_world_table),
+    "demo-world-v2": ("benchmarks/results/demo_world_v2.json", demo_world_table),
     "lora-mimicry": ("benchmarks/results/lora_artist_mimicry.json", lora_mimicry_table),
     "memorization-detection": ("benchmarks/results/memorization_demo.json", memorization_detection_table),
     "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),
