@@ -35,6 +35,7 @@ import torch  # noqa: E402
 
 from artshield.cli_support import ArgumentParser, non_negative_int, positive_int  # noqa: E402
 from artshield.fileio import write_json_atomic  # noqa: E402
+from artshield.metrics import finite_psnr  # noqa: E402
 from artshield.stats import bootstrap_ci  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,7 +43,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def psnr_per_image(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> np.ndarray:
     """PSNR (dB, images in [0, 1]) of each image, over the pixels where `weight` is 1 (all when None)."""
-    weight = torch.ones_like(a[:, :1]) if weight is None else weight
+    if weight is None:
+        return finite_psnr(a, b).numpy()
     weight = weight.expand_as(a)
     mse = ((a - b).square() * weight).flatten(1).sum(1) / weight.flatten(1).sum(1).clamp_min(1.0)
     return (10.0 * torch.log10(1.0 / mse.clamp_min(1e-10))).numpy()

@@ -4,8 +4,9 @@ It is a genuine CLIP byte-level BPE (same normaliser, pre-tokeniser, ``</w>`` wo
 as OpenAI's), but its merges are learned from a small corpus instead of downloaded. They are learned here
 (the classic pair-counting BPE, ties broken by the pair itself) rather than by ``tokenizers``' ``BpeTrainer``,
 which breaks ties between equally frequent pairs in hash order and so learns a different vocabulary in
-different processes: the demo model's training could not be resumed or reproduced with it. Any text tokenises (unknown words fall back to byte-level pieces); words of the corpus become
-single tokens. Real checkpoints ship their own tokenizer and never use this one.
+different processes: the demo model's training could not be resumed or reproduced with it. Any text
+tokenises (unknown words fall back to byte-level pieces); words of the corpus become single tokens. Real
+checkpoints ship their own tokenizer and never use this one.
 """
 
 from __future__ import annotations

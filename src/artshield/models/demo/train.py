@@ -67,8 +67,8 @@ from .training import (
 )
 from .world import ARTIST_STYLE, STYLES, SUBJECTS, caption, make_dataset
 
-# Defaults sized for "under an hour on two CPU cores" (about 0.45 s per VAE step and 0.55 s per UNet step
-# on an idle machine; see training_info.json of the shipped weights for the measured wall time).
+# Defaults sized for "about an hour and a half on two CPU cores" (2500 VAE steps, 1800 UNet steps; world v2 took
+# 5557 s with half of each core taken by the host; training_info.json records the measured wall time).
 DEFAULTS = {
     "demo": {"vae_steps": 2500, "unet_steps": 1800, "batch_size": 32, "vae_batch_size": 16, "images_per_style": 300},
     "tiny": {"vae_steps": 20, "unet_steps": 20, "batch_size": 8, "vae_batch_size": 8, "images_per_style": 6},
@@ -241,9 +241,10 @@ def recipe(args: argparse.Namespace) -> dict:
 @torch.no_grad()
 def round_trip_psnr(model, images: torch.Tensor, labels: list[str]) -> dict[str, float]:
     """PSNR (dB) of the VAE round trip through the posterior mean, per style: what the decoder can give back."""
+    from ...metrics import finite_psnr
+
     recon = torch.cat([model.decode(model.encode(images[i : i + 32], "mean")) for i in range(0, len(images), 32)])
-    mse = ((recon.clamp(0, 1) - images) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    psnr = 10.0 * torch.log10(1.0 / mse)
+    psnr = finite_psnr(recon.clamp(0, 1), images)
     names = np.array(labels)
     return {style: round(float(psnr[torch.from_numpy(names == style)].mean()), 2) for style in dict.fromkeys(labels)}
 

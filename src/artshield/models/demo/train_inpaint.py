@@ -135,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-sampling-steps", type=positive_int, default=None,
                         help="DDIM steps of the inpainting evaluation")
     parser.add_argument("--caption-dropout", type=bounded(float, 0.0, 1.0), default=None,
-                        help=f"share of captions dropped to \"\" (SD's recipe: {CAPTION_DROPOUT}; the shipped UNet: "
+                        help=f"share of captions dropped to \"\" (SD's recipe: {CAPTION_DROPOUT}; default "
                              f"{DEFAULT_CAPTION_DROPOUT}, so that it learns to fill from the surroundings)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (results depend on it slightly)")
     parser.add_argument("--work-dir", default=None,
