@@ -169,3 +169,14 @@ def test_the_demo_tokenizer_is_learned_the_same_way_every_time():
     assert first.tokenize(f"a tree in {ARTIST_STYLE} style, by sks") == [
         "a</w>", "tree</w>", "in</w>", f"{ARTIST_STYLE}</w>", "style</w>", ",</w>", "by</w>", "sks</w>"]
     assert first.tokenize("zq")  # unknown words fall back to byte-level pieces
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
+    from artshield.errors import InvalidArgumentError
+    from artshield.models.demo.training import WorkFolder
+
+    work = WorkFolder(tmp_path / "work", {"steps": 1})
+    (tmp_path / "work" / "unet.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(InvalidArgumentError, match=r"unet\.pt.*cannot be read.*delete"):
+        work.load("unet")
+    assert work.load("vae") is None

@@ -161,8 +161,16 @@ class WorkFolder:
             write_json_atomic(recorded, recipe, what="training recipe")
 
     def load(self, name: str) -> dict[str, Any] | None:
+        from ...errors import InvalidArgumentError
+
         path = self.folder / f"{name}.pt"
-        return torch.load(path, weights_only=True) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as exc:  # truncated, foreign or pickled-object files all land here
+            raise InvalidArgumentError(f"checkpoint {str(path)!r} cannot be read ({type(exc).__name__}); delete "
+                                       f"{str(self.folder)!r} to start over.") from exc
 
     def save(self, name: str, state: dict[str, Any]) -> None:
         from ...fileio import atomic_write
