@@ -18,7 +18,14 @@ Blocks and their sources:
   (``benchmarks/protect_methods.py --methods advdm diffusionguard``: DiffusionGuard on ``demo-inpaint``);
 * ``proof-sdedit``, ``proof-lora``, ``proof-inpaint``: ``benchmarks/results/protection_proof.json``, the
   ``results.json`` that ``examples/protection_proof.py`` writes (copy it there to commit it);
-* ``lora-mimicry``: ``benchmarks/results/lora_artist_mimicry.json`` (``examples/lora_artist_mimicry.py``'s
+* ``proof-lora-runs``: ``benchmarks/results/protection_proof_lora_runs.json`` (world v1);
+* ``proof-v2-sdedit``, ``proof-v2-inpaint``: ``benchmarks/results/protection_proof_v2.json``, and
+  ``proof-v2-lora-runs``: ``benchmarks/results/protection_proof_lora_runs_v2.json`` (``examples/protection_proof.py
+  --write-result``, on the shipped world v2; the commands are in the README);
+* ``style-judges``: ``benchmarks/results/style_judges.json`` (``benchmarks/style_judges.py``);
+* ``demo-world``, ``demo-world-v1``: ``benchmarks/results/demo_world.json`` (``benchmarks/demo_world.py``, the
+  shipped model) and ``demo_world_v1.json`` (the same script on the world-v1 weights shipped before 2026-12-03);
+* ``lora-mimicry``: ``benchmarks/results/lora_artist_mimicry_v2.json`` (``examples/lora_artist_mimicry.py``'s
   ``results.json``);
 * ``memorization-detection``, ``memorization-prune``: ``benchmarks/results/memorization_demo.json``
   (``examples/memorization_demo.py``'s ``results.json``);
@@ -216,6 +223,15 @@ def demo_world_table(data: dict) -> str:
             gain = gains.get(label)
             shown = f"{gain['mean']:+.2f} [{gain['ci'][0]:+.2f}, {gain['ci'][1]:+.2f}]" if gain else ""
             lines.append(f"| {label} | {cell(entry)} | {shown} |")
+    attack = data.get("encoder_attack")
+    if attack:
+        lines += ["", f"How attackable the encoder is ({attack['method']} encoder attack, {attack['strength']} budget, "
+                  f"{attack['steps']} steps, {attack['images']} artist renders): the latent moves by "
+                  f"{attack['latent_relative_shift']['mean']:.3f} [{attack['latent_relative_shift']['ci'][0]:.3f}, "
+                  f"{attack['latent_relative_shift']['ci'][1]:.3f}] of its norm; what the decoder draws from the "
+                  f"protected image is {cell(attack['decoded_psnr_protected_vs_clean_db'])} dB PSNR from what it "
+                  f"draws from the clean one (the perturbation itself: "
+                  f"{cell(attack['image_psnr_protected_vs_clean_db'])} dB)."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -479,10 +495,13 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "proof-lora": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "lora")),
     "proof-inpaint": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "inpaint")),
     "proof-lora-runs": ("benchmarks/results/protection_proof_lora_runs.json", lambda d: proof_curve_table(d, "lora")),
+    "proof-v2-sdedit": ("benchmarks/results/protection_proof_v2.json", lambda d: proof_table(d, "sdedit")),
+    "proof-v2-inpaint": ("benchmarks/results/protection_proof_v2.json", lambda d: proof_table(d, "inpaint")),
+    "proof-v2-lora-runs": ("benchmarks/results/protection_proof_lora_runs_v2.json", lambda d: proof_curve_table(d, "lora")),
     "style-judges": ("benchmarks/results/style_judges.json", style_judges_table),
     "demo-world": ("benchmarks/results/demo_world.json", demo_world_table),
-    "demo-world-v2": ("benchmarks/results/demo_world_v2.json", demo_world_table),
-    "lora-mimicry": ("benchmarks/results/lora_artist_mimicry.json", lora_mimicry_table),
+    "demo-world-v1": ("benchmarks/results/demo_world_v1.json", demo_world_table),
+    "lora-mimicry": ("benchmarks/results/lora_artist_mimicry_v2.json", lora_mimicry_table),
     "memorization-detection": ("benchmarks/results/memorization_demo.json", memorization_detection_table),
     "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),
     "fl-proof": ("benchmarks/results/fl_proof.json", fl_proof_table),

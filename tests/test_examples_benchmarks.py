@@ -249,19 +249,22 @@ def test_sd_scale_smoke(tmp_path):
 
 
 def test_demo_world_smoke(tmp_path):
-    """The VAE round trip per style and the inpainting check on a few images; the README table renders."""
+    """The VAE round trip per style, the encoder attack and the inpainting check on a few images; the README table
+    renders."""
     out = tmp_path / "demo_world.json"
     assert script("benchmarks/demo_world.py").main(["--per-style", "2", "--inpaint-per-style", "1", "--sampling-steps",
-                                                     "2", "--output", str(out)]) == 0  # fmt: skip
+                                                     "2", "--attack-steps", "2", "--output", str(out)]) == 0  # fmt: skip
     result = json.loads(out.read_text())
     per_style = result["vae_round_trip_psnr_db"]["per_style"]
     assert len(per_style) == 8 and all(entry["n"] == 2 and entry["mean"] > 5 for entry in per_style.values())
     fills = result["inpainting"]["psnr_masked_region_db"]
     assert set(fills) == {"prompt-only baseline", "trained", "trained, empty prompt", "VAE round trip (ceiling)"}
     assert fills["VAE round trip (ceiling)"]["mean"] > fills["prompt-only baseline"]["mean"]
+    attack = result["encoder_attack"]
+    assert attack["images"] == 2 and attack["latent_relative_shift"]["mean"] > 0
     assert (tmp_path / "demo_world.png").is_file()
     table = script("benchmarks/render_readme.py").demo_world_table(result)
-    assert "| PSNR |" in table and "| trained, empty prompt |" in table
+    assert "| PSNR |" in table and "| trained, empty prompt |" in table and "How attackable the encoder is" in table
 
 
 def test_style_judges_smoke(tmp_path):
