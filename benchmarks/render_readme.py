@@ -227,8 +227,8 @@ def demo_world_table(data: dict) -> str:
     if attack:
         lines += ["", f"How attackable the encoder is ({attack['method']} encoder attack, {attack['strength']} budget, "
                   f"{attack['steps']} steps, {attack['images']} artist renders): the latent moves by "
-                  f"{attack['latent_relative_shift']['mean']:.3f} [{attack['latent_relative_shift']['ci'][0]:.3f}, "
-                  f"{attack['latent_relative_shift']['ci'][1]:.3f}] of its norm; what the decoder draws from the "
+                  f"{attack['latent_relative_shift']['mean']:.2f} [{attack['latent_relative_shift']['ci'][0]:.2f}, "
+                  f"{attack['latent_relative_shift']['ci'][1]:.2f}] of its norm (mean [95 % bootstrap over images]); what the decoder draws from the "
                   f"protected image is {cell(attack['decoded_psnr_protected_vs_clean_db'])} dB PSNR from what it "
                   f"draws from the clean one (the perturbation itself: "
                   f"{cell(attack['image_psnr_protected_vs_clean_db'])} dB)."]  # fmt: skip

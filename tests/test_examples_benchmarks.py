@@ -196,6 +196,20 @@ def test_lora_artist_mimicry_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_lora_artist_mimicry_dreambooth_smoke(tmp_path):
+    """``--method dreambooth`` fine-tunes the whole UNet and generates from the pipeline it wrote."""
+    argv = [str(tmp_path), "--method", "dreambooth", "--num_images", "2", "--steps", "2", "--batch_size", "1",
+            "--resolution", "64", "--samples_per_prompt", "1", "--sampling_steps", "1"]
+    assert script("examples/lora_artist_mimicry.py").main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    training = results["training"]
+    assert training["method"] == "dreambooth" and training["rank"] is None and training["learning_rate"] == 1e-4
+    assert "--method dreambooth" in training["command"] and "--rank" not in training["command"]
+    assert (tmp_path / "dreambooth" / "unet" / "config.json").is_file()
+    assert results["artist_score"]["artist_prompts_after"]["n"] == 4
+
+
+@pytest.mark.slow
 def test_bayesian_vs_plain_smoke(tmp_path):
     argv = ["--output_dir", str(tmp_path), "--train_seeds", "0", "--max_train_steps", "2", "--validation_steps", "1",
             "--num_validation_images", "1", "--num_instance_images", "2", "--resolution", "64", "--in_process"]
