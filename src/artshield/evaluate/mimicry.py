@@ -281,7 +281,7 @@ class LoraMimicry(TextToImageMimicry):
     summary = "fine-tune a LoRA on the images (DreamBooth style), then generate from prompts"
 
     def __init__(self, model, *, instance_prompt: str = "a painting in sks style", steps: int = 800,
-                 learning_rate: float = 1e-3, rank: int = 16, batch_size: int = 4, train_text_encoder: bool = True,
+                 learning_rate: float = 3e-3, rank: int = 16, batch_size: int = 4, train_text_encoder: bool = True,
                  resolution: int | None = None, train_seeds: Iterable[int] | None = None,
                  checkpoints: Iterable[int] = (), **settings):
         super().__init__(model, **settings)
