@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from artshield.cli_support import ArgumentParser, positive_int
+from artshield.cli_support import ArgumentParser, positive_float, positive_int
 from artshield.fileio import write_json_atomic
 from artshield.finetune.train import parse_args as trainer_args
 from artshield.finetune.train import train
@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", choices=("lora", "dreambooth"), default="lora",
                         help="the mimic: a LoRA (default) or DreamBooth, which fine-tunes the whole UNet")
     parser.add_argument("--steps", type=positive_int, default=800, help="optimisation steps")
-    parser.add_argument("--learning_rate", type=float, default=None,
+    parser.add_argument("--learning_rate", type=positive_float, default=None,
                         help="default 3e-3 for lora, 1e-4 for dreambooth (the tiny demo UNet learns slowly at SD's rates)")
     parser.add_argument("--rank", type=positive_int, default=16, help="LoRA rank (lora only)")
     parser.add_argument("--batch_size", type=positive_int, default=4)
@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = train(trainer_args(trainer_argv))
     cpu_seconds, wall_seconds = time.process_time() - cpu_start, time.perf_counter() - wall_start
 
-    # 4. The same prompts and seeds with what training wrote, loaded the stock-diffusers way.
+    # 4. The same prompts and seeds with what training wrote: the LoRA loaded the stock-diffusers way, or the
+    #    DreamBooth output folder loaded as any diffusers checkpoint.
     if args.method == "lora":
         pipe.load_lora_weights(str(trained_dir))
     else:

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 from artshield.cli import main as artshield_main
-from artshield.cli_support import ArgumentParser, positive_int
+from artshield.cli_support import ArgumentParser, positive_float, positive_int
 from artshield.fileio import write_text_atomic
 from artshield.imageio import write_png
 from artshield.models.demo import DEMO_WEIGHTS
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-methods", default="advdm,photoguard-diffusion,mist,sds+,aspl", help="methods evaluated with LoRA mimicry (slow)")
     parser.add_argument("--lora-purify", default="none,diffpure", help="purifications for the LoRA evaluation")
     parser.add_argument("--lora-steps", type=positive_int, default=800)
-    parser.add_argument("--lora-lr", type=float, default=3e-3, help="the LoRA mimic's learning rate (default 3e-3: "
+    parser.add_argument("--lora-lr", type=positive_float, default=3e-3, help="the LoRA mimic's learning rate (default 3e-3: "
                         "on the demo world v2 it copies the artist in 800 steps, 1e-3 does not)")
     parser.add_argument("--train-seeds", default="0,1,2", help="LoRA training runs per cell (default 0,1,2)")
     parser.add_argument("--lora-checkpoints", help="training steps at which each LoRA run also generates (the "
