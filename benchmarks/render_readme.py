@@ -21,7 +21,8 @@ Blocks and their sources:
 * ``proof-lora-runs``: ``benchmarks/results/protection_proof_lora_runs.json`` (world v1);
 * ``proof-v2-sdedit``, ``proof-v2-inpaint``: ``benchmarks/results/protection_proof_v2.json``, and
   ``proof-v2-lora-runs``: ``benchmarks/results/protection_proof_lora_runs_v2.json`` (``examples/protection_proof.py
-  --write-result``, on the shipped world v2; the commands are in the README);
+  --write-result``, on the shipped world v2; the commands are in the README); ``proof-v2-lora-purified``:
+  ``benchmarks/results/protection_proof_lora_purified_v2.json`` (the LoRA mimic under purification, both judges);
 * ``style-judges``: ``benchmarks/results/style_judges.json`` (``benchmarks/style_judges.py``);
 * ``demo-world``, ``demo-world-v1``: ``benchmarks/results/demo_world.json`` (``benchmarks/demo_world.py``, the
   shipped model) and ``demo_world_v1.json`` (the same script on the world-v1 weights shipped before 2026-12-03);
@@ -118,11 +119,27 @@ def proof_table(results: dict, mimicry: str) -> str:
     """One mimicry attack of ``examples/protection_proof.py``'s ``results.json``: method × purification →
     headline score (interval); the worst case, plain and net of the purification."""
     entry = results["mimicry"][mimicry]
-    score, summary, specs = entry["headline_score"], entry["scores"], entry["purifications"]
+    return summary_table(f"{mimicry}: {entry['headline_score']} of the mimic's outputs (lower = mimicry spoiled)",
+                         entry["scores"], entry["purifications"], entry["quality"])
+
+
+def proof_judges_table(results: dict, mimicry: str) -> str:
+    """Every judge's method × purification table at the last checkpoint of a mimicry attack run over training
+    runs (``examples/protection_proof.py --train-seeds … --lora-checkpoints …``)."""
+    entry = results["mimicry"][mimicry]
+    step = max(entry["curve"], key=int)
+    return "\n\n".join(summary_table(f"{mimicry}, step {step}: {score} of the mimic's outputs (lower = mimicry spoiled)",
+                                     summary, entry["purifications"], entry["quality"])
+                       for score, summary in entry["curve"][step].items())  # fmt: skip
+
+
+def summary_table(title: str, summary: dict, specs: list[str], quality: dict) -> str:
+    """One score's table: the clean images' score under each purification, then per protected set its image
+    quality, its score under each purification (interval), and the worst-case effect, plain and net of the
+    purification."""
     conditions = summary["conditions"]
     clean = conditions["clean+none"]
-    lines = [f"{mimicry}: {score} of the mimic's outputs (lower = mimicry spoiled); clean images **{clean['value']:.3f}** "
-             f"[{clean['ci95'][0]:.3f}, {clean['ci95'][1]:.3f}]", "",
+    lines = [f"{title}; clean images **{clean['value']:.3f}** [{clean['ci95'][0]:.3f}, {clean['ci95'][1]:.3f}]", "",
              "| images | PSNR | SSIM | " + " | ".join(specs) + " | worst-case effect | net of purification |",
              "|---|---|---|" + "---|" * len(specs) + "---|---|",
              "| clean | | | " + " | ".join(f"{conditions[f'clean+{p}']['value']:.3f}" if f"clean+{p}" in conditions else ""
@@ -134,11 +151,11 @@ def proof_table(results: dict, mimicry: str) -> str:
                 f"({cell['purification']}){mark}")
 
     for label, protection in summary["protection"].items():
-        quality = entry["quality"][label]
+        image_quality = quality[label]
         cells = [f"{p['value']:.3f} [{p['ci95'][0]:.2f}, {p['ci95'][1]:.2f}]" for p in protection["per_purification"].values()]
         net = protection.get("worst_case_vs_purified_clean")
-        lines.append(f"| {label} | {quality['psnr_db']['mean']:.1f} | {quality['ssim']['mean']:.3f} | " + " | ".join(cells)
-                     + f" | {effect(protection['worst_case'])} | {effect(net) if net else '–'} |")
+        lines.append(f"| {label} | {image_quality['psnr_db']['mean']:.1f} | {image_quality['ssim']['mean']:.3f} | "
+                     + " | ".join(cells) + f" | {effect(protection['worst_case'])} | {effect(net) if net else '–'} |")
     return "\n".join(lines)
 
 
@@ -498,6 +515,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "proof-v2-sdedit": ("benchmarks/results/protection_proof_v2.json", lambda d: proof_table(d, "sdedit")),
     "proof-v2-inpaint": ("benchmarks/results/protection_proof_v2.json", lambda d: proof_table(d, "inpaint")),
     "proof-v2-lora-runs": ("benchmarks/results/protection_proof_lora_runs_v2.json", lambda d: proof_curve_table(d, "lora")),
+    "proof-v2-lora-purified": ("benchmarks/results/protection_proof_lora_purified_v2.json",
+                               lambda d: proof_judges_table(d, "lora")),
     "style-judges": ("benchmarks/results/style_judges.json", style_judges_table),
     "demo-world": ("benchmarks/results/demo_world.json", demo_world_table),
     "demo-world-v1": ("benchmarks/results/demo_world_v1.json", demo_world_table),

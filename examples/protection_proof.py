@@ -117,12 +117,18 @@ def summary(report: dict, mimicry: str) -> dict:
 
 def montage(eval_dir: Path, report: dict, mimicry: str) -> torch.Tensor:
     """The report's image grids stacked: the clean inputs, then what the mimic made from each unpurified input set
-    (clean first; with a checkpoint curve, the last step's outputs)."""
+    (clean first; with a checkpoint curve, the last step's outputs); then, per purification, the clean inputs as
+    purified and what the mimic made from each purified set."""
     from artshield.imageio import read_image
 
     cells = report["mimicry"][mimicry]["conditions"]
-    rows = [read_image(eval_dir / cells["clean+none"]["input_grid"]).rgb[0]]
-    rows += [read_image(eval_dir / cell["grid"]).rgb[0] for name, cell in cells.items() if name.endswith("+none")]
+    purifications = list(dict.fromkeys(name.rpartition("+")[2] for name in cells))
+    purifications.sort(key=lambda spec: spec != "none")
+    rows = []
+    for spec in purifications:
+        if f"clean+{spec}" in cells:
+            rows.append(read_image(eval_dir / cells[f"clean+{spec}"]["input_grid"]).rgb[0])
+        rows += [read_image(eval_dir / cell["grid"]).rgb[0] for name, cell in cells.items() if name.endswith(f"+{spec}")]
     width = max(row.shape[-1] for row in rows)
     padded = [torch.nn.functional.pad(row, (0, width - row.shape[-1]), value=1.0) for row in rows]
     return torch.cat(padded, dim=1)

@@ -173,11 +173,32 @@ def test_protection_proof_lora_curve_smoke(tmp_path):
     table = script("benchmarks/render_readme.py").proof_curve_table(results, "lora")
     assert table.startswith("lora over 2 training runs (seed0, seed1)") and "| 1 |" in table and "| 2 |" in table
     assert "structure_score:" in table
+    judges = script("benchmarks/render_readme.py").proof_judges_table(results, "lora")
+    assert judges.startswith("lora, step 2: artist_score") and "lora, step 2: structure_score" in judges
+    assert judges.count("| advdm |") == 2  # one row per judge
     picture = np.asarray(Image.open(written.with_suffix(".png")))
     from artshield.evaluate.report import THUMB
 
     assert picture.shape[0] == 3 * THUMB  # the clean inputs, then the mimic's outputs from clean and from advdm
     assert table in (tmp_path / "run" / "tables.md").read_text()
+
+
+def test_protection_proof_montage_shows_each_purification(tmp_path):
+    """Rows: the clean inputs and every unpurified set's outputs, then per purification the purified clean
+    inputs and every purified set's outputs, so the README's montage shows what a purified mimic made."""
+    order = ["in:clean+none", "clean+none", "advdm+none", "in:clean+jpeg75", "clean+jpeg75", "advdm+jpeg75"]
+    conditions = {}
+    for k, name in enumerate(order):
+        grid = tmp_path / f"{k}.png"
+        Image.new("RGB", (8, 4), (10 * k, 0, 0)).save(grid)
+        key = name.removeprefix("in:")
+        conditions.setdefault(key, {})["input_grid" if name.startswith("in:") else "grid"] = grid.name
+    report = {"mimicry": {"lora": {"conditions": {key: conditions[key] for key in
+                                                  ("clean+none", "clean+jpeg75", "advdm+none", "advdm+jpeg75")}}}}
+    picture = script("examples/protection_proof.py").montage(tmp_path, report, "lora")
+    assert tuple(picture.shape) == (3, 4 * len(order), 8)
+    reds = [round(float(picture[0, 4 * k, 0]) * 255) for k in range(len(order))]
+    assert reds == [10 * k for k in range(len(order))]
 
 
 @pytest.mark.slow
