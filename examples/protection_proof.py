@@ -128,7 +128,8 @@ def montage(eval_dir: Path, report: dict, mimicry: str) -> torch.Tensor:
     for spec in purifications:
         if f"clean+{spec}" in cells:
             rows.append(read_image(eval_dir / cells[f"clean+{spec}"]["input_grid"]).rgb[0])
-        rows += [read_image(eval_dir / cell["grid"]).rgb[0] for name, cell in cells.items() if name.endswith(f"+{spec}")]
+        rows += [read_image(eval_dir / cell["grid"]).rgb[0] for name, cell in cells.items()
+                 if name.rpartition("+")[2] == spec]
     width = max(row.shape[-1] for row in rows)
     padded = [torch.nn.functional.pad(row, (0, width - row.shape[-1]), value=1.0) for row in rows]
     return torch.cat(padded, dim=1)
