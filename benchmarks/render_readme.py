@@ -22,7 +22,8 @@ Blocks and their sources:
 * ``proof-v2-sdedit``, ``proof-v2-inpaint``: ``benchmarks/results/protection_proof_v2.json``, and
   ``proof-v2-lora-runs``: ``benchmarks/results/protection_proof_lora_runs_v2.json`` (``examples/protection_proof.py
   --write-result``, on the shipped world v2; the commands are in the README); ``proof-v2-lora-purified``:
-  ``benchmarks/results/protection_proof_lora_purified_v2.json`` (the LoRA mimic under purification, both judges);
+  ``benchmarks/results/protection_proof_lora_purified_v2.json`` (the LoRA mimic under purification, both judges),
+  ``proof-v2-lora-diffpure``: ``benchmarks/results/protection_proof_lora_diffpure_v2.json`` (the same under DiffPure);
 * ``style-judges``: ``benchmarks/results/style_judges.json`` (``benchmarks/style_judges.py``);
 * ``demo-world``, ``demo-world-v1``: ``benchmarks/results/demo_world.json`` (``benchmarks/demo_world.py``, the
   shipped model) and ``demo_world_v1.json`` (the same script on the world-v1 weights shipped before 2026-12-03);
@@ -366,19 +367,19 @@ def sd_scale_table(data: dict) -> str:
     where = "GPU" if str(data["device"]).startswith("cuda") else f"{data.get('cpus', '?')}-core CPU"
     lines = [f"`{data['arch']}` (random weights, the real configs) on a {where} ({data.get('cpu', '?')}), torch "
              f"{data['torch']}; medians of {data['repeats']} alternating rounds, seconds per step; one image, one tile, "
-             f"L∞ 8/255.", ""]
+             f"L∞ 8/255." + (f" Conditions: {data['note']}" if data.get("note") else ""), ""]
 
     def cell(medians: dict, key: str) -> str:
         return f"{medians[key]:.2f}" if key in medians else "–"
 
     knob_rows = [(size, data[size]["knobs"]["median_s"]) for size in sizes if data[size].get("knobs", {}).get("median_s")]
     if knob_rows:
-        knobs = ["fp32", "bf16", "bf16-cl", "fp32-cl", "bf16-lm"]
-        lines += ["| step | fp32 (exact) | bf16 autocast | bf16 + channels-last VAE | fp32 + channels-last VAE | "
-                  "bf16 + `--low-memory` | best / fp32 |", "|---|---|---|---|---|---|---|"]
+        knobs = ["fp32", "bf16", "bf16-cl", "bf16-cl2", "fp32-cl", "bf16-lm"]  # all but the last keep full memory
+        lines += ["| step | fp32 (exact) | bf16 autocast | bf16 + channels-last VAE | bf16 + channels-last VAE and UNet | "
+                  "fp32 + channels-last VAE | bf16 + `--low-memory` | best / fp32 |", "|---|---|---|---|---|---|---|---|"]
         for size, medians in knob_rows:
             for method in sorted({k.split("/")[1] for k in medians}, key=lambda m: (m != "advdm", m)):
-                values = [medians[f"{k}/{method}"] for k in knobs[:4] if f"{k}/{method}" in medians]
+                values = [medians[f"{k}/{method}"] for k in knobs[:-1] if f"{k}/{method}" in medians]
                 best = min(values) / medians[f"fp32/{method}"] if f"fp32/{method}" in medians else float("nan")
                 lines.append(f"| {method} {size}² | " + " | ".join(cell(medians, f"{k}/{method}") for k in knobs)
                              + f" | {best:.2f} |")
@@ -420,6 +421,13 @@ def sd_scale_table(data: dict) -> str:
             exact = block["components"].get("bf16_stored_unet_grad_max_abs_diff")
             exact_text = "" if exact is None else f", UNet input gradient of the last vs bf16: max |Δ| {exact:g}"
             notes.append(f"{size}²: {split} s ({legend}{exact_text})")
+        attention = block.get("attention", {})
+        if attention.get("median_s"):
+            kernels = ", ".join(f"{k} {v:.3f}" for k, v in attention.get("median_s", {}).items())
+            shape = "×".join(map(str, attention["self_attention_shape"]))
+            share = attention.get("unet_attention_share")
+            share_text = "" if share is None else f"attention is {100 * share:.0f} % of the UNet's fwd+bwd; "
+            notes.append(f"{size}²: {share_text}its largest self-attention ({shape}) fwd+bwd: {kernels} s")
         overhead = block.get("overhead", {})
         if "ratio" in overhead:
             notes.append(f"{size}²: engine / bare loop {overhead['ratio']:.3f}")
@@ -516,6 +524,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "proof-v2-inpaint": ("benchmarks/results/protection_proof_v2.json", lambda d: proof_table(d, "inpaint")),
     "proof-v2-lora-runs": ("benchmarks/results/protection_proof_lora_runs_v2.json", lambda d: proof_curve_table(d, "lora")),
     "proof-v2-lora-purified": ("benchmarks/results/protection_proof_lora_purified_v2.json",
+                               lambda d: proof_judges_table(d, "lora")),
+    "proof-v2-lora-diffpure": ("benchmarks/results/protection_proof_lora_diffpure_v2.json",
                                lambda d: proof_judges_table(d, "lora")),
     "style-judges": ("benchmarks/results/style_judges.json", style_judges_table),
     "demo-world": ("benchmarks/results/demo_world.json", demo_world_table),

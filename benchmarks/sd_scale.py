@@ -10,13 +10,16 @@ hits them alike. A step's time is the gap between the engine's progress callback
 Sections (``--sections``, default all):
 
 * ``knobs``: AdvDM and SDS+ steps under each precision/layout knob: ``fp32`` (exact, the old default),
-  ``bf16`` (autocast over fp32 weights), ``bf16-cl`` (and channels-last VAE weights), ``fp32-cl``, ``bf16-lm``
-  (bf16 with ``--low-memory``'s gradient checkpointing);
+  ``bf16`` (autocast over fp32 weights), ``bf16-cl`` (and channels-last VAE weights), ``bf16-cl2`` (the UNet's
+  too), ``fp32-cl``, ``bf16-lm`` (bf16 with ``--low-memory``'s gradient checkpointing);
 * ``allocator``: the same AdvDM/SDS+ steps in one subprocess with glibc's defaults and one with
   :func:`artshield.allocator.keep_freed_memory` (what every command applies), alternating subprocesses;
 * ``methods``: every method's step at the defaults ``load()`` picks on this machine (+ the allocator);
 * ``components``: VAE encoder and UNet forward, and forward + input-gradient, fp32 vs bf16 vs bf16 with the
   weights handed to autocast already in bf16 (``bf16-stored``, not adopted; its gradient difference is recorded);
+* ``attention``: the share of a bf16 UNet forward + input-gradient spent in attention (the profiler's self time of
+  the scaled-dot-product kernels), and the UNet's largest self-attention alone, forward + backward, under PyTorch's
+  flash kernel, the matrix-product kernel, and the flash kernel with the head dimension zero-padded (48, 64);
 * ``fidelity``: cosine of bf16's input gradient (AdvDM and SDS+ objectives) to fp32's, on this model and the
   demo model;
 * ``overhead``: an AdvDM step through the engine vs the bare loop of ``engine_overhead.py`` (same knobs);
@@ -57,27 +60,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # memory_probe, beside
 from memory_probe import malloc_trim, proc_status_kb, reset_peak_rss  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("knobs", "allocator", "methods", "components", "fidelity", "overhead", "memory")
-KNOBS = {  # name -> (compute dtype, channels-last VAE, gradient checkpointing)
-    "fp32": ("fp32", False, False),
-    "bf16": ("bf16", False, False),
-    "bf16-cl": ("bf16", True, False),
-    "fp32-cl": ("fp32", True, False),
-    "bf16-lm": ("bf16", False, True),
+SECTIONS = ("knobs", "allocator", "methods", "components", "attention", "fidelity", "overhead", "memory")
+KNOBS = {  # name -> (compute dtype, channels-last VAE, channels-last UNet, gradient checkpointing)
+    "fp32": ("fp32", False, False, False),
+    "bf16": ("bf16", False, False, False),
+    "bf16-cl": ("bf16", True, False, False),
+    "bf16-cl2": ("bf16", True, True, False),
+    "fp32-cl": ("fp32", True, False, False),
+    "bf16-lm": ("bf16", False, False, True),
 }
 METHODS = ("advdm", "sds+", "sds-", "photoguard", "mist", "mist-lunet")
 SETTINGS = {"eps": 8 / 255, "step_size": 1 / 255, "norm": "linf", "samples_per_step": 1, "seed": 0}
 
 
 # ============================================================================ the model
-def build_model(arch: str, device: str, dtype: str = "auto", compute: str = "auto", channels_last: bool | None = None):
+def build_model(arch: str, device: str, dtype: str = "auto", compute: str = "auto"):
     """A random-initialised model of `arch` ("sd15", "sd21", "demo", "tiny"), or the trained demo model for
-    ``"demo-trained"``, on `device` with the precision policy `load()` would apply (or the one given)."""
+    ``"demo-trained"``, on `device` with the precision and layout policy `load()` would apply (or the precision
+    given)."""
 
     from artshield.models import DiffusionModel, load
     from artshield.models.demo.architecture import PREDICTION_TYPES, build_components
     from artshield.models.demo.tokenizer import build_tokenizer
-    from artshield.models.device import resolve_compute_dtype, resolve_device, resolve_dtype
+    from artshield.models.device import (
+        prefers_channels_last,
+        resolve_compute_dtype,
+        resolve_device,
+        resolve_dtype,
+    )
 
     if arch == "demo-trained":
         model = load("demo", device=device, dtype=dtype, compute_dtype=compute)
@@ -89,17 +99,17 @@ def build_model(arch: str, device: str, dtype: str = "auto", compute: str = "aut
         weights = resolve_dtype(None if dtype == "auto" else dtype, where)
         model.to(where, weights).freeze()
         model.compute_dtype = resolve_compute_dtype(compute, where, weights, sum(p.numel() for p in model.unet.parameters()))
-    if channels_last is not None:
-        model.use_channels_last(vae=channels_last)
+        if prefers_channels_last(where, model.compute_dtype):  # as load() does
+            model.use_channels_last(vae=True, unet=True)
     return model
 
 
 def set_knob(model, knob: str) -> None:
     import torch
 
-    compute, channels_last, low_memory = KNOBS[knob]
+    compute, vae_channels_last, unet_channels_last, low_memory = KNOBS[knob]
     model.compute_dtype = torch.bfloat16 if compute == "bf16" else None
-    model.use_channels_last(vae=channels_last)
+    model.use_channels_last(vae=vae_channels_last, unet=unet_channels_last)
     model.enable_low_memory(low_memory)
 
 
@@ -221,6 +231,70 @@ def worker_components(args) -> dict:
     return out
 
 
+def worker_attention(args) -> dict:
+    """Where the UNet's time goes in attention, and whether another attention kernel would be faster."""
+    import math
+
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.profiler import ProfilerActivity, profile
+
+    model = build_model(args.arch, args.device)
+    latents = model.encode(images_for(model, args.size), mode="mean").detach()
+    embeds = model.embed_prompt("a painting", batch_size=1)
+    t = torch.tensor([500], device=model.device)
+
+    def unet() -> None:
+        z = latents.clone().requires_grad_(True)
+        torch.autograd.grad(model.predict_noise(z, t, embeds).float().square().mean(), z)
+
+    unet()  # warm-up
+    share = None
+    if model.device.type == "cpu":  # on CUDA the CPU profile would time kernel launches, not kernels
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            unet()
+        events = prof.key_averages()
+        total = sum(e.self_cpu_time_total for e in events)
+        share = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key) / total if total else None
+
+    # The largest self-attention of the UNet: the first down block's, over every latent position.
+    block = model.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1
+    heads, width = block.heads, block.inner_dim
+    tokens = latents.shape[-2] * latents.shape[-1]
+    dtype = model.compute_dtype or model.dtype
+    generator = torch.Generator(model.device).manual_seed(0)
+    q, k, v = (torch.randn(1, heads, tokens, width // heads, generator=generator, device=model.device, dtype=dtype)
+               for _ in range(3))  # fmt: skip
+
+    def attend(backend, pad: int | None) -> float:
+        qq, kk, vv = (x.detach().clone().requires_grad_(True) for x in (q, k, v))
+        sync(model)
+        start = time.perf_counter()
+        a, b, c = ((torch.nn.functional.pad(x, (0, pad - x.shape[-1])) for x in (qq, kk, vv)) if pad else (qq, kk, vv))
+        with sdpa_kernel(backend):
+            out = torch.nn.functional.scaled_dot_product_attention(a, b, c, scale=1 / math.sqrt(q.shape[-1]))
+        out[..., : q.shape[-1]].float().square().sum().backward()
+        sync(model)
+        return time.perf_counter() - start
+
+    head_dim = width // heads
+    variants = {"flash": (SDPBackend.FLASH_ATTENTION, None), "math": (SDPBackend.MATH, None),
+                **{f"flash-pad{p}": (SDPBackend.FLASH_ATTENTION, p) for p in (48, 64) if p > head_dim}}  # fmt: skip
+    if model.device.type == "cuda":
+        variants["efficient"] = (SDPBackend.EFFICIENT_ATTENTION, None)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for repeat in range(args.repeats + 1):
+        for name, (backend, pad) in variants.items():
+            try:
+                seconds = attend(backend, pad)
+            except RuntimeError:  # a backend this build or device lacks
+                continue
+            if repeat:
+                times[name].append(seconds)
+    return {"size": args.size, "unet_attention_share": share,
+            "self_attention_shape": [1, heads, tokens, head_dim], "dtype": str(dtype), "times": times}
+
+
 def worker_fidelity(args) -> dict:
     """Cosine similarity of the bf16-autocast input gradient to the fp32 one (same t, noise and latent draw)."""
     import torch
@@ -303,7 +377,7 @@ def worker_memory(args) -> dict:
             "measure": measure, "s_per_step": statistics.median(seconds) if seconds else None}
 
 
-WORKERS = {"time": worker_time, "components": worker_components, "fidelity": worker_fidelity,
+WORKERS = {"time": worker_time, "components": worker_components, "attention": worker_attention, "fidelity": worker_fidelity,
            "overhead": worker_overhead, "memory": worker_memory}
 
 
@@ -392,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         block: dict = dict(previous.get(str(size), {}))
         if "knobs" in args.sections and not cuda:
             # Every knob on AdvDM; SDS+ (no UNet backward) under the precision and layout knobs.
-            variants = [f"{k}/{m}" for m in core for k in KNOBS if m == core[0] or k in ("fp32", "bf16", "bf16-cl")]
+            variants = [f"{k}/{m}" for m in core for k in KNOBS if m == core[0] or k in ("fp32", "bf16", "bf16-cl", "bf16-cl2")]
             row = run_worker(args, "time", size, variants=variants)
             block["knobs"] = {**row, "median_s": medians(row.get("times", {}))}
             _print_medians(f"{size}px knobs", block["knobs"]["median_s"])
@@ -417,6 +491,12 @@ def main(argv: list[str] | None = None) -> int:
             row = run_worker(args, "components", size)
             block["components"] = {**row, "median_s": medians(row.get("times", {}))}
             _print_medians(f"{size}px components", block["components"]["median_s"])
+        if "attention" in args.sections:
+            row = run_worker(args, "attention", size)
+            block["attention"] = {**row, "median_s": medians(row.get("times", {}))}
+            share = row.get("unet_attention_share")
+            print(f"  {size}px attention: {share if share is None else round(100 * share)} % of the UNet; "
+                  + ", ".join(f"{k} {v:.3f} s" for k, v in block["attention"]["median_s"].items()), flush=True)
         if "fidelity" in args.sections and not cuda:
             block["fidelity"] = [run_worker(args, "fidelity", size)]
             if size == min(args.sizes):

@@ -269,7 +269,10 @@ def test_sd_scale_smoke(tmp_path):
     assert module.main([*base, "--sections", "knobs"]) == 0
     assert module.main([*base, "--sections", "memory", "--update"]) == 0
     assert module.main([*base, "--sections", "components", "--update"]) == 0
+    assert module.main([*base, "--sections", "attention", "--update"]) == 0
     result = json.loads(out.read_text())
+    attention = result["32"]["attention"]
+    assert 0 < attention["unet_attention_share"] < 1 and attention["median_s"]["flash"] > 0
     components = result["32"]["components"]
     assert "bf16-stored/unet_forward_backward" in components["median_s"]
     # Handing autocast weights already in bf16 is what it does itself: the same input gradient, bit for bit.
@@ -280,7 +283,7 @@ def test_sd_scale_smoke(tmp_path):
     memory = {row["low_memory"]: row for row in block["memory"]}
     assert set(memory) == {False, True} and all(row["peak_above_model_mb"] >= 0 for row in memory.values())
     table = script("benchmarks/render_readme.py").sd_scale_table(result)
-    assert "| advdm 32² |" in table and "| advdm | 32² |" in table
+    assert "| advdm 32² |" in table and "| advdm | 32² |" in table and "% of the UNet's fwd+bwd" in table
 
 
 def test_demo_world_smoke(tmp_path):

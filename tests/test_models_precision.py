@@ -140,9 +140,20 @@ def test_protect_records_the_precision_and_memory_mode(tiny_model_dir, tmp_path)
     assert report["compute_dtype"] == "float32" and report["low_memory"] is True
 
 
-def test_bf16_autocast_on_the_cpu_brings_channels_last_vae_weights(tiny_model_dir):
+def test_bf16_autocast_on_the_cpu_brings_channels_last_weights(tiny_model_dir):
     fast = load(str(tiny_model_dir), device="cpu", dtype="fp32", compute_dtype="bf16")
     assert fast.vae.encoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
-    assert fast.unet.conv_in.weight.is_contiguous()  # the UNet was not faster channels-last
+    assert fast.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     exact = load(str(tiny_model_dir), device="cpu", dtype="fp32", compute_dtype="fp32")
-    assert exact.vae.encoder.conv_in.weight.is_contiguous()
+    assert exact.vae.encoder.conv_in.weight.is_contiguous() and exact.unet.conv_in.weight.is_contiguous()
+
+
+def test_channels_last_unet_changes_layout_not_values(tiny_model_dir):
+    model = load(str(tiny_model_dir), device="cpu", dtype="fp32", compute_dtype="fp32")
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    embeds = model.embed_prompt("a painting", batch_size=1)
+    t = torch.tensor([500])
+    before = model.predict_noise(latents, t, embeds)
+    model.use_channels_last(vae=False, unet=True)
+    assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(model.predict_noise(latents, t, embeds), before, atol=1e-5)

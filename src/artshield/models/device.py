@@ -126,7 +126,8 @@ def resolve_compute_dtype(
 
 
 def prefers_channels_last(device: torch.device, compute_dtype: torch.dtype | None) -> bool:
-    """Whether the VAE's weights go channels-last by default: on the CPU under bf16 autocast, where
-    ``benchmarks/sd_scale.py`` measured oneDNN's NHWC convolutions faster (an SD-size AdvDM step at 256²: 3.73 s
-    against 4.16 s); in fp32 it made no difference and on GPUs it is not measured here."""
+    """Whether the VAE's and UNet's weights go channels-last by default: on the CPU under bf16 autocast, where
+    ``benchmarks/sd_scale.py`` measured oneDNN's NHWC convolutions faster (an SD-size AdvDM step at 512²: 11.2 s
+    NCHW, 10.1 s with the VAE channels-last, 9.2 s with the UNet too; at 256² 2.22, 2.22, 2.05 s); in fp32 it
+    made no difference and on GPUs it is not measured here."""
     return device.type == "cpu" and compute_dtype == torch.bfloat16

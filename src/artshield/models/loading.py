@@ -148,7 +148,7 @@ def load(
         compute_dtype, device, dtype, parameters=sum(p.numel() for p in model.unet.parameters())
     )
     if prefers_channels_last(device, model.compute_dtype):
-        model.use_channels_last(vae=True)
+        model.use_channels_last(vae=True, unet=True)
     return model.enable_low_memory() if low_memory else model
 
 
