@@ -157,3 +157,25 @@ def test_channels_last_unet_changes_layout_not_values(tiny_model_dir):
     model.use_channels_last(vae=False, unet=True)
     assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(model.predict_noise(latents, t, embeds), before, atol=1e-5)
+
+
+def test_lora_trains_saves_and_applies_on_channels_last_weights(tiny_model_dir, tmp_path):
+    """Under CPU bf16 autocast both the VAE and the UNet are channels-last: adapters must still train, save
+    (safetensors refuses non-contiguous tensors) and apply to a fresh copy."""
+    from artshield.finetune import LocalTrainer
+    from artshield.finetune.saving import save_lora
+
+    model = load(str(tiny_model_dir), device="cpu", dtype="fp32", compute_dtype="bf16")
+    assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    trainer = LocalTrainer(model, rank=4, learning_rate=0.05, resolution=32, train_text_encoder=True, seed=0)
+    trainer.train_steps(list(images), 2, prompt="a painting")
+    save_lora(tmp_path / "lora", model.unet, model.text_encoder)
+
+    base = load(str(tiny_model_dir), device="cpu", dtype="fp32", compute_dtype="bf16")
+    adapted = base.with_lora(tmp_path / "lora")
+    latents = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(5))
+    t = torch.tensor([300])
+    plain = base.predict_noise(latents, t, base.embed_prompt("a painting", batch_size=1))
+    changed = adapted.predict_noise(latents, t, adapted.embed_prompt("a painting", batch_size=1))
+    assert torch.isfinite(changed).all() and not torch.allclose(plain, changed)
