@@ -82,12 +82,7 @@ def build_model(arch: str, device: str, dtype: str = "auto", compute: str = "aut
     from artshield.models import DiffusionModel, load
     from artshield.models.demo.architecture import PREDICTION_TYPES, build_components
     from artshield.models.demo.tokenizer import build_tokenizer
-    from artshield.models.device import (
-        prefers_channels_last,
-        resolve_compute_dtype,
-        resolve_device,
-        resolve_dtype,
-    )
+    from artshield.models.device import resolve_compute_dtype, resolve_device, resolve_dtype
 
     if arch == "demo-trained":
         model = load("demo", device=device, dtype=dtype, compute_dtype=compute)
@@ -99,8 +94,7 @@ def build_model(arch: str, device: str, dtype: str = "auto", compute: str = "aut
         weights = resolve_dtype(None if dtype == "auto" else dtype, where)
         model.to(where, weights).freeze()
         model.compute_dtype = resolve_compute_dtype(compute, where, weights, sum(p.numel() for p in model.unet.parameters()))
-        if prefers_channels_last(where, model.compute_dtype):  # as load() does
-            model.use_channels_last(vae=True, unet=True)
+        model.use_preferred_layout()  # as load() does
     return model
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from ..errors import IncompatibleModelError, InvalidArgumentError, ModelLoadError, ModelNotFoundError
+from .device import prefers_channels_last
 from .hub import first_line
 
 LatentMode = str  # "sample" (draw from the VAE posterior) or "mean" (its mean)
@@ -134,6 +135,12 @@ class DiffusionModel:
         for module, wanted in ((self.vae, vae), (self.unet, unet)):
             module.to(memory_format=torch.channels_last if wanted else torch.contiguous_format)
         return self
+
+    def use_preferred_layout(self) -> DiffusionModel:
+        """Store the weights in the layout measured fastest for this device and compute dtype
+        (:func:`~artshield.models.device.prefers_channels_last`); what :func:`~artshield.models.load` applies."""
+        wanted = prefers_channels_last(self.device, self.compute_dtype)
+        return self.use_channels_last(vae=wanted, unet=wanted)
 
     def clear_prompt_cache(self) -> None:
         """Forget cached prompt embeddings (call after changing the text encoder's weights)."""

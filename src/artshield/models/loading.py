@@ -36,7 +36,7 @@ from .components import (
     quiet_loading,
     transformers_dtype_kwarg,
 )
-from .device import prefers_channels_last, resolve_compute_dtype, resolve_device, resolve_dtype
+from .device import resolve_compute_dtype, resolve_device, resolve_dtype
 from .handle import DiffusionModel
 from .hub import first_line, hub_error_message, hub_errors, hub_online, looks_like_hub_id
 from .single_file import load_single_file
@@ -147,8 +147,7 @@ def load(
     model.compute_dtype = resolve_compute_dtype(
         compute_dtype, device, dtype, parameters=sum(p.numel() for p in model.unet.parameters())
     )
-    if prefers_channels_last(device, model.compute_dtype):
-        model.use_channels_last(vae=True, unet=True)
+    model.use_preferred_layout()
     return model.enable_low_memory() if low_memory else model
 
 
