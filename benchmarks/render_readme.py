@@ -23,7 +23,9 @@ Blocks and their sources:
   ``proof-v2-lora-runs``: ``benchmarks/results/protection_proof_lora_runs_v2.json`` (``examples/protection_proof.py
   --write-result``, on the shipped world v2; the commands are in the README); ``proof-v2-lora-purified``:
   ``benchmarks/results/protection_proof_lora_purified_v2.json`` (the LoRA mimic under purification, both judges),
-  ``proof-v2-lora-diffpure``: ``benchmarks/results/protection_proof_lora_diffpure_v2.json`` (the same under DiffPure);
+  ``proof-v2-lora-diffpure``: ``benchmarks/results/protection_proof_lora_diffpure_v2.json`` (the same under DiffPure),
+  ``proof-v2-lora-six-runs``: ``benchmarks/results/protection_proof_lora_six_runs_v2.json`` (every LoRA cell over six
+  training runs on one machine);
 * ``style-judges``: ``benchmarks/results/style_judges.json`` (``benchmarks/style_judges.py``);
 * ``demo-world``, ``demo-world-v1``: ``benchmarks/results/demo_world.json`` (``benchmarks/demo_world.py``, the
   shipped model) and ``demo_world_v1.json`` (the same script on the world-v1 weights shipped before 2026-12-03);
@@ -190,6 +192,26 @@ def proof_curve_table(results: dict, mimicry: str) -> str:
                 effects.append(f"{worst['effect']:+.3f} [{worst['effect_ci95'][0]:+.3f}, {worst['effect_ci95'][1]:+.3f}]{mark}")
             lines.append(f"| {step} | {value(summary['conditions']['clean+none'])} | " + " | ".join(protected) + " | "
                          + " | ".join(effects) + " |")
+    return "\n".join(lines)
+
+
+def proof_per_run_table(results: dict, mimicry: str) -> str:
+    """Each training run's own effect (clean − protected, unpurified, same generation noise) at the last step of
+    the checkpoint curve, per judge: whether an effect's sign holds from run to run."""
+    entry = results["mimicry"][mimicry]
+    step = max(entry["curve"], key=int)
+    runs = entry.get("runs", [])
+    lines = [f"{mimicry}, step {step}: each training run's effect (clean − protected, unpurified; > 0 = the "
+             "protection lowered the score in that run)."]
+    for score, summary in entry["curve"][step].items():
+        lines += ["", f"{score}:", "", "| images | " + " | ".join(runs) + " | runs with effect > 0 |",
+                  "|---|" + "---|" * (len(runs) + 1)]
+        for label, protection in summary.get("protection", {}).items():
+            per_run = protection["per_purification"]["none"].get("effect_per_run", {})
+            values = [per_run.get(run) for run in runs]
+            positive = sum(v > 0 for v in values if v is not None)
+            cells = ["" if v is None else f"{v:+.2f}" for v in values]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {positive} of {len(runs)} |")
     return "\n".join(lines)
 
 
@@ -527,6 +549,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
                                lambda d: proof_judges_table(d, "lora")),
     "proof-v2-lora-diffpure": ("benchmarks/results/protection_proof_lora_diffpure_v2.json",
                                lambda d: proof_judges_table(d, "lora")),
+    "proof-v2-lora-six-runs": ("benchmarks/results/protection_proof_lora_six_runs_v2.json",
+                               lambda d: proof_curve_table(d, "lora") + "\n\n" + proof_per_run_table(d, "lora")),
     "style-judges": ("benchmarks/results/style_judges.json", style_judges_table),
     "demo-world": ("benchmarks/results/demo_world.json", demo_world_table),
     "demo-world-v1": ("benchmarks/results/demo_world_v1.json", demo_world_table),

@@ -98,6 +98,19 @@ def test_script_runs_two_steps_and_writes_a_loadable_unet(trained, tiny_model_di
     assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
 
 
+def test_masked_loss_weight_is_recorded_and_changes_the_training(trained, tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    argv = ["--output-dir", str(tmp_path), "--base", str(tiny_model_dir), "--tiny", "--steps", "2"]
+    assert main([*argv, "--masked-loss-weight", "4"]) == 0
+    info = json.loads((tmp_path / INFO_FILE).read_text())
+    assert info["masked_loss_weight"] == 4.0
+    assert json.loads((trained / INFO_FILE).read_text())["masked_loss_weight"] == 1.0
+    name = "diffusion_pytorch_model.safetensors"
+    ours, theirs = load_file(tmp_path / UNET_FOLDER / name), load_file(trained / UNET_FOLDER / name)
+    assert max(float((ours[k].float() - theirs[k].float()).abs().max()) for k in ours) > 0
+
+
 def test_an_interrupted_inpainting_run_resumes_to_the_same_unet(trained, tiny_model_dir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 

@@ -175,6 +175,20 @@ def test_effect_net_of_purification_compares_with_the_purified_clean_images():
     assert net["purification"] == "blur" and net["effect"] == pytest.approx(0.1) and net["protects"]
 
 
+def test_each_training_run_gets_its_own_effect():
+    clean = np.full(12, 0.5)
+    protected = clean - np.repeat([0.3, 0.1, -0.2], 4)  # helps in two runs, harms in the third
+    groups = ["seed0"] * 4 + ["seed1"] * 4 + ["seed2"] * 4
+    result = summarise_score("artist_score", {"clean+none": clean, "p+none": protected}, np.zeros((2, 2)),
+                             {"p": [Condition("p", "none")]}, n_boot=200, alpha=0.05, seed=0, groups=groups)
+    per_run = result["protection"]["p"]["per_purification"]["none"]["effect_per_run"]
+    assert list(per_run) == ["seed0", "seed1", "seed2"]
+    assert per_run["seed0"] == pytest.approx(0.3) and per_run["seed2"] == pytest.approx(-0.2)
+    single = summarise_score("artist_score", {"clean+none": clean, "p+none": protected}, np.zeros((2, 2)),
+                             {"p": [Condition("p", "none")]}, n_boot=50, alpha=0.05, seed=0)
+    assert "effect_per_run" not in single["protection"]["p"]["per_purification"]["none"]
+
+
 def test_direction_of_distance_scores_is_respected():
     rng = np.random.default_rng(1)
     reference = rng.normal(size=(20, 5))

@@ -176,6 +176,11 @@ def test_protection_proof_lora_curve_smoke(tmp_path):
     judges = script("benchmarks/render_readme.py").proof_judges_table(results, "lora")
     assert judges.startswith("lora, step 2: artist_score") and "lora, step 2: structure_score" in judges
     assert judges.count("| advdm |") == 2  # one row per judge
+    per_run = entry["curve"]["2"]["artist_score"]["protection"]["advdm"]["per_purification"]["none"]["effect_per_run"]
+    assert list(per_run) == ["seed0", "seed1"]
+    runs_table = script("benchmarks/render_readme.py").proof_per_run_table(results, "lora")
+    assert runs_table.startswith("lora, step 2: each training run's effect") and runs_table.count("| advdm |") == 2
+    assert f"| advdm | {per_run['seed0']:+.2f} | {per_run['seed1']:+.2f} |" in runs_table
     picture = np.asarray(Image.open(written.with_suffix(".png")))
     from artshield.evaluate.report import THUMB
 

@@ -156,6 +156,12 @@ def test_v_prediction_target(tiny_model_dir, tmp_path):
     prediction = model.predict_noise(model.add_noise(latents, noise, t), t, embeds)
     loss = model.training_loss(latents, embeds, timesteps=t, noise=noise)
     torch.testing.assert_close(loss, ((prediction - expected) ** 2).flatten(1).mean(1))
+    # A weight (here: only the left half of each latent counts) makes it a weighted mean over the elements.
+    weight = torch.zeros(2, 1, 4, 4)
+    weight[..., :2] = 1.0
+    weighted = model.training_loss(latents, embeds, timesteps=t, noise=noise, weight=weight)
+    torch.testing.assert_close(weighted, ((prediction - expected)[..., :2] ** 2).flatten(1).mean(1))
+    assert not torch.allclose(weighted, loss)
 
 
 def test_inpainting_model_requires_its_condition(tiny_inpaint_dir, tiny_model):

@@ -254,10 +254,7 @@ def bootstrap_conditions(data: dict[str, np.ndarray], stat: Callable, n: int, se
     full = np.arange(count)
     estimates = {name: stat(data[name], full) for name in names}
     rng = np.random.default_rng(seed)
-    clusters = None
-    if groups is not None and len(groups) == count and len(set(groups)) > 1:
-        labels = list(dict.fromkeys(groups))
-        clusters = [np.flatnonzero(np.asarray(groups) == label) for label in labels]
+    clusters = list(run_indices(groups, count).values()) or None
     samples = np.empty((int(n), len(names)))
     for b in range(int(n)):
         if clusters is None:
@@ -267,6 +264,13 @@ def bootstrap_conditions(data: dict[str, np.ndarray], stat: Callable, n: int, se
             idx = np.concatenate([clusters[k][rng.integers(0, len(clusters[k]), len(clusters[k]))] for k in drawn])
         samples[b] = [stat(data[name], idx) for name in names]
     return estimates, samples
+
+
+def run_indices(groups: Sequence[str] | None, count: int) -> dict[str, np.ndarray]:
+    """The output items of each training run, in the runs' order; empty unless there are several runs."""
+    if groups is None or len(groups) != count or len(set(groups)) < 2:
+        return {}
+    return {label: np.flatnonzero(np.asarray(groups) == label) for label in dict.fromkeys(groups)}
 
 
 def _ci(values: np.ndarray, alpha: float) -> list[float]:
@@ -285,7 +289,9 @@ def summarise_score(score: str, data: dict[str, np.ndarray], reference: np.ndarr
     images under the same purification: the protection's effect net of what the purification does by itself.
     """
     direction = SCORES[score][0]
-    estimates, samples = bootstrap_conditions(data, _statistic(score, reference), n_boot, seed, groups)
+    stat = _statistic(score, reference)
+    estimates, samples = bootstrap_conditions(data, stat, n_boot, seed, groups)
+    runs = run_indices(groups, len(next(iter(data.values()))))
     columns = {name: i for i, name in enumerate(data)}
     result: dict[str, Any] = {"conditions": {name: {"value": estimates[name], "ci95": _ci(samples[:, i], alpha)}
                                              for name, i in columns.items()}}  # fmt: skip
@@ -305,6 +311,9 @@ def summarise_score(score: str, data: dict[str, np.ndarray], reference: np.ndarr
         for j, c in enumerate(present):
             entry = {"value": estimates[c.name], "ci95": result["conditions"][c.name]["ci95"], "effect": point[j],
                      "effect_ci95": _ci(effects[:, j], alpha)}  # fmt: skip
+            if runs:  # each training run's own effect: does the sign hold from run to run?
+                entry["effect_per_run"] = {run: direction * (stat(data[baseline], idx) - stat(data[c.name], idx))
+                                           for run, idx in runs.items()}  # fmt: skip
             purified_clean = Condition(CLEAN, c.purification).name
             if c.purification != NO_PURIFICATION and purified_clean in columns:
                 column = columns[purified_clean]

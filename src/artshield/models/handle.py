@@ -363,9 +363,13 @@ class DiffusionModel:
         t_min: int = 0,
         t_max: int | None = None,
         inpaint_condition: torch.Tensor | None = None,
+        weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The latent-diffusion training loss per sample, shape (B,): mean squared error between the UNet's
-        prediction on z_t and its target, with t ~ U[t_min, t_max) and noise ~ N(0, I) unless given."""
+        prediction on z_t and its target, with t ~ U[t_min, t_max) and noise ~ N(0, I) unless given.
+
+        `weight` (non-negative, broadcastable to the latents, e.g. (B, 1, h, w)) makes it a weighted mean over
+        each sample's latent elements, to stress one region of the latent over the rest."""
         batch = latents.shape[0]
         if timesteps is None:
             timesteps = self.sample_timesteps(batch, generator, t_min, t_max)
@@ -374,7 +378,11 @@ class DiffusionModel:
         noisy = self.add_noise(latents, noise, timesteps)
         prediction = self.predict_noise(noisy, timesteps, prompt_embeds, inpaint_condition)
         target = self.training_target(latents, noise, timesteps)
-        return F.mse_loss(prediction, target.float(), reduction="none").flatten(1).mean(dim=1)
+        error = F.mse_loss(prediction, target.float(), reduction="none")
+        if weight is None:
+            return error.flatten(1).mean(dim=1)
+        weight = weight.to(error).expand_as(error).flatten(1)
+        return (error.flatten(1) * weight).sum(dim=1) / weight.sum(dim=1).clamp(min=1e-12)
 
     # ------------------------------------------------------------------ LoRA
     def with_lora(self, path: str | os.PathLike) -> DiffusionModel:

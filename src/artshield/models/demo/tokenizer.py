@@ -61,7 +61,7 @@ def learn_merges(words: Counter[tuple[str, ...]], limit: int) -> list[tuple[str,
     while len(merges) < limit:
         pairs: Counter[tuple[str, str]] = Counter()
         for word, count in words.items():
-            for pair in zip(word, word[1:]):
+            for pair in zip(word, word[1:], strict=False):
                 pairs[pair] += count
         if not pairs:
             break
