@@ -133,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (warmup, then cosine decay)")
     parser.add_argument("--condition-lr-multiplier", type=positive_float, default=1.0,
                         help="learning-rate multiplier of conv_in's 5 new (zero-initialised) input channels")
-    parser.add_argument("--masked-loss-weight", type=positive_float, default=None,
+    parser.add_argument("--masked-loss-weight", type=positive_float, default=DEFAULT_MASKED_LOSS_WEIGHT,
                         help="weight of the repainted region's latent elements in the loss, the kept region's "
                              f"being 1 (SD's recipe: 1; default {DEFAULT_MASKED_LOSS_WEIGHT})")
     parser.add_argument("--images-per-style", type=positive_int, default=None)
@@ -157,8 +157,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.caption_dropout is None:
         args.caption_dropout = DEFAULT_CAPTION_DROPOUT
-    if args.masked_loss_weight is None:
-        args.masked_loss_weight = DEFAULT_MASKED_LOSS_WEIGHT
     return args
 
 
