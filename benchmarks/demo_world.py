@@ -17,13 +17,23 @@ fills a hole from its surroundings.
   image (high = the decoder still draws the same picture). SDEdit and inpainting mimics see an image only
   through this encoder: where an 8/255 perturbation cannot move what it decodes to, no protection can spoil
   them (Stable Diffusion's VAE, by contrast, decodes PhotoGuard's images as grey).
+* **How far DiffusionGuard's objective can move on the twin** — on the same artist renders, with
+  DiffusionGuard's own mask (a centred ellipse kept, its surroundings editable), timestep and empty prompt, the
+  objective ‖ε_θ([z_T, m, E(x ⊙ (1 − m))], t₀, "")‖ averaged over ``--objective-draws`` fixed noise draws z_T:
+  how much of the prediction the masked-image latents decide (the prediction's relative change when another
+  image's latents are put in their place), the objective's change under DiffusionGuard itself (pixels,
+  ``--attack-strength``, through the encoder), and under an attack on the masked-image latents themselves
+  (the perturbation engine, L2 radius a fraction of the latents' norm: the shift the encoder attack above
+  reached, and ``--latent-radius``). If even the latent attack barely moves it, the twin's UNet, not its VAE,
+  is what leaves DiffusionGuard nothing to inflate.
 
 Writes ``benchmarks/results/demo_world.json`` and a montage ``demo_world.png`` (per style: renders over their
 round trips; then masked inputs, baseline and trained fills); ``benchmarks/render_readme.py`` renders the
 README's table from the JSON.
 
     python benchmarks/demo_world.py [--model demo] [--label NAME] [--per-style 12] [--seed 4242]
-        [--inpaint-per-style 6] [--attack-images 8] [--attack-strength medium] [--threads 2]
+        [--inpaint-per-style 6] [--attack-images 8] [--attack-strength medium] [--objective-draws 16]
+        [--latent-radius 0.5] [--threads 2]
 """
 
 from __future__ import annotations
@@ -104,6 +114,63 @@ def encoder_attack(model, images: torch.Tensor, strength: str, steps: int, seed:
             "image_psnr_protected_vs_clean_db": interval(psnr_per_image(protected, images), seed)}  # fmt: skip
 
 
+def diffusionguard_headroom(twin, images: torch.Tensor, args, latent_shift: float) -> dict:
+    """How far DiffusionGuard's objective on `twin` moves: the masked-image latents' share of the prediction, and
+    the objective before/after DiffusionGuard's pixel attack and an L2 attack on the latents themselves."""
+    from artshield.engine import Perturber
+    from artshield.protect import DiffusionGuard
+
+    guard = DiffusionGuard.from_strength(twin, args.attack_strength, steps=args.attack_steps, seed=args.seed)
+    mask = guard.default_mask(images)
+    timesteps = torch.full((len(images),), guard.first_timestep, dtype=torch.long)
+    embeds = twin.embed_prompt(guard.prompt, batch_size=len(images))
+    with torch.no_grad():
+        condition = twin.inpaint_condition(images, mask, mode="mean")
+    noise = torch.randn(args.objective_draws, *condition[:, 1:].shape,
+                        generator=torch.Generator().manual_seed(args.seed)) * guard.init_noise_sigma
+
+    def predictions(masked_latents: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+        full = torch.cat([condition[:, :1], masked_latents], dim=1)
+        return torch.stack([twin.predict_noise(z, timesteps, embeds, inpaint_condition=full) for z in draws])
+
+    def objective_of(masked_latents: torch.Tensor) -> np.ndarray:  # (B,), mean over the fixed draws
+        with torch.no_grad():
+            return predictions(masked_latents, noise).flatten(2).norm(dim=2).mean(0).numpy()
+
+    latents = condition[:, 1:]
+    share = None
+    if len(images) > 1:  # each image's latents replaced by the next image's
+        with torch.no_grad():
+            own, swapped = predictions(latents, noise[:4]), predictions(latents.roll(1, dims=0), noise[:4])
+        share = interval(((own - swapped).flatten(2).norm(dim=2) / own.flatten(2).norm(dim=2)).mean(0).numpy(), args.seed)
+    before = objective_of(latents)
+
+    protected = guard(images, mask=mask)
+    with torch.no_grad():
+        pixel_after = objective_of(twin.inpaint_condition(protected, mask, mode="mean")[:, 1:])
+
+    # The engine perturbs the latents in units of their own norm, so one L2 radius is one relative shift for all.
+    norms = latents.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+
+    def latent_objective(unit: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        z = torch.randn(unit.shape, generator=gen) * guard.init_noise_sigma
+        full = torch.cat([condition[:, :1], unit * norms], dim=1)
+        return twin.predict_noise(z, timesteps, embeds, inpaint_condition=full).flatten(1).norm(dim=1)
+
+    latent_attacks = {}
+    for radius in sorted({round(latent_shift, 3), args.latent_radius}):
+        engine = Perturber(eps=radius, norm="l2", steps=args.attack_steps, bounds=None, seed=args.seed)
+        unit = engine.run(latent_objective, (latents / norms).contiguous()).images
+        after = objective_of(unit * norms)
+        latent_attacks[f"{radius:g}"] = interval(100 * (after / before - 1), args.seed)
+    return {"timestep": guard.first_timestep, "noise_draws": args.objective_draws, "images": len(images),
+            "mask": "centre ellipse kept, surroundings editable (DiffusionGuard's default)",
+            "objective": interval(before, args.seed),
+            "masked_latents_share_of_prediction": share,
+            "diffusionguard_pixel_attack_change_pct": interval(100 * (pixel_after / before - 1), args.seed),
+            "latent_attack_change_pct_by_relative_radius": latent_attacks}  # fmt: skip
+
+
 def save_montage(rows: list[torch.Tensor], path: Path) -> None:
     from PIL import Image
 
@@ -128,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="artist renders for the encoder-attack check (0: skip it)")
     parser.add_argument("--attack-strength", choices=("low", "medium", "high"), default="medium")
     parser.add_argument("--attack-steps", type=positive_int, default=100, help="steps of the encoder attack (default 100)")
+    parser.add_argument("--objective-draws", type=positive_int, default=16,
+                        help="fixed noise draws DiffusionGuard's objective is averaged over (default 16)")
+    parser.add_argument("--latent-radius", type=float, default=0.5,
+                        help="a second L2 radius, relative to the latents' norm, for the latent-space attack (default 0.5)")
     parser.add_argument("--sampling-steps", type=positive_int, default=20)
     parser.add_argument("--seed", type=int, default=4242, help="render seed, unseen in training (default 4242)")
     parser.add_argument("--threads", type=positive_int, default=None)
@@ -168,8 +239,17 @@ def main(argv: list[str] | None = None) -> int:
         result["encoder_attack"] = attack = encoder_attack(model, artist, args.attack_strength, args.attack_steps, args.seed)
         print(f"encoder attack ({args.attack_strength}): latent moves {attack['latent_relative_shift']['mean']:.3f} "
               f"(relative), decoded picture changes to {attack['decoded_psnr_protected_vs_clean_db']['mean']:.1f} dB PSNR")
-    if args.inpaint_per_style:
+    if args.inpaint_per_style or args.attack_images:
         twin = load(args.inpaint_model, device="cpu", dtype="fp32")
+    if args.attack_images:
+        shift = attack["latent_relative_shift"]["mean"]
+        result["diffusionguard_headroom"] = room = diffusionguard_headroom(twin, artist, args, shift)
+        share = room["masked_latents_share_of_prediction"]
+        print(f"DiffusionGuard on the twin: masked-image latents decide {share['mean'] if share else float('nan'):.2f} "
+              f"of the prediction; objective {room['diffusionguard_pixel_attack_change_pct']['mean']:+.2f} % under "
+              "DiffusionGuard, " + ", ".join(f"{v['mean']:+.2f} % under a latent attack of radius {k}"
+                                             for k, v in room["latent_attack_change_pct_by_relative_radius"].items()))
+    if args.inpaint_per_style:
         held_np, captions, _ = make_dataset(args.inpaint_per_style, STYLES, (size, size), seed=args.seed + 1)
         held = torch.from_numpy(held_np).permute(0, 3, 1, 2).float() / 255.0
         masks = random_masks(len(held), size, np.random.default_rng(args.seed + 1))

@@ -25,7 +25,9 @@ Blocks and their sources:
   ``benchmarks/results/protection_proof_lora_purified_v2.json`` (the LoRA mimic under purification, both judges),
   ``proof-v2-lora-diffpure``: ``benchmarks/results/protection_proof_lora_diffpure_v2.json`` (the same under DiffPure),
   ``proof-v2-lora-six-runs``: ``benchmarks/results/protection_proof_lora_six_runs_v2.json`` (every LoRA cell over six
-  training runs on one machine);
+  training runs on one machine), ``proof-v2-lora-purified-six-runs``:
+  ``benchmarks/results/protection_proof_lora_purified_six_runs_v2.json`` (PhotoGuard-diffusion under every
+  purification over six training runs, both judges, each run's effect);
 * ``style-judges``: ``benchmarks/results/style_judges.json`` (``benchmarks/style_judges.py``);
 * ``demo-world``, ``demo-world-v1``: ``benchmarks/results/demo_world.json`` (``benchmarks/demo_world.py``, the
   shipped model) and ``demo_world_v1.json`` (the same script on the world-v1 weights shipped before 2026-12-03);
@@ -39,7 +41,9 @@ Blocks and their sources:
 * ``authenticate-proof``: ``benchmarks/results/authenticate_proof.json`` (``examples/authenticate_proof.py
   --write-result benchmarks/results/authenticate_proof.json``);
 * ``authenticate-proof-latent``: ``benchmarks/results/authenticate_proof_latent.json`` (the same script with
-  ``--t-max 200 --suspect-recovery --suspects lora``);
+  ``--t-max 200 --suspect-recovery --variance-draws 0``, the same suspects);
+* ``authenticate-proof-v1``, ``authenticate-proof-latent-v1``: the same two runs on world v1 (the demo weights
+  shipped before 2026-12-03), ``authenticate_proof_v1.json`` and ``authenticate_proof_latent_v1.json``;
 * ``authenticate-pair``: ``benchmarks/results/authenticate_pair.json`` (``benchmarks/authenticate_pair.py``).
 
 A block whose result file is not committed cannot be in the README (the test refuses it).
@@ -196,22 +200,27 @@ def proof_curve_table(results: dict, mimicry: str) -> str:
 
 
 def proof_per_run_table(results: dict, mimicry: str) -> str:
-    """Each training run's own effect (clean − protected, unpurified, same generation noise) at the last step of
-    the checkpoint curve, per judge: whether an effect's sign holds from run to run."""
+    """Each training run's own effect (the clean images' score, unpurified, minus the protected images' score
+    under each purification; same generation noise) at the last step of the checkpoint curve, per judge: whether
+    an effect's sign holds from run to run. A row per protected set, and per purification when there are several."""
     entry = results["mimicry"][mimicry]
     step = max(entry["curve"], key=int)
     runs = entry.get("runs", [])
-    lines = [f"{mimicry}, step {step}: each training run's effect (clean − protected, unpurified; > 0 = the "
-             "protection lowered the score in that run)."]
+    purified = entry.get("purifications", ["none"]) != ["none"]
+    compared = "clean, unpurified − protected under each purification" if purified else "clean − protected, unpurified"
+    lines = [f"{mimicry}, step {step}: each training run's effect ({compared}; > 0 = the protection lowered the score "
+             "in that run)."]
     for score, summary in entry["curve"][step].items():
         lines += ["", f"{score}:", "", "| images | " + " | ".join(runs) + " | runs with effect > 0 |",
                   "|---|" + "---|" * (len(runs) + 1)]
         for label, protection in summary.get("protection", {}).items():
-            per_run = protection["per_purification"]["none"].get("effect_per_run", {})
-            values = [per_run.get(run) for run in runs]
-            positive = sum(v > 0 for v in values if v is not None)
-            cells = ["" if v is None else f"{v:+.2f}" for v in values]
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {positive} of {len(runs)} |")
+            for purification, cell in protection["per_purification"].items():
+                per_run = cell.get("effect_per_run", {})
+                values = [per_run.get(run) for run in runs]
+                positive = sum(v > 0 for v in values if v is not None)
+                cells = ["" if v is None else f"{v:+.2f}" for v in values]
+                name = label if purification == "none" else f"{label} + {purification}"
+                lines.append(f"| {name} | " + " | ".join(cells) + f" | {positive} of {len(runs)} |")
     return "\n".join(lines)
 
 
@@ -272,6 +281,22 @@ def demo_world_table(data: dict) -> str:
                   f"protected image is {cell(attack['decoded_psnr_protected_vs_clean_db'])} dB PSNR from what it "
                   f"draws from the clean one (the perturbation itself: "
                   f"{cell(attack['image_psnr_protected_vs_clean_db'])} dB)."]  # fmt: skip
+    room = data.get("diffusionguard_headroom")
+    if room:
+        def pct(entry: dict) -> str:
+            return f"{entry['mean']:+.2f} % [{entry['ci'][0]:+.2f}, {entry['ci'][1]:+.2f}]"
+
+        share = room["masked_latents_share_of_prediction"]
+        latent = room["latent_attack_change_pct_by_relative_radius"]
+        lines += ["", f"How far DiffusionGuard's objective moves on the inpainting twin ({room['images']} artist renders, "
+                  f"its default mask, t = {room['timestep']}, empty prompt, {room['noise_draws']} fixed noise draws): "
+                  f"the objective is {room['objective']['mean']:.1f}"
+                  + (f"; the masked-image latents decide {share['mean']:.2f} [{share['ci'][0]:.2f}, {share['ci'][1]:.2f}] "
+                     "of the prediction (its relative change when another image's latents replace them)" if share else "")
+                  + f"; DiffusionGuard ({attack['strength'] if attack else ''} budget) moves it by "
+                  f"{pct(room['diffusionguard_pixel_attack_change_pct'])}; an L2 attack on the masked-image latents "
+                  "themselves moves it by " + ", ".join(f"{pct(v)} at a radius of {k} of their norm" for k, v in latent.items())
+                  + "."]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -551,6 +576,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
                                lambda d: proof_judges_table(d, "lora")),
     "proof-v2-lora-six-runs": ("benchmarks/results/protection_proof_lora_six_runs_v2.json",
                                lambda d: proof_curve_table(d, "lora") + "\n\n" + proof_per_run_table(d, "lora")),
+    "proof-v2-lora-purified-six-runs": ("benchmarks/results/protection_proof_lora_purified_six_runs_v2.json",
+                                        lambda d: proof_judges_table(d, "lora") + "\n\n" + proof_per_run_table(d, "lora")),
     "style-judges": ("benchmarks/results/style_judges.json", style_judges_table),
     "demo-world": ("benchmarks/results/demo_world.json", demo_world_table),
     "demo-world-v1": ("benchmarks/results/demo_world_v1.json", demo_world_table),
@@ -562,6 +589,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "sd-scale": ("benchmarks/results/sd_scale.json", sd_scale_table),
     "authenticate-proof": ("benchmarks/results/authenticate_proof.json", authenticate_proof_table),
     "authenticate-proof-latent": ("benchmarks/results/authenticate_proof_latent.json", authenticate_proof_table),
+    "authenticate-proof-v1": ("benchmarks/results/authenticate_proof_v1.json", authenticate_proof_table),
+    "authenticate-proof-latent-v1": ("benchmarks/results/authenticate_proof_latent_v1.json", authenticate_proof_table),
     "authenticate-pair": ("benchmarks/results/authenticate_pair.json", authenticate_pair_table),
 }
 

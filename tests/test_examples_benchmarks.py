@@ -188,6 +188,24 @@ def test_protection_proof_lora_curve_smoke(tmp_path):
     assert table in (tmp_path / "run" / "tables.md").read_text()
 
 
+def test_per_run_table_has_a_row_per_purification():
+    """Under several purifications each protected set gets a row per purification (its effect against the clean,
+    unpurified mimic in every run); with none the table keeps one row per set."""
+    render = script("benchmarks/render_readme.py")
+    cells = {"none": {"effect_per_run": {"seed0": 0.12, "seed1": -0.03}},
+             "jpeg75": {"effect_per_run": {"seed0": 0.05, "seed1": 0.01}}}
+    results = {"mimicry": {"lora": {"runs": ["seed0", "seed1"], "purifications": ["none", "jpeg75"],
+                                    "curve": {"800": {"artist_score": {"protection": {"pgd": {"per_purification": cells}}}}}}}}
+    table = render.proof_per_run_table(results, "lora")
+    assert "clean, unpurified − protected under each purification" in table
+    assert "| pgd | +0.12 | -0.03 | 1 of 2 |" in table and "| pgd + jpeg75 | +0.05 | +0.01 | 2 of 2 |" in table
+    entry = results["mimicry"]["lora"]
+    entry["purifications"] = ["none"]
+    del cells["jpeg75"]
+    table = render.proof_per_run_table(results, "lora")
+    assert "clean − protected, unpurified" in table and "+ jpeg75" not in table
+
+
 def test_protection_proof_montage_shows_each_purification(tmp_path):
     """Rows: the clean inputs and every unpurified set's outputs, then per purification the purified clean
     inputs and every purified set's outputs, so the README's montage shows what a purified mimic made."""
@@ -305,9 +323,15 @@ def test_demo_world_smoke(tmp_path):
     assert fills["VAE round trip (ceiling)"]["mean"] > fills["prompt-only baseline"]["mean"]
     attack = result["encoder_attack"]
     assert attack["images"] == 2 and attack["latent_relative_shift"]["mean"] > 0
+    room = result["diffusionguard_headroom"]
+    assert room["images"] == 2 and room["timestep"] > 0 and room["objective"]["mean"] > 0
+    assert 0 < room["masked_latents_share_of_prediction"]["mean"] < 1  # the twin does read its masked image
+    assert set(room["latent_attack_change_pct_by_relative_radius"]) == {
+        f"{attack['latent_relative_shift']['mean']:g}", "0.5"}
     assert (tmp_path / "demo_world.png").is_file()
     table = script("benchmarks/render_readme.py").demo_world_table(result)
     assert "| PSNR |" in table and "| trained, empty prompt |" in table and "How attackable the encoder is" in table
+    assert "How far DiffusionGuard's objective moves" in table and "at a radius of 0.5 of their norm" in table
 
 
 def test_style_judges_smoke(tmp_path):
@@ -329,3 +353,26 @@ def test_style_judges_smoke(tmp_path):
         assert 0.0 <= entry["auc"]["renders"] <= 1.0 and entry["sets"]["noise"]["n"] == 2
     table = script("benchmarks/render_readme.py").style_judges_table(result)
     assert "| structure judge (`structure_score`) |" in table and "noise" in table.splitlines()[2]
+
+
+def test_diffusionguard_objective_has_no_headroom_on_the_demo_twin():
+    """What the README says of DiffusionGuard on the demo world: its objective (the inpainting UNet's first-step
+    noise-prediction norm) barely moves on ``demo-inpaint`` — under DiffusionGuard itself, and even under an attack
+    on the masked-image latents at half their norm — although those latents do steer the prediction. If a
+    retrained twin gives the objective room, this fails and the README's DiffusionGuard sentences must be redone."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from artshield.models import load
+    from artshield.models.demo.world import ARTIST_STYLE, make_dataset
+
+    twin = load("demo-inpaint", device="cpu")
+    pixels, _, _ = make_dataset(2, styles=[ARTIST_STYLE], size=(128, 128), seed=4242)
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255.0
+    args = SimpleNamespace(attack_strength="medium", attack_steps=10, seed=0, objective_draws=4, latent_radius=0.5)
+    room = script("benchmarks/demo_world.py").diffusionguard_headroom(twin, images, args, latent_shift=0.13)
+    assert room["masked_latents_share_of_prediction"]["mean"] > 0.05
+    assert abs(room["diffusionguard_pixel_attack_change_pct"]["mean"]) < 1.0
+    assert all(abs(v["mean"]) < 5.0 for v in room["latent_attack_change_pct_by_relative_radius"].values())
+    assert room["latent_attack_change_pct_by_relative_radius"]["0.5"]["mean"] > 0  # the attack does push it up

@@ -297,11 +297,13 @@ class CGIDM:
         `suspect`) with the suspect alone (minimise ``L_ft`` under the same constraints: the suspect used as
         the inpainting prior; ``Recovery.suspect_image`` and ``latents["suspect"]``).
 
-        On the demo world (64 px, 8 members vs 8 hold-out, 50 steps, t < 200) the suspect-only recovery's
+        On demo world v1 (64 px, 8 members vs 8 hold-out, 50 steps, t < 200) the suspect-only recovery's
         :meth:`Recovery.latent_scores` ``"latent-align"`` separated members from hold-out somewhat better
         (AUC 0.97, 0.94 on one LoRA, 0.81, 0.77 on another, two audit seeds each) than the contrast
         recovery's (0.78, 0.69; 0.88, 0.72), which overshoots: maximising ``L_pre − L_ft`` is unbounded and
-        ends well past the originals' own value of the objective. Neither reaches loss-diff's 0.9-1.0."""
+        ends well past the originals' own value of the objective. Neither reaches loss-diff's 0.9-1.0. On world
+        v2 (the shipped weights) that advantage did not hold: over three training runs, 0.48 (LoRA) and 0.86
+        (DreamBooth) against the contrast recovery's 0.65 and 0.92 at Revelio's timesteps (README)."""
         if not (isinstance(images, torch.Tensor) and images.dim() == 4 and images.shape[1] == 3):
             raise InvalidArgumentError(f"`images` must be a (B, 3, H, W) tensor, but is {getattr(images, 'shape', images)!r}.")
         started = time.perf_counter()

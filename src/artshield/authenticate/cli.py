@@ -61,7 +61,7 @@ def build_parser(prog: str = PROG) -> ArgumentParser:
     parser.add_argument("--verdict-score", default="cgidm", help="score the verdict uses: cgidm (default), cgidm-gain, cgidm-max, "
                         "cgidm-latent-align, cgidm-latent-gain, cgidm-suspect-align (with --suspect-recovery) or a baseline run")
     parser.add_argument("--t-max", type=positive_int, default=None,
-                        help="draw CGI-DM timesteps below this (default: the whole range, as Revelio; 200 did better on the demo world)")
+                        help="draw CGI-DM timesteps below this (default: the whole range, as Revelio; 200 did better on demo world v1, worse on v2)")
     parser.add_argument("--suspect-recovery", action="store_true",
                         help="also recover with the suspect alone (score cgidm-suspect-align; about 50%% more time)")
     parser.add_argument("--device", default="auto", type=device_name, help="auto, cpu, cuda, cuda:N or mps (default auto)")
