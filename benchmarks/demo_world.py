@@ -49,7 +49,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from artshield.cli_support import ArgumentParser, non_negative_int, positive_int  # noqa: E402
+from artshield.cli_support import ArgumentParser, non_negative_int, positive_float, positive_int  # noqa: E402
 from artshield.fileio import write_json_atomic  # noqa: E402
 from artshield.metrics import finite_psnr  # noqa: E402
 from artshield.stats import bootstrap_ci  # noqa: E402
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attack-steps", type=positive_int, default=100, help="steps of the encoder attack (default 100)")
     parser.add_argument("--objective-draws", type=positive_int, default=16,
                         help="fixed noise draws DiffusionGuard's objective is averaged over (default 16)")
-    parser.add_argument("--latent-radius", type=float, default=0.5,
+    parser.add_argument("--latent-radius", type=positive_float, default=0.5,
                         help="a second L2 radius, relative to the latents' norm, for the latent-space attack (default 0.5)")
     parser.add_argument("--sampling-steps", type=positive_int, default=20)
     parser.add_argument("--seed", type=int, default=4242, help="render seed, unseen in training (default 4242)")
