@@ -334,6 +334,18 @@ def test_demo_world_smoke(tmp_path):
     assert "How far DiffusionGuard's objective moves" in table and "at a radius of 0.5 of their norm" in table
 
 
+def test_vae_capacity_smoke(tmp_path):
+    """Decoder inversion starts from the encoder's latent and descends the reconstruction error, so it can only
+    draw every style at least as well as the round trip; both gaps to the artist are reported."""
+    out = tmp_path / "vae_capacity.json"
+    assert script("benchmarks/vae_capacity.py").main(["--per-style", "1", "--steps", "3", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    encoder, inverted = result["psnr_db"]["encoder_mean"], result["psnr_db"]["decoder_inversion"]
+    assert set(encoder) == set(inverted) and len(encoder) == 8 and result["settings"]["artist"] in encoder
+    assert sum(inverted[s]["mean"] for s in encoder) > sum(encoder[s]["mean"] for s in encoder)
+    assert set(result["gap_db"]) == {"encoder_mean", "decoder_inversion"}
+
+
 def test_style_judges_smoke(tmp_path):
     """Both judges on a few renders, colour-swapped renders and a folder of outputs; the README table renders."""
     import torch
