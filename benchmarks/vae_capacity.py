@@ -43,15 +43,14 @@ def interval(values: np.ndarray, seed: int) -> dict:
 
 def invert_decoder(model, images: torch.Tensor, steps: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Decodes of the encoder's mean latent and of the latent optimised to reproduce `images`."""
+    from artshield.engine.invert import Inverter
+
     with torch.no_grad():
         start = model.encode(images, "mean")
         encoded = model.decode(start).clamp(0, 1)
-    latent = start.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([latent], lr=lr)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        (model.decode(latent) - images).square().mean().backward()
-        optimizer.step()
+    # Unconstrained Adam on z (no ball, no box: a latent is not an image), minimising the pixel MSE.
+    inverter = Inverter(steps=steps, step_size=lr, step_rule="adam")
+    latent = inverter.run(lambda z, generator: (model.decode(z) - images).square().mean(), start).values
     with torch.no_grad():
         inverted = model.decode(latent).clamp(0, 1)
     return encoded, inverted
