@@ -10,7 +10,12 @@ fills a hole from its surroundings.
   ``demo-inpaint``: PSNR inside the masked region for the trained UNet with the caption, for the same UNet
   with an empty caption (the surroundings alone), and for the *prompt-only baseline* — the same UNet with its
   condition channels zeroed, i.e. the base text-to-image model told only the caption — plus the VAE round
-  trip as the ceiling. Intervals are paired bootstraps over images of the difference to the baseline.
+  trip as the ceiling. With an empty prompt the twin is compared with the *no-information baseline*, the same
+  zeroed UNet told nothing. Intervals are paired bootstraps over images of the difference to the baseline told
+  the same prompt. The same PSNR at a quarter of the size (average-pooled) says whether a fill has the right
+  colours and shapes, which the full-size PSNR hides under texture no fill copies pixel for pixel. Both demo
+  judges also say which style each fill is in: the share that matches the masked
+  image's style shows whether the surroundings, not only the caption, steer the fill.
 * **How attackable the encoder is** — PhotoGuard's encoder attack (push the latent towards a grey image's) at
   ``--attack-strength`` (default medium, 8/255) on ``--attack-images`` artist renders: the latent's relative
   move ‖E(x′) − E(x)‖ / ‖E(x)‖, and the PSNR between what the decoder makes of the protected and of the clean
@@ -28,7 +33,8 @@ fills a hole from its surroundings.
   is what leaves DiffusionGuard nothing to inflate.
 
 Writes ``benchmarks/results/demo_world.json`` and a montage ``demo_world.png`` (per style: renders over their
-round trips; then masked inputs, baseline and trained fills); ``benchmarks/render_readme.py`` renders the
+round trips; then masked inputs, and the fills of the prompt-only baseline, the twin, the no-information
+baseline and the twin with an empty prompt); ``benchmarks/render_readme.py`` renders the
 README's table from the JSON.
 
     python benchmarks/demo_world.py [--model demo] [--label NAME] [--per-style 12] [--seed 4242]
@@ -48,13 +54,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from artshield.cli_support import ArgumentParser, non_negative_int, positive_float, positive_int  # noqa: E402
 from artshield.fileio import write_json_atomic  # noqa: E402
 from artshield.metrics import finite_psnr  # noqa: E402
-from artshield.stats import bootstrap_ci  # noqa: E402
+from artshield.stats import mean_interval  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+COARSE = 4  # the inpainting fills are also compared at 1/COARSE of their size (average-pooled)
 
 
 def psnr_per_image(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None = None) -> np.ndarray:
@@ -67,8 +75,7 @@ def psnr_per_image(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor | None
 
 
 def interval(values: np.ndarray, seed: int) -> dict:
-    mean, low, high = bootstrap_ci(values, np.mean, seed=seed)
-    return {"mean": round(mean, 2), "ci": [round(low, 2), round(high, 2)], "n": int(values.size)}
+    return mean_interval(values, seed=seed, digits=2)
 
 
 def round_trips(model, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
@@ -171,6 +178,24 @@ def diffusionguard_headroom(twin, images: torch.Tensor, args, latent_shift: floa
             "latent_attack_change_pct_by_relative_radius": latent_attacks}  # fmt: skip
 
 
+def style_agreement(fills: dict[str, torch.Tensor], styles: list[str], seed: int) -> dict:
+    """Share of each fill's images that both demo judges (the style metric: colour and texture statistics; the
+    structure judge: luminance structure) assign to the style of the image that was masked. The pipeline
+    redraws the whole image, so with an empty prompt this says whether the surroundings steer the style."""
+    from artshield.models.demo.judge import StructureJudge
+    from artshield.models.demo.style import StyleMetric
+
+    metric, judge = StyleMetric.load_default(), StructureJudge.load_default()
+    truth = np.array(styles)
+    agreement = {}
+    for label, images in fills.items():
+        with torch.no_grad():
+            structure = [judge.styles[i] for i in judge.logits(images).argmax(dim=1).tolist()]
+        agreement[label] = {"style_metric": interval((np.array(metric.predict(images)) == truth).astype(float), seed),
+                            "structure_judge": interval((np.array(structure) == truth).astype(float), seed)}
+    return agreement
+
+
 def save_montage(rows: list[torch.Tensor], path: Path) -> None:
     from PIL import Image
 
@@ -250,30 +275,45 @@ def main(argv: list[str] | None = None) -> int:
               "DiffusionGuard, " + ", ".join(f"{v['mean']:+.2f} % under a latent attack of radius {k}"
                                              for k, v in room["latent_attack_change_pct_by_relative_radius"].items()))
     if args.inpaint_per_style:
-        held_np, captions, _ = make_dataset(args.inpaint_per_style, STYLES, (size, size), seed=args.seed + 1)
+        held_np, captions, held_styles = make_dataset(args.inpaint_per_style, STYLES, (size, size), seed=args.seed + 1)
         held = torch.from_numpy(held_np).permute(0, 3, 1, 2).float() / 255.0
         masks = random_masks(len(held), size, np.random.default_rng(args.seed + 1))
-        seed = args.seed + 2
+        seed, empty, baseline = args.seed + 2, [""] * len(held), prompt_only(twin)
         fills = {
-            "prompt-only baseline": inpaint(prompt_only(twin), held, masks, captions, args.sampling_steps, seed),
+            "prompt-only baseline": inpaint(baseline, held, masks, captions, args.sampling_steps, seed),
             "trained": inpaint(twin, held, masks, captions, args.sampling_steps, seed),
-            "trained, empty prompt": inpaint(twin, held, masks, [""] * len(held), args.sampling_steps, seed),
+            "no-information baseline (empty prompt)": inpaint(baseline, held, masks, empty, args.sampling_steps, seed),
+            "trained, empty prompt": inpaint(twin, held, masks, empty, args.sampling_steps, seed),
             "VAE round trip (ceiling)": round_trips(twin, held),
         }
+        # Each fill against the baseline told the same prompt: with the caption, what the surroundings add to it;
+        # with an empty prompt, what the surroundings alone give over a model that knows nothing of the image.
+        baseline_of = {"trained": "prompt-only baseline", "VAE round trip (ceiling)": "prompt-only baseline",
+                       "trained, empty prompt": "no-information baseline (empty prompt)"}
         masked = {label: psnr_per_image(out, held, masks) for label, out in fills.items()}
-        baseline = masked["prompt-only baseline"]
+        # At a quarter of the size the dots, strokes and hatching no generated fill reproduces pixel for pixel
+        # are averaged away: what is left is whether the fill has the right colours and shapes where they belong.
+        coarse_masks = (F.avg_pool2d(masks, COARSE) > 0.5).float()
+        coarse = {label: psnr_per_image(F.avg_pool2d(out, COARSE), F.avg_pool2d(held, COARSE), coarse_masks)
+                  for label, out in fills.items()}
         result["inpainting"] = {
             "held_out_images": len(held), "mask_coverage": round(float(masks.mean()), 3),
             "sampler": f"DDIM {args.sampling_steps}, CFG 5",
             "psnr_masked_region_db": {label: interval(v, args.seed) for label, v in masked.items()},
-            "gain_over_baseline_db": {label: interval(v - baseline, args.seed)
-                                      for label, v in masked.items() if label != "prompt-only baseline"},
+            "gain_over_baseline_db": {label: {"baseline": base, **interval(masked[label] - masked[base], args.seed)}
+                                      for label, base in baseline_of.items()},
+            "coarse_scale": COARSE,
+            "coarse_psnr_masked_region_db": {label: interval(v, args.seed) for label, v in coarse.items()},
+            "coarse_gain_over_baseline_db": {label: {"baseline": base, **interval(coarse[label] - coarse[base], args.seed)}
+                                             for label, base in baseline_of.items()},
+            "same_style_as_image": style_agreement(fills, held_styles, args.seed),
         }  # fmt: skip
         print("inpainting, masked-region PSNR (dB): "
               + ", ".join(f"{label} {v.mean():.2f}" for label, v in masked.items()))
         shown = min(8, len(held))
         masked_inputs = DiffusionModel.masked_images(held[:shown], masks[:shown])
-        montage += [held[:shown], masked_inputs, fills["prompt-only baseline"][:shown], fills["trained"][:shown]]
+        montage += [held[:shown], masked_inputs, fills["prompt-only baseline"][:shown], fills["trained"][:shown],
+                    fills["no-information baseline (empty prompt)"][:shown], fills["trained, empty prompt"][:shown]]
     png = Path(args.output).with_suffix(".png")
     png.parent.mkdir(parents=True, exist_ok=True)
     save_montage(montage, png)

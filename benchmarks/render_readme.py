@@ -264,14 +264,40 @@ def demo_world_table(data: dict) -> str:
              + f" | {vae['training_styles_mean']:.1f} | {vae['artist_minus_training_mean']:+.1f} |"]  # fmt: skip
     inpainting = data.get("inpainting")
     if inpainting:
-        gains = inpainting["gain_over_baseline_db"]
+        gains, agreement = inpainting["gain_over_baseline_db"], inpainting.get("same_style_as_image", {})
+        columns = ["fill", "masked-region PSNR",
+                   "gain over the baseline told the same prompt" if any("baseline" in g for g in gains.values())
+                   else "gain over the prompt-only baseline"]  # older results compared every fill with that one
+        if "coarse_scale" in inpainting:
+            columns.append(f"at 1/{inpainting['coarse_scale']} size: PSNR, gain")
+        if agreement:
+            columns.append("same style as the image: style metric / structure judge")
+        header = "| " + " | ".join(columns) + " |"
         lines += ["", f"Inpainting ({inpainting['held_out_images']} held-out renders of the training styles, random "
                   f"masks covering {inpainting['mask_coverage'] * 100:.0f} % on average; {inpainting['sampler']}):", "",
-                  "| fill | masked-region PSNR | gain over the prompt-only baseline |", "|---|---|---|"]
+                  header, "|" + "---|" * (header.count("|") - 1)]
+
+        def signed(gain: dict) -> str:
+            return f"{gain['mean']:+.2f} [{gain['ci'][0]:+.2f}, {gain['ci'][1]:+.2f}]"
+
+        def gain_cell(gain: dict | None) -> str:
+            if not gain:
+                return ""
+            if gain.get("baseline", "prompt-only baseline") != "prompt-only baseline":
+                return f"{signed(gain)} (over the {gain['baseline'].split(' (')[0]})"
+            return signed(gain)
+
         for label, entry in inpainting["psnr_masked_region_db"].items():
-            gain = gains.get(label)
-            shown = f"{gain['mean']:+.2f} [{gain['ci'][0]:+.2f}, {gain['ci'][1]:+.2f}]" if gain else ""
-            lines.append(f"| {label} | {cell(entry)} | {shown} |")
+            row = f"| {label} | {cell(entry)} | {gain_cell(gains.get(label))} |"
+            if "coarse_scale" in inpainting:
+                coarse_gain = inpainting["coarse_gain_over_baseline_db"].get(label)
+                row += (f" {cell(inpainting['coarse_psnr_masked_region_db'][label])}"
+                        + (f", {signed(coarse_gain)}" if coarse_gain else "") + " |")
+            if agreement:
+                judged = agreement[label]
+                row += " " + " / ".join(f"{judged[j]['mean']:.2f} [{judged[j]['ci'][0]:.2f}, {judged[j]['ci'][1]:.2f}]"
+                                        for j in ("style_metric", "structure_judge")) + " |"
+            lines.append(row)
     attack = data.get("encoder_attack")
     if attack:
         lines += ["", f"How attackable the encoder is ({attack['method']} encoder attack, {attack['strength']} budget, "

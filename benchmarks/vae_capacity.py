@@ -31,14 +31,13 @@ import torch  # noqa: E402
 from artshield.cli_support import ArgumentParser, positive_float, positive_int  # noqa: E402
 from artshield.fileio import write_json_atomic  # noqa: E402
 from artshield.metrics import finite_psnr  # noqa: E402
-from artshield.stats import bootstrap_ci  # noqa: E402
+from artshield.stats import mean_interval  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def interval(values: np.ndarray, seed: int) -> dict:
-    mean, low, high = bootstrap_ci(values, np.mean, seed=seed)
-    return {"mean": round(mean, 2), "ci": [round(low, 2), round(high, 2)], "n": int(values.size)}
+    return mean_interval(values, seed=seed, digits=2)
 
 
 def invert_decoder(model, images: torch.Tensor, steps: int, lr: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -319,8 +319,18 @@ def test_demo_world_smoke(tmp_path):
     per_style = result["vae_round_trip_psnr_db"]["per_style"]
     assert len(per_style) == 8 and all(entry["n"] == 2 and entry["mean"] > 5 for entry in per_style.values())
     fills = result["inpainting"]["psnr_masked_region_db"]
-    assert set(fills) == {"prompt-only baseline", "trained", "trained, empty prompt", "VAE round trip (ceiling)"}
+    assert set(fills) == {"prompt-only baseline", "trained", "no-information baseline (empty prompt)",
+                          "trained, empty prompt", "VAE round trip (ceiling)"}
     assert fills["VAE round trip (ceiling)"]["mean"] > fills["prompt-only baseline"]["mean"]
+    gains = result["inpainting"]["gain_over_baseline_db"]  # each fill against the baseline told the same prompt
+    assert gains["trained, empty prompt"]["baseline"] == "no-information baseline (empty prompt)"
+    assert gains["trained"]["baseline"] == "prompt-only baseline"
+    coarse = result["inpainting"]["coarse_psnr_masked_region_db"]  # blurring hides texture: every fill gets closer
+    assert set(coarse) == set(fills) and all(coarse[k]["mean"] > fills[k]["mean"] for k in fills)
+    agreement = result["inpainting"]["same_style_as_image"]
+    assert set(agreement) == set(fills)
+    # the round trip keeps the image, so both judges must still see the masked image's own style in it
+    assert agreement["VAE round trip (ceiling)"]["style_metric"]["mean"] == 1.0
     attack = result["encoder_attack"]
     assert attack["images"] == 2 and attack["latent_relative_shift"]["mean"] > 0
     room = result["diffusionguard_headroom"]
@@ -331,6 +341,7 @@ def test_demo_world_smoke(tmp_path):
     assert (tmp_path / "demo_world.png").is_file()
     table = script("benchmarks/render_readme.py").demo_world_table(result)
     assert "| PSNR |" in table and "| trained, empty prompt |" in table and "How attackable the encoder is" in table
+    assert "(over the no-information baseline)" in table and "structure judge" in table
     assert "How far DiffusionGuard's objective moves" in table and "at a radius of 0.5 of their norm" in table
 
 

@@ -11,7 +11,7 @@ import torch
 from artshield.errors import InvalidArgumentError, ModelLoadError, ModelNotFoundError
 from artshield.models.demo.style import FEATURE_NAMES, StyleMetric, image_features
 from artshield.models.demo.world import ALL_STYLES, ARTIST_STYLE, make_dataset, render
-from artshield.stats import average_ranks, bootstrap_ci, roc_auc
+from artshield.stats import average_ranks, bootstrap_ci, mean_interval, roc_auc
 
 
 def _to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -57,6 +57,15 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_estimate():
     assert 0.0 <= auc_low <= auc <= auc_high <= 1.0
     with pytest.raises(InvalidArgumentError, match="alpha"):
         bootstrap_ci(values, np.mean, alpha=1.5)
+
+
+def test_mean_interval_is_the_bootstrap_in_the_result_file_shape():
+    values = np.random.default_rng(2).normal(5.0, 2.0, 40)
+    estimate, low, high = bootstrap_ci(values, np.mean, seed=3)
+    assert mean_interval(values, seed=3) == {"mean": estimate, "ci": [low, high], "n": 40}
+    rounded = mean_interval(values, seed=3, digits=2)
+    assert rounded["ci"] == [round(low, 2), round(high, 2)] and rounded["mean"] == round(estimate, 2)
+    assert mean_interval(values, seed=4) != mean_interval(values, seed=3)  # the seed is the bootstrap's
 
 
 # ----------------------------------------------------------------------------------- metric
