@@ -34,7 +34,8 @@ Blocks and their sources:
 * ``lora-mimicry``: ``benchmarks/results/lora_artist_mimicry_v2.json`` (``examples/lora_artist_mimicry.py``'s
   ``results.json``);
 * ``memorization-detection``, ``memorization-prune``: ``benchmarks/results/memorization_demo.json``
-  (``examples/memorization_demo.py``'s ``results.json``);
+  (``examples/memorization_demo.py``'s ``results.json``), and ``memorization-heavy-*`` from
+  ``memorization_demo_heavy.json`` (the same script with 40 copies of each memorized image);
 * ``fl-proof``: ``benchmarks/results/fl_proof.json`` (``examples/fl_proof.py`` writes it there itself);
 * ``fl-aggregation``: ``benchmarks/results/fl_aggregation.json`` (``benchmarks/fl_aggregation.py``);
 * ``sd-scale``: ``benchmarks/results/sd_scale.json`` (``benchmarks/sd_scale.py``);
@@ -351,15 +352,18 @@ def memorization_detection_table(data: dict) -> str:
     """``examples/memorization_demo.py``'s ``results.json``: detection on the original and over-fitted model."""
     columns = [data["detection"][name] for name in ("original", "overfit")]
 
-    def auc(d: dict) -> str:
-        low, high = d["auc_vs_controls_ci95"]
-        return f"{d['auc_vs_controls']:.2f} [{low:.2f}, {high:.2f}] / {d['auc_vs_world_captions']:.2f}"
+    def auc(against: str):
+        def text(d: dict) -> str:
+            low, high = d[f"auc_vs_{against}_ci95"]
+            return f"{d[f'auc_vs_{against}']:.2f} [{low:.2f}, {high:.2f}]"
+        return text
 
     rows = [
         ("memorized prompts' generations nearest their own training image", lambda d: f"{d['copies_own_image']:.2f}"),
         ("Wen et al. metric: memorized / controls / world captions", lambda d: " / ".join(
             f"{d[k]:.2f}" for k in ("mean_metric_memorized", "mean_metric_controls", "mean_metric_world_captions"))),
-        ("detection AUC vs controls [95 % bootstrap] / vs world captions", auc),
+        ("detection AUC vs controls [95 % bootstrap]", auc("controls")),
+        ("detection AUC vs world captions [95 % bootstrap]", auc("world_captions")),
     ]  # fmt: skip
     lines = ["| | original demo model | over-fitted |", "|---|---|---|"]
     lines += [f"| {label} | " + " | ".join(fmt(d) for d in columns) + " |" for label, fmt in rows]
@@ -373,14 +377,22 @@ def memorization_prune_table(data: dict) -> str:
         count = f"{row['pruned_weights']:,}".replace(",", " ")
         return count if not row["pruned_weights"] else f"{count} ({100 * row['fraction_of_located_layers']:.2g} %)"
 
-    lines = ["| base | ratio | weights zeroed | metric | own-image rate | style accuracy | SSIM to original |",
-             "|---|---|---|---|---|---|---|"]
+    from artshield.finetune.memorization import LAYER_CHOICES
+
+    def location(row: dict) -> str:  # results written before --sweep_layers located in ff.net.2 only
+        return " + ".join(f"`{LAYER_CHOICES[name]}`" for name in row.get("layers", ["ffn2"])) if row["ratio"] else "—"
+
     sweep = data["prune_sweep"]
-    for row in [sweep["before"], *sweep["after"]]:
+    rows = [sweep["before"], *sweep["after"]]
+    located = len({location(row) for row in sweep["after"]}) > 1  # a column only when the sweep compares places
+    lines = ["| " + ("layers | " if located else "") + "base | ratio | weights zeroed | metric | own-image rate | "
+             "style accuracy | SSIM to original |", "|---|---|---|---|---|---|---|" + ("---|" if located else "")]
+    for row in rows:
         ssim, ratio = row["utility_ssim_to_original"], row["ratio"]
         ssim_text = "–" if ssim is None else "1" if ssim == 1 else f"{ssim:.2f}"
         lines.append(
-            f"| {row['base_prompts'] or '—'} | {f'{100 * ratio:g} %' if ratio else '0'} | {weights(row)} | "
+            ("| " + location(row) + " " if located else "")
+            + f"| {row['base_prompts'] or '—'} | {f'{100 * ratio:g} %' if ratio else '0'} | {weights(row)} | "
             f"{row['memorization_metric']:.2f} | {row['copies_own_image']:.2f} | {row['utility_style_accuracy']:.2f} | "
             f"{ssim_text} |"
         )
@@ -610,6 +622,8 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "lora-mimicry": ("benchmarks/results/lora_artist_mimicry_v2.json", lora_mimicry_table),
     "memorization-detection": ("benchmarks/results/memorization_demo.json", memorization_detection_table),
     "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),
+    "memorization-heavy-detection": ("benchmarks/results/memorization_demo_heavy.json", memorization_detection_table),
+    "memorization-heavy-prune": ("benchmarks/results/memorization_demo_heavy.json", memorization_prune_table),
     "fl-proof": ("benchmarks/results/fl_proof.json", fl_proof_table),
     "fl-aggregation": ("benchmarks/results/fl_aggregation.json", fl_aggregation_table),
     "sd-scale": ("benchmarks/results/sd_scale.json", sd_scale_table),

@@ -25,7 +25,8 @@
    generations to the un-pruned model's) before and after -- at the paper's 1 % per row against the empty
    prompt, and over the ratios of ``--sweep`` against both the empty prompt and the world captions (the
    paper's ``coco_memorize`` variant contrasts with ordinary captions instead), since how much of a layer
-   memorization occupies depends on the model's size.
+   memorization occupies depends on the model's size; ``--sweep_layers`` adds other locations (cross-attention
+   keys/values, the first FFN layer) to the sweep.
 4. **Re-check** (Finding Dori): the memorization metrics again with randomly perturbed prompt embeddings.
 
 Writes ``results.json`` and ``grid.png`` (rows: memorized prompts -- training image, over-fitted model at two
@@ -83,6 +84,8 @@ CONTROLS = [
 ]
 #: Base prompts the pruning sweep can contrast the memorized prompts with.
 SWEEP_BASES = ("empty", "captions")
+#: Where the saved checkpoint is pruned (``memorization.prune``'s default, the paper's): the second FFN layer.
+SAVED_LAYERS = ("ffn2",)
 
 
 def diptych_prompt(left: tuple[str, str], right: tuple[str, str]) -> str:
@@ -99,6 +102,8 @@ def diptych(left: tuple[str, str], right: tuple[str, str], size: int, seed: int)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from artshield.finetune.memorization import LAYER_CHOICES
+
     parser = ArgumentParser(prog="memorization_demo.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="runs/memorization_demo")
     parser.add_argument("--model", default="demo", help="model to over-fit (default: the demo model)")
@@ -123,6 +128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ratios to measure (memorization vs utility) for each base of --sweep_bases; '' for none")
     parser.add_argument("--sweep_bases", default="empty,captions",
                         help="base prompts contrasted in the sweep: 'empty' (\"\") and/or 'captions' (the world captions)")
+    parser.add_argument("--sweep_layers", default="ffn2",
+                        help="where the sweep locates memorization: ';'-separated groups of comma-separated layers "
+                             f"({', '.join(LAYER_CHOICES)}), e.g. 'ffn2;attn_k,attn_v;ffn1,ffn2'; each group is swept "
+                             "over every base and ratio")
     parser.add_argument("--timesteps", type=positive_int, default=10, help="first denoising steps whose masks are united")
     args = parser.parse_args(argv)
     # Checked here, not after minutes of training: a typo must not cost the run.
@@ -130,6 +139,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sweep = [float(r) for r in args.sweep.split(",") if r.strip()]
     except ValueError:
         parser.error(f"--sweep must be comma-separated numbers, not {args.sweep!r}")
+    args.sweep_layers = [tuple(name.strip() for name in group.split(",") if name.strip())
+                         for group in args.sweep_layers.split(";") if group.strip()]
+    unknown = [name for group in args.sweep_layers for name in group if name not in LAYER_CHOICES]
+    if unknown or not args.sweep_layers:
+        parser.error(f"--sweep_layers: {'unknown layer ' + repr(unknown[0]) if unknown else 'no layer given'} "
+                     f"(choose from {', '.join(LAYER_CHOICES)})")
     args.sweep_bases = [b.strip() for b in args.sweep_bases.split(",") if b.strip()]
     unknown = [b for b in args.sweep_bases if b not in SWEEP_BASES]
     if unknown:
@@ -314,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         style_metric = None
     result = M.prune(
         model, memorized, utility_prompts=other, ratio=args.ratio, timesteps=args.timesteps, seeds=seeds,
-        steps=args.steps, sampler=sampler, index=index, style_metric=style_metric,
+        steps=args.steps, sampler=sampler, index=index, style_metric=style_metric, layers=SAVED_LAYERS,
         output=out / "pruned", overwrite=True,
     )
     report = result.report
@@ -322,22 +337,23 @@ def main(argv: list[str] | None = None) -> int:
     eval_kwargs = {"seeds": seeds, "steps": args.steps, "sampler": sampler, "index": index}
     bases = {"empty": [""], "captions": other}
     sweep = []
-    for base in args.sweep_bases:
-        for ratio in args.sweep:
-            if base == "empty" and ratio == args.ratio:  # the saved checkpoint already measured it
-                sweep.append(sweep_row(ratio, report["pruned_weights"], report["location"]["fraction"], result.after, base))
-                continue
-            fresh = load(str(model_dir), device="cpu", dtype="fp32")
-            masks = M.locate_memorization(
-                fresh, memorized, bases[base], ratio=ratio, timesteps=args.timesteps, sampler=sampler
-            )
-            pruned = M.apply_masks(fresh.unet, masks)
-            after = M.evaluate_model(
-                fresh, memorized, other, style_metric=style_metric, reference=result.before, **eval_kwargs
-            )
-            sweep.append(sweep_row(ratio, pruned, masks.stats()["fraction"], after, base))
-            logger.info("base %s, ratio %.3g: %s", base, ratio, sweep[-1])
-    before_row = sweep_row(0.0, 0, 0.0, result.before, None)
+    for layers in args.sweep_layers:
+        for base in args.sweep_bases:
+            for ratio in args.sweep:
+                if layers == SAVED_LAYERS and base == "empty" and ratio == args.ratio:  # the saved checkpoint's
+                    sweep.append(sweep_row(ratio, report["pruned_weights"], report["location"]["fraction"],
+                                           result.after, base, layers))
+                    continue
+                fresh = load(str(model_dir), device="cpu", dtype="fp32")
+                masks = M.locate_memorization(fresh, memorized, bases[base], layers=layers, ratio=ratio,
+                                              timesteps=args.timesteps, sampler=sampler)
+                pruned = M.apply_masks(fresh.unet, masks)
+                after = M.evaluate_model(
+                    fresh, memorized, other, style_metric=style_metric, reference=result.before, **eval_kwargs
+                )
+                sweep.append(sweep_row(ratio, pruned, masks.stats()["fraction"], after, base, layers))
+                logger.info("layers %s, base %s, ratio %.3g: %s", "+".join(layers), base, ratio, sweep[-1])
+    before_row = sweep_row(0.0, 0, 0.0, result.before, None, ())
     summary = {
         "detection_auc_vs_controls": [detection["original"]["auc_vs_controls"], detection["overfit"]["auc_vs_controls"]],
         "detection_auc_vs_world_captions": [
@@ -384,10 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def sweep_row(ratio: float, pruned: int, fraction: float, evaluation, base: str | None) -> dict:
-    """Memorization and utility of one pruning ratio and base."""
+def sweep_row(ratio: float, pruned: int, fraction: float, evaluation, base: str | None, layers: tuple) -> dict:
+    """Memorization and utility of one pruning ratio, base and location."""
     mem, util = evaluation.memorization, evaluation.utility
     return {
+        "layers": list(layers),
         "base_prompts": base,
         "ratio": ratio,
         "pruned_weights": int(pruned),

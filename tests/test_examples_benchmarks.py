@@ -270,17 +270,21 @@ def test_bayesian_vs_plain_smoke(tmp_path):
 def test_memorization_demo_smoke(tmp_path):
     argv = ["--output_dir", str(tmp_path), "--resolution", "64", "--duplicates", "1", "--images_per_style", "1",
             "--max_train_steps", "2", "--train_batch_size", "2", "--seeds", "0", "--num_inference_steps", "2",
-            "--steps", "1", "--timesteps", "1", "--sweep", "", "--in_process"]
+            "--steps", "1", "--timesteps", "1", "--sweep", "0.5", "--sweep_bases", "empty",
+            "--sweep_layers", "ffn2;attn_k,attn_v", "--in_process"]
     assert script("examples/memorization_demo.py").main(argv) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["training"]["max_train_steps"] == 2
     assert set(results["detection"]) == {"original", "overfit"}
     assert {"detection_auc_vs_controls", "copies_own_image", "pruned_weights"} <= set(results["summary"])
-    assert results["prune_sweep"]["before"]["ratio"] == 0.0 and results["prune_sweep"]["after"] == []
+    sweep = results["prune_sweep"]
+    assert sweep["before"]["ratio"] == 0.0 and [row["layers"] for row in sweep["after"]] == [["ffn2"], ["attn_k", "attn_v"]]
+    assert all(row["pruned_weights"] > 0 for row in sweep["after"])
     assert (tmp_path / "grid.png").is_file() and (tmp_path / "pruned").is_dir()
     renderer = script("benchmarks/render_readme.py")
-    assert renderer.memorization_detection_table(results).count("\n") == 4
-    assert renderer.memorization_prune_table(results).splitlines()[2].startswith("| — | 0 | 0 |")
+    assert renderer.memorization_detection_table(results).count("\n") == 5
+    table = renderer.memorization_prune_table(results).splitlines()  # two locations: a column says which
+    assert table[2].startswith("| — | — | 0 | 0 |") and table[4].startswith("| `attn2.to_k` + `attn2.to_v` | empty | 50 % |")
 
 
 def test_sd_scale_smoke(tmp_path):

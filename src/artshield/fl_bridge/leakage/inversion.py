@@ -5,7 +5,7 @@ of the toolkit): it takes the dummy images (and, when labels are unknown, label 
 the model would produce on them (FedSGD) or unrolls the client's local SGD steps on them (FedAvg), and scores
 the distance to the observation plus image priors. The presets follow breaching's configurations
 (``config/attack/{deepleakage,invertinggradients,seethroughgradients}.yaml``; see
-``/work/shared/research/fl_bridge.md`` §2):
+``../shared/research/fl_bridge.md`` §2):
 
 =================  ==================================================================================
 ``dlg``            Zhu et al. 2019: squared-L2 gradient matching, L-BFGS (lr 1, 1,200 outer steps of up to
