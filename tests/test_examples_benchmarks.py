@@ -80,6 +80,20 @@ def test_committed_results_have_the_scripts_format():
         assert set(row) <= row_keys, row["method"]
 
 
+def test_committed_results_name_no_path_of_the_machine_that_made_them():
+    """Result files and the demo weights' training records say how to rerun with placeholders (OUT, RUN, DIR),
+    not where one machine kept its runs: such a path means nothing to a reader and leaks a local layout."""
+    import re
+
+    machine_path = re.compile(r"(?<![\w.])/(?:home|tmp|work|root|Users|mnt|var|scratch)/")
+    files = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
+    files += sorted((ROOT / "src" / "artshield" / "models" / "demo" / "weights").glob("*.json"))
+    assert len(files) > 10
+    leaking = [f"{path.name}: {match.group(0)}" for path in files
+               for match in [machine_path.search(path.read_text(encoding="utf-8"))] if match]
+    assert not leaking, leaking
+
+
 # --------------------------------------------------------------------------------------------------
 # benchmarks
 # --------------------------------------------------------------------------------------------------
