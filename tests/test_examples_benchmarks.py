@@ -87,7 +87,7 @@ def test_committed_results_name_no_path_of_the_machine_that_made_them():
 
     machine_path = re.compile(r"(?<![\w.])/(?:home|tmp|work|root|Users|mnt|var|scratch)/")
     files = sorted((ROOT / "benchmarks" / "results").glob("*.json"))
-    files += sorted((ROOT / "src" / "artshield" / "models" / "demo" / "weights").glob("*.json"))
+    files += sorted((ROOT / "src" / "artshield" / "models" / "demo" / "weights").rglob("*.json"))
     assert len(files) > 10
     leaking = [f"{path.name}: {match.group(0)}" for path in files
                for match in [machine_path.search(path.read_text(encoding="utf-8"))] if match]
