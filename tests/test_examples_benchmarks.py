@@ -277,6 +277,10 @@ def test_bayesian_vs_plain_smoke(tmp_path):
     assert [r["step"] for r in results["records"]["bayesian-seed0"]] == [1, 2]
     assert "dct_similarity" in results["summary"]["plain"] and (tmp_path / "curves.png").is_file()
     assert "--bayesian" in results["commands"]["bayesian-seed0"]
+    paired = results["bayesian_minus_plain"]["dct_similarity"]["final"]  # one seed: no interval, its own sign
+    per_run = results["summary_per_run"]
+    assert paired["per_seed"] == [per_run["bayesian-seed0"]["dct_similarity"]["final"]
+                                  - per_run["plain-seed0"]["dct_similarity"]["final"]] and paired["ci"] is None
     assert (tmp_path / "plain-seed0" / "train.log").is_file()
 
 
