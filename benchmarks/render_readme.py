@@ -36,6 +36,9 @@ Blocks and their sources:
 * ``memorization-detection``, ``memorization-prune``: ``benchmarks/results/memorization_demo.json``
   (``examples/memorization_demo.py``'s ``results.json``), and ``memorization-heavy-*`` from
   ``memorization_demo_heavy.json`` (the same script with 40 copies of each memorized image);
+* ``bayesian-subject``, ``bayesian-artist``, ``bayesian-low-lr``: ``benchmarks/results/bayesian_vs_plain_*.json``
+  (``examples/bayesian_vs_plain.py``'s ``results.json``: its defaults, ``--target artist --method lora``, and
+  ``--learning_rate 5e-5 --max_train_steps 1200 --validation_steps 50``);
 * ``fl-proof``: ``benchmarks/results/fl_proof.json`` (``examples/fl_proof.py`` writes it there itself);
 * ``fl-aggregation``: ``benchmarks/results/fl_aggregation.json`` (``benchmarks/fl_aggregation.py``);
 * ``sd-scale``: ``benchmarks/results/sd_scale.json`` (``benchmarks/sd_scale.py``);
@@ -348,6 +351,32 @@ def lora_mimicry_table(data: dict) -> str:
     ])  # fmt: skip
 
 
+def bayesian_vs_plain_table(data: dict) -> str:
+    """``examples/bayesian_vs_plain.py``'s ``results.json``: each mode's peak, final value and deepest drop of the
+    fidelity and style scores over seeds, and the paired Bayesian-minus-plain difference."""
+    settings, summary, paired = data["settings"], data["summary"], data["bayesian_minus_plain"]
+    seeds = settings["train_seeds"]
+    lr = settings["learning_rate"] or (1e-3 if settings["method"] == "lora" else 2e-4)  # the script's defaults
+    lines = [f"{settings['method']} on the {settings['target']} target, {settings['max_train_steps']} steps at lr {lr:g}, "
+             f"seeds {', '.join(map(str, seeds))}; mean ± s.d. over seeds; the difference is paired by seed, "
+             "[95 % bootstrap over seeds], and the number of seeds where the Bayesian run is higher.", "",
+             "| score | statistic | plain | bayesian | bayesian − plain | higher in |", "|---|---|---|---|---|---|"]
+    rows = [("dct_similarity", "peak"), ("dct_similarity", "final"), ("dct_similarity", "deepest_drop_below_running_peak"),
+            ("style_score", "final"), ("nn_ssim", "final"), ("hf_energy_ratio", "peak")]
+    labels = {"dct_similarity": "fidelity (DCT similarity)", "style_score": "style score",
+              "nn_ssim": "copying (nearest-instance SSIM)", "hf_energy_ratio": "high-frequency ratio",
+              "deepest_drop_below_running_peak": "deepest drop below running peak"}  # fmt: skip
+    for key, stat in rows:
+        if stat in paired.get(key, {}):
+            label, stat_label = labels[key], labels.get(stat, stat)
+            plain, bayes, diff = summary["plain"][key][stat], summary["bayesian"][key][stat], paired[key][stat]
+            ci = f" [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}]" if diff["ci"] else ""
+            lines.append(f"| {label} | {stat_label} | {plain['mean']:.3f} ± {plain['std']:.3f} | "
+                         f"{bayes['mean']:.3f} ± {bayes['std']:.3f} | {diff['mean']:+.3f}{ci} | "
+                         f"{diff['bayesian_higher_in']} of {diff['n']} |")
+    return "\n".join(lines)
+
+
 def memorization_detection_table(data: dict) -> str:
     """``examples/memorization_demo.py``'s ``results.json``: detection on the original and over-fitted model."""
     columns = [data["detection"][name] for name in ("original", "overfit")]
@@ -620,6 +649,9 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "demo-world": ("benchmarks/results/demo_world.json", demo_world_table),
     "demo-world-v1": ("benchmarks/results/demo_world_v1.json", demo_world_table),
     "lora-mimicry": ("benchmarks/results/lora_artist_mimicry_v2.json", lora_mimicry_table),
+    "bayesian-subject": ("benchmarks/results/bayesian_vs_plain_subject.json", bayesian_vs_plain_table),
+    "bayesian-artist": ("benchmarks/results/bayesian_vs_plain_artist.json", bayesian_vs_plain_table),
+    "bayesian-low-lr": ("benchmarks/results/bayesian_vs_plain_low_lr.json", bayesian_vs_plain_table),
     "memorization-detection": ("benchmarks/results/memorization_demo.json", memorization_detection_table),
     "memorization-prune": ("benchmarks/results/memorization_demo.json", memorization_prune_table),
     "memorization-heavy-detection": ("benchmarks/results/memorization_demo_heavy.json", memorization_detection_table),
