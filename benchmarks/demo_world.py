@@ -14,8 +14,8 @@ fills a hole from its surroundings.
   zeroed UNet told nothing. Intervals are paired bootstraps over images of the difference to the baseline told
   the same prompt. The same PSNR at a quarter of the size (average-pooled) says whether a fill has the right
   colours and shapes, which the full-size PSNR hides under texture no fill copies pixel for pixel. Both demo
-  judges also say which style each fill is in: the share that matches the masked
-  image's style shows whether the surroundings, not only the caption, steer the fill.
+  judges also say which style each fill is in: the share that matches the masked image's style shows whether
+  the surroundings, not only the caption, steer the fill.
 * **How attackable the encoder is** — PhotoGuard's encoder attack (push the latent towards a grey image's) at
   ``--attack-strength`` (default medium, 8/255) on ``--attack-images`` artist renders: the latent's relative
   move ‖E(x′) − E(x)‖ / ‖E(x)‖, and the PSNR between what the decoder makes of the protected and of the clean
