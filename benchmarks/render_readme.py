@@ -356,8 +356,8 @@ def bayesian_vs_plain_table(data: dict) -> str:
     fidelity and style scores over seeds, and the paired Bayesian-minus-plain difference."""
     settings, summary, paired = data["settings"], data["summary"], data["bayesian_minus_plain"]
     seeds = settings["train_seeds"]
-    lr = settings["learning_rate"] or (1e-3 if settings["method"] == "lora" else 2e-4)  # the script's defaults
-    lines = [f"{settings['method']} on the {settings['target']} target, {settings['max_train_steps']} steps at lr {lr:g}, "
+    lines = [f"{settings['method']} on the {settings['target']} target, {settings['max_train_steps']} steps at lr "
+             f"{settings['learning_rate']:g}, "
              f"seeds {', '.join(map(str, seeds))}; mean ± s.d. over seeds; the difference is paired by seed, "
              "[95 % bootstrap over seeds], and the number of seeds where the Bayesian run is higher.", "",
              "| score | statistic | plain | bayesian | bayesian − plain | higher in |", "|---|---|---|---|---|---|"]

@@ -105,6 +105,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.train_seeds:
         parser.error("--train_seeds needs at least one seed")
     args.instance_prompt = args.instance_prompt or TARGETS[args.target]
+    if args.learning_rate is None:  # resolved here so that results.json records the rate every run used
+        args.learning_rate = 1e-3 if args.method == "lora" else 2e-4
     return args
 
 
@@ -165,7 +167,6 @@ def run_name(mode: str, seed: int) -> str:
 
 def trainer_command(args: argparse.Namespace, instance_dir: Path, run_dir: Path, bayesian: bool, seed: int) -> list[str]:
     """The trainer's diffusers-style command line for one run."""
-    lr = args.learning_rate if args.learning_rate is not None else (1e-3 if args.method == "lora" else 2e-4)
     cmd = [
         sys.executable, "-m", "artshield.finetune.train",
         "--method", args.method,
@@ -178,7 +179,7 @@ def trainer_command(args: argparse.Namespace, instance_dir: Path, run_dir: Path,
         "--resolution", str(args.resolution),
         "--train_batch_size", "1",
         "--max_train_steps", str(args.max_train_steps),
-        "--learning_rate", str(lr),
+        "--learning_rate", str(args.learning_rate),
         "--lr_scheduler", "constant",
         "--lr_warmup_steps", "0",
         "--checkpointing_steps", str(10 * args.max_train_steps),  # no intermediate checkpoints
@@ -468,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("dct_similarity", "style_score"):
         for stat, d in results["bayesian_minus_plain"].get(key, {}).items():
             logger.info("bayesian - plain %-15s %-32s %+.3f %s, higher in %d of %d seeds", key, stat, d["mean"],
-                        d["ci"] and f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]", d["bayesian_higher_in"], d["n"])
+                        f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]" if d["ci"] else "", d["bayesian_higher_in"], d["n"])
     logger.info("wrote %s, %s and %s", out / "results.json", figure, montage or "no montage (images missing)")
     return 0
 

@@ -284,6 +284,14 @@ def test_bayesian_vs_plain_smoke(tmp_path):
     assert (tmp_path / "plain-seed0" / "train.log").is_file()
 
 
+def test_memorization_demo_names_an_unknown_sweep_layer_before_training(capsys):
+    parse_args = script("examples/memorization_demo.py").parse_args
+    with pytest.raises(SystemExit):
+        parse_args(["--sweep_layers", "ffn2;attn_q"])
+    assert "--sweep_layers: unknown layer 'attn_q'" in capsys.readouterr().err
+    assert parse_args(["--sweep_layers", "ffn2; attn_k,attn_v"]).sweep_layers == [("ffn2",), ("attn_k", "attn_v")]
+
+
 @pytest.mark.slow
 def test_memorization_demo_smoke(tmp_path):
     argv = ["--output_dir", str(tmp_path), "--resolution", "64", "--duplicates", "1", "--images_per_style", "1",
