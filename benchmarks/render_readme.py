@@ -19,7 +19,8 @@ Blocks and their sources:
 * ``proof-sdedit``, ``proof-lora``, ``proof-inpaint``: ``benchmarks/results/protection_proof.json``, the
   ``results.json`` that ``examples/protection_proof.py`` writes (copy it there to commit it);
 * ``proof-lora-runs``: ``benchmarks/results/protection_proof_lora_runs.json`` (world v1);
-* ``proof-v2-sdedit``, ``proof-v2-inpaint``: ``benchmarks/results/protection_proof_v2.json``, and
+* ``proof-v2-sdedit``: ``benchmarks/results/protection_proof_v2.json``, ``proof-v2-inpaint``:
+  ``benchmarks/results/protection_proof_inpaint_v2.json`` (rerun on the 6000-step inpainting twin), and
   ``proof-v2-lora-runs``: ``benchmarks/results/protection_proof_lora_runs_v2.json`` (``examples/protection_proof.py
   --write-result``, on the shipped world v2; the commands are in the README); ``proof-v2-lora-purified``:
   ``benchmarks/results/protection_proof_lora_purified_v2.json`` (the LoRA mimic under purification, both judges),
@@ -635,7 +636,7 @@ BLOCKS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "proof-inpaint": ("benchmarks/results/protection_proof.json", lambda d: proof_table(d, "inpaint")),
     "proof-lora-runs": ("benchmarks/results/protection_proof_lora_runs.json", lambda d: proof_curve_table(d, "lora")),
     "proof-v2-sdedit": ("benchmarks/results/protection_proof_v2.json", lambda d: proof_table(d, "sdedit")),
-    "proof-v2-inpaint": ("benchmarks/results/protection_proof_v2.json", lambda d: proof_table(d, "inpaint")),
+    "proof-v2-inpaint": ("benchmarks/results/protection_proof_inpaint_v2.json", lambda d: proof_table(d, "inpaint")),
     "proof-v2-lora-runs": ("benchmarks/results/protection_proof_lora_runs_v2.json", lambda d: proof_curve_table(d, "lora")),
     "proof-v2-lora-purified": ("benchmarks/results/protection_proof_lora_purified_v2.json",
                                lambda d: proof_judges_table(d, "lora")),

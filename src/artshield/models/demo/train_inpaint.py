@@ -87,10 +87,12 @@ from .training import (
 )
 from .world import STYLES, make_dataset
 
-# Sized for "about half an hour on two CPU cores" (3000 steps at batch 16, plus ~2 min of VAE encoding for the
-# posterior caches; see inpaint_training_info.json of the shipped weights for the measured time).
+# 6000 steps at batch 16: about 45 min of training on two CPU cores, plus ~2 min of VAE encoding for the
+# posterior caches (inpaint_training_info.json of the shipped weights has the measured time). 3000 steps
+# (19 min) left a twin whose fill told nothing beat the no-information baseline by only 1.6 dB; doubling the
+# steps roughly doubled that (benchmarks/results/demo_world.json).
 DEFAULTS = {
-    "demo": {"steps": 3000, "batch_size": 16, "lr": 2.5e-4, "images_per_style": 200, "masks_per_image": 3,
+    "demo": {"steps": 6000, "batch_size": 16, "lr": 2.5e-4, "images_per_style": 200, "masks_per_image": 3,
              "eval_per_style": 6, "eval_sampling_steps": SAMPLING_STEPS},
     "tiny": {"steps": 2, "batch_size": 2, "lr": 2.5e-4, "images_per_style": 1, "masks_per_image": 1,
              "eval_per_style": 1, "eval_sampling_steps": 2},
