@@ -108,6 +108,12 @@ def summary(report: dict, mimicry: str) -> dict:
         "quality": {label: report["quality"][label]["summary"] for label in scores["protection"]},
         "seconds": report.get("seconds"),
     }
+    # PhotoGuard's and DiffusionGuard's own measure for edits: how far what the mimic made from each input set is
+    # from what it made from the clean images, with the same masks and seeds (lower = the edit was disrupted).
+    to_clean = {name: entry["scores"][name]["conditions"] for name in ("psnr_to_clean", "ssim_to_clean")
+                if name in entry["scores"]}  # fmt: skip
+    if to_clean:
+        out["to_clean"] = to_clean
     if entry.get("runs"):
         out["runs"] = entry["runs"]
     if entry.get("curve"):  # the checkpoint curve: both judges' scores at every training step
