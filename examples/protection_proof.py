@@ -142,6 +142,13 @@ def montage(eval_dir: Path, report: dict, mimicry: str) -> torch.Tensor:
     return torch.cat(padded, dim=1)
 
 
+def inpaint_montage_path(result: str) -> Path:
+    """Where the inpainting montage goes beside ``--write-result``: ``<stem>_inpaint.png`` (``<stem>.png`` is the
+    LoRA montage's)."""
+    path = Path(result)
+    return path.with_name(f"{path.stem}_inpaint.png")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="protection_proof.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("results_dir")
@@ -195,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         if inpaint_folders:
             report = evaluate(clean, inpaint_folders, results / "eval_inpaint", "inpaint", args.inpaint_purify, samples)
             out["mimicry"]["inpaint"] = summary(report, "inpaint")
+            picture = montage(results / "eval_inpaint", report, "inpaint")
+            write_png(results / "montage_inpaint.png", picture)
+            if args.write_result:
+                write_png(inpaint_montage_path(args.write_result), picture)
     if not args.skip_lora:
         lora_folders = {m: folders[m] for m in args.lora_methods.split(",") if m in folders}
         if lora_folders:

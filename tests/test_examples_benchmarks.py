@@ -178,6 +178,23 @@ def test_protection_proof_smoke(tmp_path):
 
 
 @pytest.mark.slow
+def test_protection_proof_inpaint_smoke_writes_its_montage_and_the_edit_measure(tmp_path):
+    result = tmp_path / "committed" / "proof.json"
+    argv = [str(tmp_path / "run"), "--images", "2", "--size", "64", "--steps", "1", "--methods", "advdm",
+            "--inpaint-methods", "advdm", "--inpaint-purify", "none", "--samples", "1", "--sampling-steps", "2",
+            "--skip-sdedit", "--skip-lora", "--write-result", str(result)]
+    assert script("examples/protection_proof.py").main(argv) == 0
+    entry = json.loads(result.read_text())["mimicry"]["inpaint"]
+    assert set(entry["to_clean"]["psnr_to_clean"]) == {"advdm+none"}
+    assert (tmp_path / "run" / "montage_inpaint.png").is_file()
+    montage = tmp_path / "committed" / "proof_inpaint.png"
+    assert montage.is_file() and not (tmp_path / "committed" / "proof.png").exists()  # that name is the LoRA's
+    table = script("benchmarks/render_readme.py").proof_table(json.loads(result.read_text()), "inpaint")
+    own = entry["quality"]["advdm"]["psnr_db"]["mean"]
+    assert table.startswith("inpaint: artist_score") and f"| advdm | {own:.1f} |" in table.split("own PSNR")[1]
+
+
+@pytest.mark.slow
 def test_protection_proof_lora_curve_smoke(tmp_path):
     """The LoRA part over two training runs with a checkpoint curve, written where --write-result says."""
     written = tmp_path / "committed.json"
