@@ -89,6 +89,8 @@ def test_report_covers_every_mimicry_condition_and_score(evaluated):
                 value = cell["scores"][score]
                 assert value["ci95"][0] <= value["value"] + 1e-12 and value["value"] <= value["ci95"][1] + 1e-12
         assert (out / f"plot_{name}.svg").read_text().startswith("<svg")
+    # Image-to-image attacks say which input made each output (their grids line up with the inputs); LoRA does not.
+    assert report["mimicry"]["inpaint"]["sources"] == [0, 0, 1, 1, 2, 2] and "sources" not in report["mimicry"]["lora"]
     # Image-to-image attacks are compared with the clean edit made with the same seed and mask.
     assert "ssim_to_clean" in report["mimicry"]["sdedit"]["scores"]
     assert "ssim_to_clean" not in report["mimicry"]["sdedit"]["conditions"]["clean+none"]["scores"]
@@ -354,3 +356,13 @@ def test_output_folder_is_checked_before_any_work(tmp_path, tiny_model):
         evaluate(sets, EvaluationSettings(mimicries=[mimic]), tmp_path / "file.txt", quiet=True)
     assert not (tmp_path / "never").exists() and (tmp_path / "file.txt").read_text() == "keep"
 
+
+
+def test_grid_shows_one_output_per_input_first_so_columns_line_up_with_the_inputs():
+    from artshield.evaluate.report import grid_indices
+
+    sources = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]  # 3 images × 2 masks × 2 seeds
+    assert grid_indices(range(12), sources, 3) == [0, 4, 8]
+    assert grid_indices(range(12), sources, 5) == [0, 4, 8, 1, 2]  # then the others, in order
+    assert grid_indices(range(4), [None] * 4, 3) == [0, 1, 2]  # text-to-image outputs: as made
+    assert grid_indices([4, 5, 6, 7], None, 2) == [4, 5]  # a checkpoint curve's last step

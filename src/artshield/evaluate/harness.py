@@ -553,6 +553,8 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
         report["mimicry"][mimicry.name] = {"config": mimicry.config, "summary": mimicry.summary, "keys": keys,
                                            "prompts": outputs[baseline].prompts, "conditions": cells,
                                            "scores": summaries}  # fmt: skip
+        if any(source is not None for source in outputs[baseline].sources):  # image-to-image: the input of each output
+            report["mimicry"][mimicry.name]["sources"] = outputs[baseline].sources
         if groups:
             report["mimicry"][mimicry.name]["runs"] = list(dict.fromkeys(groups))
         if stages:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,21 @@ def plot_svg(summary: dict[str, Any], score: str, title: str) -> str:
     return "".join(parts)
 
 
+def grid_indices(candidates: Iterable[int], sources: Sequence[int | None] | None, columns: int) -> list[int]:
+    """Which outputs a grid shows: for image-to-image attacks the first output made from each input image, in the
+    inputs' order, so that the grid's columns line up with the row of inputs above it (several masks or seeds per
+    image would otherwise fill the row with the first image's outputs); then, with room left, the others in order."""
+    candidates = list(candidates)
+    if not sources or all(source is None for source in sources):
+        return candidates[:columns]
+    first = {}
+    for i in candidates:
+        first.setdefault(sources[i], i)
+    leading = list(first.values())
+    taken = set(leading)
+    return (leading + [i for i in candidates if i not in taken])[:columns]
+
+
 def write_report(report: dict[str, Any], inputs: dict[str, list[torch.Tensor]], output: Path, columns: int) -> Path:
     """Write the grids, plots and ``report.html``; adds each grid's relative path to `report` (before it is saved)."""
     output = Path(output)
@@ -110,7 +126,7 @@ def write_report(report: dict[str, Any], inputs: dict[str, list[torch.Tensor]], 
         shown = [i for i, step in enumerate(stages) if step == max(stages)] if stages else None
         for condition, cell in entry["conditions"].items():
             folder = output / cell["folder"] / "images"
-            indices = (shown if shown is not None else range(cell["outputs"]))[:columns]
+            indices = grid_indices(shown if shown is not None else range(cell["outputs"]), entry.get("sources"), columns)
             images = [read_image(folder / f"{i:04d}.png").rgb[0] for i in indices]
             relative = Path("grids") / name / f"{safe_name(condition)}.png"
             write_png(output / relative, strip(images, columns))
