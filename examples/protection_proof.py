@@ -107,6 +107,9 @@ def summary(report: dict, mimicry: str) -> dict:
         "scores": scores,
         "quality": {label: report["quality"][label]["summary"] for label in scores["protection"]},
         "seconds": report.get("seconds"),
+        # What the attack's cells took when they were made (this run may have reused them): None if any cell
+        # predates that record.
+        "cells_made_in_seconds": cells_made_in_seconds(entry["conditions"]),
     }
     # PhotoGuard's and DiffusionGuard's own measure for edits: how far what the mimic made from each input set is
     # from what it made from the clean images, with the same masks and seeds (lower = the edit was disrupted).
@@ -120,6 +123,11 @@ def summary(report: dict, mimicry: str) -> dict:
         out["curve"] = {step: {name: summaries[name] for name in (score, "structure_score") if name in summaries}
                         for step, summaries in entry["curve"].items()}  # fmt: skip
     return out
+
+
+def cells_made_in_seconds(cells: dict) -> float | None:
+    times = [cell.get("made_in_seconds") for cell in cells.values()]
+    return None if not times or None in times else round(sum(times), 1)
 
 
 def montage(eval_dir: Path, report: dict, mimicry: str) -> torch.Tensor:

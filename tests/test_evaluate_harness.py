@@ -108,6 +108,11 @@ def test_rerun_reuses_every_cell_and_gives_identical_numbers(evaluated):
     _, first, second = evaluated
     for entry in second["mimicry"].values():
         assert all(cell["reused"] for cell in entry["conditions"].values())
+    # A reused cell still says how long it took to make (what the evaluation cost, not what the rerun cost).
+    for name, entry in first["mimicry"].items():
+        for condition, cell in entry["conditions"].items():
+            assert not cell["reused"] and cell["made_in_seconds"] is not None and cell["made_in_seconds"] >= 0
+            assert second["mimicry"][name]["conditions"][condition]["made_in_seconds"] == cell["made_in_seconds"]
     assert second["headline"] == first["headline"]
     for name in first["mimicry"]:
         assert second["mimicry"][name]["scores"] == first["mimicry"][name]["scores"]

@@ -185,7 +185,7 @@ def test_protection_proof_inpaint_smoke_writes_its_montage_and_the_edit_measure(
             "--skip-sdedit", "--skip-lora", "--write-result", str(result)]
     assert script("examples/protection_proof.py").main(argv) == 0
     entry = json.loads(result.read_text())["mimicry"]["inpaint"]
-    assert set(entry["to_clean"]["psnr_to_clean"]) == {"advdm+none"}
+    assert set(entry["to_clean"]["psnr_to_clean"]) == {"advdm+none"} and entry["cells_made_in_seconds"] > 0
     assert (tmp_path / "run" / "montage_inpaint.png").is_file()
     montage = tmp_path / "committed" / "proof_inpaint.png"
     assert montage.is_file() and not (tmp_path / "committed" / "proof.png").exists()  # that name is the LoRA's

@@ -153,10 +153,12 @@ def run_cell(mimicry: Mimicry, images: list[torch.Tensor], folder: Path) -> tupl
     if cached is not None:
         images_out = _load_images(folder, len(cached["keys"]))
         return MimicryOutput(images_out, cached["prompts"], cached["keys"], cached["sources"], cached["info"],
-                             cached.get("groups", []), cached.get("stages", [])), True
+                             cached.get("groups", []), cached.get("stages", []), cached.get("seconds")), True
+    start = time.perf_counter()
     output = mimicry(images, folder / "work")
+    output.seconds = round(time.perf_counter() - start, 1)
     meta = {"keys": output.keys, "prompts": output.prompts, "sources": output.sources, "info": output.info,
-            "groups": output.groups, "stages": output.stages}  # fmt: skip
+            "groups": output.groups, "stages": output.stages, "seconds": output.seconds}  # fmt: skip
     output.images = _store(folder, fingerprint, output.images, meta)
     return output, False
 
@@ -516,7 +518,8 @@ def evaluate(sets: ImageSets, settings: EvaluationSettings, output_dir: str | Pa
             outputs[condition.name] = out
             cells[condition.name] = {"image_set": condition.image_set, "purification": condition.purification,
                                      "outputs": len(out.images), "folder": str(cell_dir.relative_to(output)),
-                                     "reused": reused, "seconds": round(time.perf_counter() - start, 1), "info": out.info}  # fmt: skip
+                                     "reused": reused, "seconds": round(time.perf_counter() - start, 1),
+                                     "made_in_seconds": out.seconds, "info": out.info}  # fmt: skip
             progress.update(1)
         baseline = conditions[0].name
         if baseline not in outputs:  # nothing to compare with: keep what ran, score nothing

@@ -66,6 +66,8 @@ class MimicryOutput:
         stages: for attacks that generate at several points of their training (the checkpoint curve), the
             training step each output was made at; the harness scores the last step as the result and every
             step as the curve. Empty: one stage.
+        seconds: how long making these outputs took (the harness records it; a reused cell keeps the time it
+            was made in, so a report of reused cells still says what the evaluation cost).
     """
 
     images: list[torch.Tensor]
@@ -75,6 +77,7 @@ class MimicryOutput:
     info: dict[str, Any] = field(default_factory=dict)
     groups: list[str] = field(default_factory=list)
     stages: list[int] = field(default_factory=list)
+    seconds: float | None = None
 
 
 def settings_digest(data: Any) -> str:
