@@ -150,11 +150,15 @@ def montage(eval_dir: Path, report: dict, mimicry: str) -> torch.Tensor:
     return torch.cat(padded, dim=1)
 
 
-def inpaint_montage_path(result: str) -> Path:
-    """Where the inpainting montage goes beside ``--write-result``: ``<stem>_inpaint.png`` (``<stem>.png`` is the
-    LoRA montage's)."""
-    path = Path(result)
-    return path.with_name(f"{path.stem}_inpaint.png")
+def write_montage(results: Path, report: dict, mimicry: str, write_result: str | None) -> None:
+    """The montage of one mimicry attack, as ``montage_<mimicry>.png`` in the run's folder and beside
+    ``--write-result``: ``<stem>.png`` for LoRA (the name the committed LoRA montages have), else
+    ``<stem>_<mimicry>.png``."""
+    picture = montage(results / f"eval_{mimicry}", report, mimicry)
+    write_png(results / f"montage_{mimicry}.png", picture)
+    if write_result:
+        path = Path(write_result)
+        write_png(path.with_suffix(".png") if mimicry == "lora" else path.with_name(f"{path.stem}_{mimicry}.png"), picture)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,15 +209,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_sdedit:
         report = evaluate(clean, folders, results / "eval_sdedit", "sdedit", args.purify, samples)
         out["mimicry"]["sdedit"] = summary(report, "sdedit")
+        write_montage(results, report, "sdedit", args.write_result)
     if not args.skip_inpaint and (DEMO_WEIGHTS / "unet_inpaint").is_dir():
         inpaint_folders = {m: folders[m] for m in args.inpaint_methods.split(",") if m in folders}
         if inpaint_folders:
             report = evaluate(clean, inpaint_folders, results / "eval_inpaint", "inpaint", args.inpaint_purify, samples)
             out["mimicry"]["inpaint"] = summary(report, "inpaint")
-            picture = montage(results / "eval_inpaint", report, "inpaint")
-            write_png(results / "montage_inpaint.png", picture)
-            if args.write_result:
-                write_png(inpaint_montage_path(args.write_result), picture)
+            write_montage(results, report, "inpaint", args.write_result)
     if not args.skip_lora:
         lora_folders = {m: folders[m] for m in args.lora_methods.split(",") if m in folders}
         if lora_folders:
@@ -226,10 +228,7 @@ def main(argv: list[str] | None = None) -> int:
                                *samples[2:],
                                "--samples", str(2 * args.samples)])  # fmt: skip
             out["mimicry"]["lora"] = summary(report, "lora")
-            picture = montage(results / "eval_lora", report, "lora")
-            write_png(results / "montage_lora.png", picture)
-            if args.write_result:
-                write_png(Path(args.write_result).with_suffix(".png"), picture)
+            write_montage(results, report, "lora", args.write_result)
     # As the harness's report.json, which may hold NaN (e.g. a score undefined for a condition).
     write_text_atomic(results / "results.json", json.dumps(out, indent=2) + "\n", what="proof results")
     if args.write_result:

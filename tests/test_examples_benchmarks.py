@@ -169,6 +169,7 @@ def test_protection_proof_smoke(tmp_path):
     table = script("benchmarks/render_readme.py").proof_table(results, "sdedit")
     assert (tmp_path / "tables.md").read_text() == table + "\n"
     assert "| advdm |" in table and table.startswith("sdedit: artist_score")
+    assert (tmp_path / "montage_sdedit.png").is_file()
     # The edit measure of PhotoGuard/DiffusionGuard: each set's outputs against the clean images' outputs.
     to_clean = entry["to_clean"]["psnr_to_clean"]
     assert "clean+none" not in to_clean and {"advdm+none", "clean+jpeg75"} <= set(to_clean)
