@@ -130,14 +130,15 @@ def cells_made_in_seconds(cells: dict) -> float | None:
     return None if not times or None in times else round(sum(times), 1)
 
 
-def montage(eval_dir: Path, report: dict, mimicry: str) -> torch.Tensor:
+def montage(eval_dir: Path, report: dict, mimicry: str, purifications: list[str] | None = None) -> torch.Tensor:
     """The report's image grids stacked: the clean inputs, then what the mimic made from each unpurified input set
-    (clean first; with a checkpoint curve, the last step's outputs); then, per purification, the clean inputs as
-    purified and what the mimic made from each purified set."""
+    (clean first; with a checkpoint curve, the last step's outputs); then, per purification (`purifications`, default
+    every one evaluated), the clean inputs as purified and what the mimic made from each purified set."""
     from artshield.imageio import read_image
 
     cells = report["mimicry"][mimicry]["conditions"]
-    purifications = list(dict.fromkeys(name.rpartition("+")[2] for name in cells))
+    evaluated = list(dict.fromkeys(name.rpartition("+")[2] for name in cells))
+    purifications = [spec for spec in evaluated if purifications is None or spec in purifications]
     purifications.sort(key=lambda spec: spec != "none")
     rows = []
     for spec in purifications:
@@ -150,11 +151,13 @@ def montage(eval_dir: Path, report: dict, mimicry: str) -> torch.Tensor:
     return torch.cat(padded, dim=1)
 
 
-def write_montage(results: Path, report: dict, mimicry: str, write_result: str | None) -> None:
-    """The montage of one mimicry attack, as ``montage_<mimicry>.png`` in the run's folder and beside
-    ``--write-result``: ``<stem>.png`` for LoRA (the name the committed LoRA montages have), else
-    ``<stem>_<mimicry>.png``."""
-    picture = montage(results / f"eval_{mimicry}", report, mimicry)
+def write_montage(results: Path, report: dict, mimicry: str, args) -> None:
+    """The montage of one mimicry attack (the purifications of ``--montage-purify``), as ``montage_<mimicry>.png`` in
+    the run's folder and beside ``--write-result``: ``<stem>.png`` for LoRA (the name the committed LoRA montages
+    have), else ``<stem>_<mimicry>.png``."""
+    shown = args.montage_purify.split(",") if args.montage_purify else None
+    picture = montage(results / f"eval_{mimicry}", report, mimicry, shown)
+    write_result = args.write_result
     write_png(results / f"montage_{mimicry}.png", picture)
     if write_result:
         path = Path(write_result)
@@ -185,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                         "checkpoint curve, e.g. 200,400,600)")
     parser.add_argument("--write-result", metavar="JSON", help="also write results.json here (e.g. a file under "
                         "benchmarks/results/ that the README renders)")
+    parser.add_argument("--montage-purify", help="purifications the montages show (default: every one evaluated; "
+                        "e.g. none,diffpure keeps a committed montage small)")
     parser.add_argument("--inpaint-methods", default="diffusionguard,photoguard-diffusion,advdm",
                         help="methods evaluated with inpainting mimicry on demo-inpaint")
     parser.add_argument("--inpaint-purify", default="none,jpeg75,diffpure")
@@ -209,13 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_sdedit:
         report = evaluate(clean, folders, results / "eval_sdedit", "sdedit", args.purify, samples)
         out["mimicry"]["sdedit"] = summary(report, "sdedit")
-        write_montage(results, report, "sdedit", args.write_result)
+        write_montage(results, report, "sdedit", args)
     if not args.skip_inpaint and (DEMO_WEIGHTS / "unet_inpaint").is_dir():
         inpaint_folders = {m: folders[m] for m in args.inpaint_methods.split(",") if m in folders}
         if inpaint_folders:
             report = evaluate(clean, inpaint_folders, results / "eval_inpaint", "inpaint", args.inpaint_purify, samples)
             out["mimicry"]["inpaint"] = summary(report, "inpaint")
-            write_montage(results, report, "inpaint", args.write_result)
+            write_montage(results, report, "inpaint", args)
     if not args.skip_lora:
         lora_folders = {m: folders[m] for m in args.lora_methods.split(",") if m in folders}
         if lora_folders:
@@ -228,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                                *samples[2:],
                                "--samples", str(2 * args.samples)])  # fmt: skip
             out["mimicry"]["lora"] = summary(report, "lora")
-            write_montage(results, report, "lora", args.write_result)
+            write_montage(results, report, "lora", args)
     # As the harness's report.json, which may hold NaN (e.g. a score undefined for a condition).
     write_text_atomic(results / "results.json", json.dumps(out, indent=2) + "\n", what="proof results")
     if args.write_result:

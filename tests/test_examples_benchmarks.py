@@ -260,6 +260,9 @@ def test_protection_proof_montage_shows_each_purification(tmp_path):
     assert tuple(picture.shape) == (3, 4 * len(order), 8)
     reds = [round(float(picture[0, 4 * k, 0]) * 255) for k in range(len(order))]
     assert reds == [10 * k for k in range(len(order))]
+    # --montage-purify: only the purifications asked for ("none" among them for the unpurified rows).
+    only = script("examples/protection_proof.py").montage(tmp_path, report, "lora", ["jpeg75"])
+    assert [round(float(only[0, 4 * k, 0]) * 255) for k in range(only.shape[1] // 4)] == [30, 40, 50]
 
 
 @pytest.mark.slow
