@@ -27,9 +27,11 @@
    generating also at ``--lora-checkpoints``
    (the checkpoint curve; each run is about 5 CPU minutes here).
 6. Write ``results.json`` (settings, and per mimicry attack the headline score's conditions, protection
-   effects and the protected images' quality: what the tables show) and print the Markdown tables the
-   README quotes (``tables.md``; ``benchmarks/render_readme.py`` renders the same tables from
-   ``results.json``). The protect and evaluate commands run in this process (``artshield.cli.main``).
+   effects, the protected images' quality and, for SDEdit and inpainting, how far each set's outputs are from the
+   clean images' outputs: what the tables show), a montage per attack (``montage_<attack>.png``: what the
+   mimic made from the clean and each protected set, per purification of ``--montage-purify``), and print the
+   Markdown tables the README quotes (``tables.md``; ``benchmarks/render_readme.py`` renders the same tables
+   from ``results.json``). The protect and evaluate commands run in this process (``artshield.cli.main``).
 
 Every step reuses what a previous run already made (protected files are skipped when up to date, evaluation
 cells are fingerprinted), so an interrupted run continues where it stopped. The numbers describe the demo world
@@ -197,6 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-inpaint", action="store_true")
     parser.add_argument("--skip-lora", action="store_true")
     args = parser.parse_args(argv)
+    if args.montage_purify:  # checked now, not after hours of evaluation
+        evaluated = {spec for specs in (args.purify, args.inpaint_purify, args.lora_purify) for spec in specs.split(",")}
+        unknown = [spec for spec in args.montage_purify.split(",") if spec not in evaluated]
+        if unknown:
+            parser.error(f"--montage-purify {args.montage_purify!r}: {', '.join(unknown)} is not among the purifications "
+                         f"evaluated ({', '.join(sorted(evaluated))})")
     results = Path(args.results_dir)
     clean = results / "clean"
     images, _, _ = make_dataset(args.images, styles=[ARTIST_STYLE], size=(args.size, args.size), seed=1234)

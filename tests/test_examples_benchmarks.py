@@ -244,6 +244,14 @@ def test_per_run_table_has_a_row_per_purification():
     assert "clean − protected, unpurified" in table and "+ jpeg75" not in table
 
 
+def test_protection_proof_refuses_a_montage_purification_it_does_not_evaluate(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        script("examples/protection_proof.py").main([str(tmp_path / "run"), "--purify", "none,jpeg75",
+                                                      "--montage-purify", "none,diffpur"])
+    assert exc.value.code == 2 and "diffpur is not among the purifications evaluated" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before rendering or protecting anything
+
+
 def test_protection_proof_montage_shows_each_purification(tmp_path):
     """Rows: the clean inputs and every unpurified set's outputs, then per purification the purified clean
     inputs and every purified set's outputs, so the README's montage shows what a purified mimic made."""
