@@ -11,8 +11,8 @@ fills a hole from its surroundings.
   with an empty caption (the surroundings alone), and for the *prompt-only baseline* — the base text-to-image
   model (``--model``) with ``conv_in`` widened by zero weights, i.e. the twin before its training, told only
   the caption — plus the VAE round trip as the ceiling. With an empty prompt the twin is compared with the
-  *no-information baseline*, the same base model told nothing. Intervals are paired bootstraps over images of the difference to the baseline told
-  the same prompt. The same PSNR at a quarter of the size (average-pooled) says whether a fill has the right
+  *no-information baseline*, the same base model told nothing. Intervals are paired bootstraps over images of
+  the difference to the baseline told the same prompt. The same PSNR at a quarter of the size (average-pooled) says whether a fill has the right
   colours and shapes, which the full-size PSNR hides under texture no fill copies pixel for pixel. Both demo
   judges also say which style each fill is in: the share that matches the masked image's style shows whether
   the surroundings, not only the caption, steer the fill.
