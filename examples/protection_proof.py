@@ -134,13 +134,15 @@ def cells_made_in_seconds(cells: dict) -> float | None:
 
 def montage(eval_dir: Path, report: dict, mimicry: str, purifications: list[str] | None = None) -> torch.Tensor:
     """The report's image grids stacked: the clean inputs, then what the mimic made from each unpurified input set
-    (clean first; with a checkpoint curve, the last step's outputs); then, per purification (`purifications`, default
-    every one evaluated), the clean inputs as purified and what the mimic made from each purified set."""
+    (clean first; with a checkpoint curve, the last step's outputs); then, per purification (those of `purifications`
+    this attack evaluated; every one evaluated when that is None or leaves none), the clean inputs as purified and
+    what the mimic made from each purified set."""
     from artshield.imageio import read_image
 
     cells = report["mimicry"][mimicry]["conditions"]
     evaluated = list(dict.fromkeys(name.rpartition("+")[2] for name in cells))
-    purifications = [spec for spec in evaluated if purifications is None or spec in purifications]
+    # --montage-purify is checked against every attack's purifications together, so one attack may have none of them.
+    purifications = [spec for spec in evaluated if purifications is None or spec in purifications] or evaluated
     purifications.sort(key=lambda spec: spec != "none")
     rows = []
     for spec in purifications:
@@ -159,10 +161,9 @@ def write_montage(results: Path, report: dict, mimicry: str, args) -> None:
     have), else ``<stem>_<mimicry>.png``."""
     shown = args.montage_purify.split(",") if args.montage_purify else None
     picture = montage(results / f"eval_{mimicry}", report, mimicry, shown)
-    write_result = args.write_result
     write_png(results / f"montage_{mimicry}.png", picture)
-    if write_result:
-        path = Path(write_result)
+    if args.write_result:
+        path = Path(args.write_result)
         write_png(path.with_suffix(".png") if mimicry == "lora" else path.with_name(f"{path.stem}_{mimicry}.png"), picture)
 
 

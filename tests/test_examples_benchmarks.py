@@ -271,6 +271,9 @@ def test_protection_proof_montage_shows_each_purification(tmp_path):
     # --montage-purify: only the purifications asked for ("none" among them for the unpurified rows).
     only = script("examples/protection_proof.py").montage(tmp_path, report, "lora", ["jpeg75"])
     assert [round(float(only[0, 4 * k, 0]) * 255) for k in range(only.shape[1] // 4)] == [30, 40, 50]
+    # An attack that evaluated none of them (the flag is checked against all attacks together) shows every one.
+    every = script("examples/protection_proof.py").montage(tmp_path, report, "lora", ["diffpure"])
+    assert every.shape == picture.shape and bool((every == picture).all())
 
 
 @pytest.mark.slow
